@@ -1,0 +1,222 @@
+"""``harness`` command line. Every subcommand prints one-line errors and exits 2 on bad input.
+
+Subcommands register themselves in ``COMMANDS`` through ``command(...)``; modules that
+add commands (runs, reports, baselines, leaderboard, kernels) are imported lazily so
+``harness --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import textwrap
+from typing import Callable
+
+EXAMPLES = textwrap.dedent("""\
+    examples:
+      harness models list                         named models
+      harness eval harness-tiny --metrics ppl.window,size.bytes
+      harness eval harness-tiny --technique rtn:bits=4,group=128 --json
+      harness techniques                          every technique and its options
+      harness env --json                          device fingerprint
+    """)
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, str]] = {}
+EXTENSIONS = ["harness.cli_run"]  # modules that call command(...) to add subcommands
+
+
+def command(name: str, help: str):
+    """Decorator: ``@command("eval", "...")`` on a function ``(sub_parser) -> handler``."""
+    def deco(setup):
+        def configure(p: argparse.ArgumentParser) -> None:
+            setup(p)
+        COMMANDS[name] = (configure, None, help)  # handler attached by setup via set_defaults
+        return setup
+    return deco
+
+
+class UsageError(ValueError):
+    """Bad input on the command line (exit code 2)."""
+
+
+def _print_records(records, as_json: bool) -> None:
+    if as_json:
+        for r in records:
+            print(json.dumps(r.to_dict(), sort_keys=True, default=str))
+        return
+    print(f"{'metric':32} {'value':>14} {'unit':8} {'n':>4}  note")
+    for r in records:
+        val = "N/A" if r.value is None else f"{r.value:.6g}"
+        print(f"{r.metric:32} {val:>14} {r.unit:8} {r.n:>4}  {r.reason}")
+
+
+@command("eval", "evaluate one model, optionally after one technique")
+def _eval_cmd(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model name (harness models list) or local HF directory")
+    p.add_argument("--technique", "-t", default="none", help="technique spec, e.g. rtn:bits=4,group=128")
+    p.add_argument("--metrics", "-m", default=None, help="comma-separated metric names (default: all for the kind)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--calibration", type=int, default=32, help="calibration windows (techniques that need them)")
+    p.add_argument("--save", default=None, help="save the compressed model to this directory")
+    p.add_argument("--json", action="store_true", help="one JSON record per line")
+    p.add_argument("--trust-remote-code", action="store_true")
+
+    def run(a: argparse.Namespace) -> int:
+        import torch
+
+        import harness
+        from harness.evaluate import EvalContext, evaluate, parse_metrics
+        from harness.measure.environment import device_class, fingerprint_id
+
+        if a.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device {a.device}: CUDA requested but no GPU is available here")
+        tech = harness.make(a.technique)
+        lm = harness.load_model(a.model, device=a.device, trust_remote_code=a.trust_remote_code)
+        metrics = parse_metrics(a.metrics, lm.kind)
+        reason = tech.unsupported_reason(a.device, lm.kind)
+        if reason:
+            raise UsageError(reason)
+        reference = lm.model
+        calib = harness.get_calibration(lm.tokenizer, n=a.calibration) if tech.needs_calibration else None
+        res = harness.compress(copy.deepcopy(lm.model) if tech.name != "none" else lm.model, tech,
+                               calibration=calib, kind=lm.kind)
+        ctx = EvalContext(reference=reference if tech.name != "none" else None)
+        if tech.name == "none":
+            ctx.reference = None
+        records = evaluate(lm, res.model, metrics, ctx)
+        from harness.records import Record
+        if tech.name != "none":
+            records.append(Record("compress.wall_s", res.wall_s))
+        extra = dict(technique=res.technique, spec=res.spec, config=res.config_dict, storage=res.storage,
+                     device=fingerprint_id(a.device), device_class=device_class(a.device))
+        records = [r.with_context(**extra) for r in records]
+        if a.save:
+            harness.save_compressed(res.model, a.save, tokenizer=lm.tokenizer, technique=res.spec)
+        _print_records(records, a.json)
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+@command("env", "print the device fingerprint and device class")
+def _env_cmd(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+
+    def run(a: argparse.Namespace) -> int:
+        from harness.measure.environment import device_class, fingerprint, fingerprint_id
+
+        fp = dict(fingerprint(a.device), device_class=device_class(a.device), fingerprint_id=fingerprint_id(a.device))
+        if a.json:
+            print(json.dumps(fp, indent=2, default=str))
+        else:
+            for k, v in fp.items():
+                print(f"{k:24} {v}")
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+@command("models", "list, describe or build models")
+def _models_cmd(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "info", "build"])
+    p.add_argument("name", nargs="?")
+
+    def run(a: argparse.Namespace) -> int:
+        from harness.models.zoo import MODELS, load_model
+
+        if a.action == "list":
+            for name, spec in MODELS.items():
+                extra = f" [extra: {spec.extra}]" if spec.extra else ""
+                print(f"{name:16} {spec.kind:10} {spec.description}{extra}")
+            return 0
+        if not a.name:
+            raise UsageError(f"'harness models {a.action}' needs a model name ({', '.join(MODELS)})")
+        if a.action == "build":
+            if a.name != "harness-tiny":
+                raise UsageError(f"only 'harness-tiny' has a build recipe (got {a.name!r})")
+            from harness.models.build import build_tiny
+
+            build_tiny()
+            return 0
+        lm = load_model(a.name)
+        n = sum(p.numel() for p in lm.model.parameters())
+        info = {"name": lm.name, "kind": lm.kind, "source": lm.source, "parameters": n,
+                "architecture": type(lm.model).__name__, "accuracy": lm.accuracy_na or "measured",
+                **{k: v for k, v in lm.info.items() if k != "recipe"}}
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+@command("techniques", "list registered techniques with their options and defaults")
+def _techniques_cmd(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+
+    def run(a: argparse.Namespace) -> int:
+        import dataclasses
+
+        from harness.techniques import IMPORT_ERRORS, TECHNIQUES
+
+        rows = []
+        for name, cls in TECHNIQUES.items():
+            opts = {f.name: (None if f.default is dataclasses.MISSING else f.default)
+                    for f in dataclasses.fields(cls.config_cls)}
+            rows.append({"name": name, "family": cls.family, "storage": cls.storage,
+                         "calibration": cls.needs_calibration, "cuda_only": cls.requires_cuda,
+                         "options": opts, "description": cls.description})
+        if a.json:
+            print(json.dumps(rows, indent=2, default=str))
+        else:
+            for r in rows:
+                opts = ",".join(f"{k}={v}" for k, v in r["options"].items())
+                flags = "".join([" [calib]" if r["calibration"] else "", " [cuda]" if r["cuda_only"] else ""])
+                print(f"{r['name']:16} {r['family']:13} {r['storage']:11} {opts}{flags}")
+        for mod, err in IMPORT_ERRORS.items():
+            print(f"warning: {mod} not loaded: {err}", file=sys.stderr)
+        return 0
+
+    p.set_defaults(handler=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    for mod in EXTENSIONS:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0] if __doc__ else None,
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (configure, _, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        configure(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad input: one line, exit 2
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"harness {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Latency of real forwards.
+
+Causal LMs: *prefill* is one forward over a ``prompt_len`` prompt that returns the
+first token's logits and fills the KV cache (time to first token); *decode* is
+``decode_tokens`` greedy steps, each one forward of one token per sequence against the
+cache (time per output token = wall time of the decode loop / tokens). Encoders: one
+forward over a batch. Random prompts are seeded; every repeat uses a fresh cache.
+The torch thread count and the timer go into each record.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.config import LatencyConfig
+from harness.measure.timing import Samples, Timer, sample
+from harness.records import Record
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _prompt(model: nn.Module, cfg: LatencyConfig, vocab_limit: int | None = None) -> torch.Tensor:
+    vocab = int(getattr(model.config, "vocab_size", 1000))
+    if vocab_limit:
+        vocab = min(vocab, vocab_limit)
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab, (cfg.batch, cfg.prompt_len), generator=g).to(_device_of(model))
+
+
+def _context(cfg: LatencyConfig, timer: Timer, **extra) -> dict:
+    return {"batch": cfg.batch, "prompt_len": cfg.prompt_len, "threads": torch.get_num_threads(),
+            "timer": timer.name, **extra}
+
+
+def _rec(metric: str, s: Samples, transform=None, **extra) -> Record:
+    vals = [transform(v) for v in s.values] if transform else s.values
+    t = Samples(vals, s.timer)
+    return Record(metric, t.median, n=t.n, spread=t.spread(), extra=extra)
+
+
+@torch.inference_mode()
+def prefill(model: nn.Module, ids: torch.Tensor):
+    """One prompt forward returning the last position's logits and the filled cache."""
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], out.past_key_values
+
+
+@torch.inference_mode()
+def decode(model: nn.Module, ids: torch.Tensor, n_tokens: int, cache_factory=None) -> torch.Tensor:
+    """Greedy decode ``n_tokens`` after prefill; returns the generated ids [batch, n]."""
+    kw = {"past_key_values": cache_factory()} if cache_factory else {}
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw)
+    cache = out.past_key_values
+    tok = out.logits[:, -1].argmax(-1, keepdim=True)
+    gen = [tok]
+    for _ in range(n_tokens - 1):
+        out = model(input_ids=tok, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        gen.append(tok)
+    return torch.cat(gen, 1)
+
+
+def measure_latency(model: nn.Module, kind: str = "causal-lm", cfg: LatencyConfig = LatencyConfig(),
+                    *, metrics: set[str] | None = None, cache_factory=None) -> list[Record]:
+    """Prefill and decode (causal LM) or forward (encoder) latency records.
+
+    ``cache_factory`` builds the KV cache object for each decode repeat (KV-cache
+    quantization passes its quantized cache here)."""
+    want = metrics or ({"latency.prefill_ms", "latency.decode_ms_per_token", "latency.decode_tok_s"}
+                       if kind == "causal-lm" else {"latency.forward_ms"})
+    if kind != "causal-lm" and want & {"latency.prefill_ms", "latency.decode_ms_per_token",
+                                       "latency.decode_tok_s"}:
+        raise ValueError(f"decode/prefill latency asked of an {kind} model; use latency.forward_ms")
+    dev = _device_of(model)
+    timer = Timer(dev)
+    model.eval()
+    ids = _prompt(model, cfg)
+    recs: list[Record] = []
+    run = dict(warmup=cfg.warmup, min_repeats=cfg.min_repeats, max_repeats=cfg.max_repeats,
+               budget_s=cfg.budget_s, timer=timer.name)
+    if kind != "causal-lm":
+        mask = torch.ones_like(ids)
+        with torch.inference_mode():
+            s = sample(lambda: timer(lambda: model(input_ids=ids, attention_mask=mask)), **run)
+        return [_rec("latency.forward_ms", s, **_context(cfg, timer))]
+    if "latency.prefill_ms" in want:
+        if cache_factory:
+            s = sample(lambda: timer(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1,
+                                                   past_key_values=cache_factory())), **run)
+        else:
+            s = sample(lambda: timer(lambda: prefill(model, ids)), **run)
+        recs.append(_rec("latency.prefill_ms", s, **_context(cfg, timer)))
+    if want & {"latency.decode_ms_per_token", "latency.decode_tok_s"}:
+        n = cfg.decode_tokens
+
+        def one() -> float:
+            # Prefill is outside the timed region: only the n-1 cached steps + first argmax.
+            kw = {"past_key_values": cache_factory()} if cache_factory else {}
+            with torch.inference_mode():
+                out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw)
+            state = {"cache": out.past_key_values, "tok": out.logits[:, -1].argmax(-1, keepdim=True)}
+
+            @torch.inference_mode()
+            def loop() -> None:
+                for _ in range(n):
+                    o = model(input_ids=state["tok"], past_key_values=state["cache"], use_cache=True)
+                    state["cache"] = o.past_key_values
+                    state["tok"] = o.logits[:, -1].argmax(-1, keepdim=True)
+
+            return timer(loop) / n
+
+        s = sample(one, **run)
+        ctx = _context(cfg, timer, decode_tokens=n)
+        if "latency.decode_ms_per_token" in want:
+            recs.append(_rec("latency.decode_ms_per_token", s, **ctx))
+        if "latency.decode_tok_s" in want:
+            recs.append(_rec("latency.decode_tok_s", s, transform=lambda ms: cfg.batch * 1e3 / ms, **ctx))
+    return recs
+
+
+def speedup(reference: Record, candidate: Record) -> float:
+    """Realized speed-up of candidate over reference for a latency or throughput metric."""
+    if reference.value is None or candidate.value is None or not candidate.value:
+        raise ValueError("speed-up needs two measured values")
+    if reference.higher_is_better:
+        return candidate.value / reference.value
+    return reference.value / candidate.value

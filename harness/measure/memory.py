@@ -1,0 +1,80 @@
+"""Memory of a measured step.
+
+CPU: the step's peak resident set. Linux keeps a per-process high-water mark (VmHWM);
+writing ``5`` to ``/proc/self/clear_refs`` resets it to the current RSS, so after the
+reset the high-water mark is exactly the peak *during the step* (weights already
+resident + activations + temporaries). ``extra`` holds the RSS before the step and the
+step's growth over it. Where the reset is not permitted the record is N/A with the
+reason (a mark carried over from earlier work would overstate the peak).
+GPU: ``torch.cuda.max_memory_allocated`` after a reset, and NVML's device memory used.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from harness.measure import nvml
+from harness.records import Record
+
+_STATUS = Path("/proc/self/status")
+_CLEAR = Path("/proc/self/clear_refs")
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> str | None:
+    """Reset VmHWM to the current RSS; returns a reason string if it cannot."""
+    if _status_kb("VmHWM") is None:
+        return "peak RSS needs Linux /proc/self/status (VmHWM)"
+    try:
+        _CLEAR.write_text("5")
+    except OSError as e:
+        return f"cannot reset peak RSS via /proc/self/clear_refs: {e.strerror}"
+    return None
+
+
+def current_rss_mb() -> float | None:
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb / 1024
+
+
+def measure_peak_rss(step: Callable[[], object]) -> Record:
+    """Run ``step`` once and record its peak RSS (MiB)."""
+    reason = reset_peak_rss()
+    if reason:
+        step()
+        return Record.na("memory.peak_rss_mb", reason)
+    before = current_rss_mb()
+    step()
+    peak = _status_kb("VmHWM") / 1024
+    return Record("memory.peak_rss_mb", peak,
+                  extra={"rss_before_mb": before, "step_growth_mb": peak - before,
+                         "isolation": "VmHWM reset via /proc/self/clear_refs"})
+
+
+def measure_gpu_memory(step: Callable[[], object], device: torch.device | str) -> list[Record]:
+    """torch peak allocated and NVML used memory around ``step`` on a CUDA device."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        reason = f"no CUDA device (measured on {dev.type})"
+        step()
+        return [Record.na("memory.gpu_peak_mb", reason), Record.na("memory.nvml_used_mb", reason)]
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    step()
+    torch.cuda.synchronize(dev)
+    recs = [Record("memory.gpu_peak_mb", torch.cuda.max_memory_allocated(dev) / 2**20)]
+    used, reason = nvml.memory_used_mb(dev)
+    recs.append(Record("memory.nvml_used_mb", used) if reason is None else
+                Record.na("memory.nvml_used_mb", reason))
+    return recs

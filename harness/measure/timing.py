@@ -1,0 +1,80 @@
+"""Timers and repeat-until-stable sampling shared by every latency measurement.
+
+CPU: ``time.perf_counter``. CUDA: CUDA events recorded on the current stream, then a
+``synchronize`` on the end event, so the time is the device's, not the launch's.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+class Timer:
+    """Times a callable on a device; returns milliseconds."""
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.name = "cuda-events" if self.device.type == "cuda" else "perf_counter"
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        if self.device.type == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(self.device)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+
+@dataclass
+class Samples:
+    """Repeated timings (ms) and their summary."""
+
+    values: list[float] = field(default_factory=list)
+    timer: str = "perf_counter"
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    def quantile(self, q: float) -> float:
+        v = sorted(self.values)
+        if len(v) == 1:
+            return v[0]
+        pos = q * (len(v) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(v) - 1)
+        return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def spread(self) -> dict[str, float]:
+        return {"p10": self.quantile(0.1), "p90": self.quantile(0.9),
+                "min": min(self.values), "max": max(self.values),
+                "mean": statistics.fmean(self.values),
+                "std": statistics.stdev(self.values) if self.n > 1 else 0.0}
+
+
+def sample(fn: Callable[[], float], *, warmup: int, min_repeats: int, max_repeats: int,
+           budget_s: float, timer: str = "perf_counter") -> Samples:
+    """Call ``fn`` (which returns one timing in ms) ``warmup`` times unrecorded, then
+    repeat until ``budget_s`` of wall time is spent (at least ``min_repeats``, at most
+    ``max_repeats``)."""
+    for _ in range(warmup):
+        fn()
+    out = Samples(timer=timer)
+    t0 = time.perf_counter()
+    while out.n < max_repeats and (out.n < min_repeats or time.perf_counter() - t0 < budget_s):
+        out.values.append(fn())
+    return out
