@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, TypeVar
@@ -47,7 +48,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if isinstance(annotation, str):  # postponed annotations
         annotation = eval(annotation, vars(typing))  # noqa: S307 - type strings from our own dataclasses
     origin = typing.get_origin(annotation)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if isinstance(value, str) and value.lower() in {"none", "null"}:
             return None
