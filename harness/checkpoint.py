@@ -77,7 +77,13 @@ def _empty_model(config_path: Path, model_class: str) -> nn.Module:
     cls = getattr(transformers, model_class, None)
     if cls is None:
         raise CheckpointError(f"unknown model class {model_class!r} in {config_path}")
-    with torch.device("meta"):
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    # Real (uninitialised) tensors rather than meta: non-persistent buffers such as rotary
+    # inverse frequencies are computed by the constructors exactly as on first load.
+    with no_init_weights():
         model = cls(cfg)
     return model
 
@@ -102,25 +108,21 @@ def load_compressed(path: str | Path, *, device: str = "cpu") -> nn.Module:
         mod = model.get_submodule(name)
         if list(linear_shape(mod)) != list(shape):
             out_f, in_f = shape
-            set_module(model, name, nn.Linear(in_f, out_f, bias=getattr(mod, "bias", None) is not None,
-                                              device="meta"))
+            set_module(model, name, nn.Linear(in_f, out_f, bias=getattr(mod, "bias", None) is not None))
     for name, spec in meta.get("layers", {}).items():
-        cls = LAYERS.get(spec["layer"])
-        with torch.device("meta"):
-            set_module(model, name, cls.from_args(spec["args"]))
+        set_module(model, name, LAYERS.get(spec["layer"]).from_args(spec["args"]))
     try:
         state = load_file(str(path / "model.safetensors"), device=device)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {path / 'model.safetensors'}: {e}") from None
-    model.to_empty(device=device)
+    model.to(device)
     # Tied / shared tensors are stored once under one name; re-tie by loading into every alias.
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=False)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)  # keep stored dtypes
     if unexpected:
         raise CheckpointError(f"{path}: unexpected tensors {unexpected[:3]}...")
     _fill_aliases(model, state, missing, path)
     if hasattr(model, "tie_weights") and getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
-    _reinit_nonpersistent(model, device)
     return model.eval()
 
 
@@ -148,22 +150,6 @@ def _fill_aliases(model: nn.Module, state: dict[str, torch.Tensor], missing: lis
     still = [n for n in still if not (tied_ok and n.endswith("lm_head.weight"))]
     if still:
         raise CheckpointError(f"{path}: tensors missing from model.safetensors: {still[:3]}")
-
-
-def _reinit_nonpersistent(model: nn.Module, device: str) -> None:
-    """Non-persistent buffers (rotary inv_freq) are not saved; recompute them."""
-    for mod in model.modules():
-        if hasattr(mod, "rope_init_fn") and hasattr(mod, "inv_freq"):
-            inv_freq, scaling = mod.rope_init_fn(mod.config, device)
-            mod.register_buffer("inv_freq", inv_freq, persistent=False)
-            mod.original_inv_freq = inv_freq
-            mod.attention_scaling = scaling
-        if type(mod).__name__.endswith("Embeddings") and hasattr(mod, "position_ids"):
-            n = mod.position_ids.shape[-1]
-            mod.register_buffer("position_ids", torch.arange(n, device=device).expand((1, -1)), persistent=False)
-            if hasattr(mod, "token_type_ids"):
-                mod.register_buffer("token_type_ids", torch.zeros((1, n), dtype=torch.long, device=device),
-                                    persistent=False)
 
 
 def _stored_names(file: Path) -> set[str]:

@@ -54,6 +54,9 @@ MODELS: Registry[ModelSpec] = Registry("model")
 def _load_hf_dir(path: Path, name: str, dtype: torch.dtype, *, trust_remote_code: bool = False,
                  kind: Kind | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     if not path.is_dir():
         raise ModelLoadError(f"model directory {str(path)!r} does not exist")
