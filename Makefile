@@ -15,7 +15,7 @@ else
 TORCH ?= torch==2.13.0+cpu
 TORCH_INDEX ?=
 endif
-EXTRAS ?= dev
+EXTRAS ?= dev,encoder
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
