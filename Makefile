@@ -33,8 +33,10 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/harness run --quick
 
+# pytest exit code 5 (no tests collected) is a failure, never a silent pass.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 tests $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 clean:
 	rm -rf $(VENV) reports/*/
