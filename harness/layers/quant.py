@@ -1,0 +1,157 @@
+"""QuantLinear: a weight-only quantized linear layer with really packed storage.
+
+Stored tensors (all registered buffers, so ``state_dict`` is exactly what is shipped):
+
+- ``qweight``  uint8 ``[out, ceil(in*bits/8)]``: integer codes packed along the input dim
+  (``harness.layers.packing`` layout: two 4-bit codes per byte, 3/2-bit dense).
+- ``scales``   float16 ``[out, n_groups]``.
+- ``zeros``    uint8 ``[out, n_groups]`` (asymmetric only; symmetric uses z = 2**(bits-1)).
+- ``bias``     optional, in the original dtype.
+- ``input_scale`` optional float16 ``[in]`` (AWQ): the layer computes ``W_q (x / input_scale)``.
+
+``w = (q - z) * s`` (see ``harness.techniques.quantization.uniform``). The forward
+dequantizes to ``x.dtype`` and runs a dense matmul (torch reference). On CUDA, for 4/8 bits,
+it calls ``harness.kernels.quant_matmul(x, qweight, scales, zeros, bits, group, in_features)``
+when that module exists (fused dequant-matmul kernels), falling back to torch otherwise.
+On CPU the reference is *slower* than fp32 (it dequantizes on every call): the layer saves
+storage, not CPU time.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.layers.base import CompressedModule, linear_weight
+from harness.layers.packing import pack, packed_width, unpack
+
+
+def _uniform():
+    """The quantization primitives, imported lazily: ``harness.techniques`` imports this
+    module while registering techniques, so a top-level import would be circular."""
+    from harness.techniques.quantization import uniform
+
+    return uniform
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "float64": torch.float64}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _kernel():
+    try:
+        from harness.kernels import quant_matmul  # type: ignore[attr-defined]
+    except Exception:  # kernels not built / triton missing: torch reference
+        return None
+    return quant_matmul
+
+
+class QuantLinear(CompressedModule):
+    """Packed group-wise int2/3/4/8 linear layer (drop-in for nn.Linear / GPT-2 Conv1D)."""
+
+    layer_name = "quant_linear"
+    use_kernel: bool = True
+
+    def __init__(self, in_features: int, out_features: int, bits: int = 4, group: int | None = 128,
+                 sym: bool = True, bias: bool = False, bias_dtype: str = "float32",
+                 input_scale: bool = False) -> None:
+        super().__init__()
+        u = _uniform()
+        u.check_quant_args(bits, group, in_features)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.bits, self.group, self.sym = int(bits), (None if group is None else int(group)), bool(sym)
+        ng = u.n_groups(in_features, group)
+        self.register_buffer("qweight", torch.zeros(out_features, packed_width(in_features, bits), dtype=torch.uint8))
+        self.register_buffer("scales", torch.ones(out_features, ng, dtype=torch.float16))
+        if sym:
+            self.zeros = None
+        else:
+            self.register_buffer("zeros", torch.zeros(out_features, ng, dtype=torch.uint8))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=_DTYPES[bias_dtype]))
+        else:
+            self.bias = None
+        if input_scale:
+            self.register_buffer("input_scale", torch.ones(in_features, dtype=torch.float16))
+        else:
+            self.input_scale = None
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *, bits: int = 4,
+                    group: int | None = 128, sym: bool = True, input_scale: torch.Tensor | None = None,
+                    codes: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None) -> "QuantLinear":
+        """Quantize a dense ``[out, in]`` weight by RTN, or wrap precomputed
+        ``codes=(codes, scales, zeros)`` (GPTQ/AWQ/QAT produce their own)."""
+        out_f, in_f = weight.shape
+        layer = cls(in_f, out_f, bits, group, sym, bias=bias is not None,
+                    bias_dtype=_dtype_name(bias.dtype) if bias is not None else "float32",
+                    input_scale=input_scale is not None)
+        q, s, z = codes if codes is not None else _uniform().quantize_groupwise(weight, bits, group, sym)
+        dev = weight.device
+        layer.to(dev)
+        layer.qweight.copy_(pack(q.to(dev), bits))
+        layer.scales.copy_(s.to(torch.float16))
+        if not sym:
+            assert z is not None, "asymmetric quantization needs zero codes"
+            layer.zeros.copy_(z)
+        if bias is not None:
+            layer.bias.copy_(bias.detach())
+        if input_scale is not None:
+            layer.input_scale.copy_(input_scale.detach().to(torch.float16))
+        return layer
+
+    @classmethod
+    def from_linear(cls, module: nn.Module, bits: int = 4, group: int | None = 128, sym: bool = True
+                    ) -> "QuantLinear":
+        """RTN-quantize an nn.Linear or GPT-2 Conv1D."""
+        return cls.from_weight(linear_weight(module).detach(), getattr(module, "bias", None),
+                               bits=bits, group=group, sym=sym)
+
+    # -- CompressedModule contract --------------------------------------------------------
+    def layer_args(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,
+                "group": self.group, "sym": self.sym, "bias": self.bias is not None,
+                "bias_dtype": _dtype_name(self.bias.dtype) if self.bias is not None else "float32",
+                "input_scale": self.input_scale is not None}
+
+    def logical_params(self) -> int:
+        return self.in_features * self.out_features
+
+    # -- math -------------------------------------------------------------------------------
+    def codes(self) -> torch.Tensor:
+        return unpack(self.qweight, self.bits, self.in_features)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The dense ``[out, in]`` weight this layer applies (before ``input_scale``)."""
+        return _uniform().dequantize_groupwise(self.codes(), self.scales, self.zeros, self.bits, self.group, dtype)
+
+    def effective_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Weight acting on the *unscaled* input (input_scale folded in)."""
+        w = self.dequantize(torch.float32)
+        if self.input_scale is not None:
+            w = w / self.input_scale.float()
+        return w.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x = x / self.input_scale.to(x.dtype)
+        if self.use_kernel and x.is_cuda and self.bits in (4, 8):
+            k = _kernel()
+            if k is not None:
+                y = k(x, self.qweight, self.scales, self.zeros, self.bits, self.group, self.in_features)
+                return y if self.bias is None else y + self.bias.to(y.dtype)
+        w = self.dequantize(x.dtype)
+        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group}, "
+                f"sym={self.sym}, bias={self.bias is not None}, input_scale={self.input_scale is not None}")
+
+
+__all__ = ["QuantLinear"]

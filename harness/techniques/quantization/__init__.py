@@ -1,0 +1,6 @@
+"""Quantization: RTN, GPTQ, AWQ, SmoothQuant, NF4 / k-means, QAT, dynamic int8,
+KV-cache quantization and GPU-only bitsandbytes / fp8. Importing this package
+registers every quantization technique."""
+from harness.techniques.quantization import (  # noqa: F401  (registration on import)
+    uniform, common, rtn,
+)

@@ -1,0 +1,81 @@
+"""Shared pieces of the weight-only quantization techniques: the config, which layers
+are quantized, shape checks and the swap to QuantLinear.
+
+Only the linears inside the transformer blocks are quantized (as in GPTQ, AWQ and
+SmoothQuant): embeddings, the output head and poolers stay in their original precision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness.calibration import find_blocks
+from harness.config import SpecError, check
+from harness.layers.base import is_linear, linear_shape, linear_weight, set_module
+from harness.techniques.quantization.uniform import QUANT_BITS, check_quant_args
+
+
+@dataclass(frozen=True)
+class WeightQuantConfig:
+    """bits: 8, 4, 3 or 2; group: inputs per scale (none = one scale per output channel);
+    sym: symmetric (implicit zero) or asymmetric (stored uint8 zero codes)."""
+
+    bits: int = 4
+    group: int | None = None
+    sym: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.bits in QUANT_BITS,
+              f"bits={self.bits} is not supported; choose one of {', '.join(map(str, QUANT_BITS))}")
+        check(self.group is None or self.group >= 1,
+              f"group={self.group} must be a positive integer or none (per output channel)")
+
+
+def block_linears_by_name(model: nn.Module) -> dict[str, nn.Module]:
+    """Linear/Conv1D layers inside the transformer blocks, by full name, in order."""
+    prefix, blocks = find_blocks(model)
+    return {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules() if is_linear(m)}
+
+
+def check_groups(linears: dict[str, nn.Module], group: int | None) -> None:
+    """Fail before touching the model if ``group`` does not divide some layer's inputs."""
+    if group is None:
+        return
+    for name, mod in linears.items():
+        in_f = linear_shape(mod)[1]
+        if in_f % group:
+            raise SpecError(f"group={group} does not divide in_features={in_f} of layer {name}; "
+                            f"choose a divisor of {in_f} or group=none")
+
+
+def check_config(linears: dict[str, nn.Module], bits: int, group: int | None) -> None:
+    check_quant_args(bits, None)
+    check_groups(linears, group)
+
+
+def to_quant_linear(mod: nn.Module, weight: torch.Tensor | None = None, *, bits: int, group: int | None,
+                    sym: bool, codes=None, input_scale: torch.Tensor | None = None) -> nn.Module:
+    """A QuantLinear for ``mod`` (weight overridable, e.g. after GPTQ's updates)."""
+    from harness.layers.quant import QuantLinear
+
+    w = linear_weight(mod).detach() if weight is None else weight
+    return QuantLinear.from_weight(w, getattr(mod, "bias", None), bits=bits, group=group, sym=sym,
+                                   codes=codes, input_scale=input_scale)
+
+
+def replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    set_module(model, name, new)
+
+
+def calibration_notes(calibration) -> list[str]:
+    """Human-readable calibration record for CompressionResult.notes."""
+    if calibration is None:
+        return []
+    d = calibration.describe() if hasattr(calibration, "describe") else {}
+    return [", ".join(f"{k}={v}" for k, v in d.items())] if d else []
+
+
+__all__ = ["WeightQuantConfig", "block_linears_by_name", "check_groups", "check_config", "to_quant_linear",
+           "replace", "calibration_notes"]

@@ -1,0 +1,35 @@
+"""Round-to-nearest (RTN) weight-only quantization into packed QuantLinear layers.
+
+Every linear in the transformer blocks becomes a ``QuantLinear`` holding packed codes,
+float16 scales and (asymmetric) uint8 zeros: real storage savings, measured by
+``measure.size``. No calibration. The reference forward dequantizes on the fly, so on
+CPU it is slower than fp32; the Triton kernels (CUDA) are what make it fast.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from harness.techniques.base import Technique, register
+from harness.techniques.quantization.common import (WeightQuantConfig, block_linears_by_name, check_config,
+                                                    replace, to_quant_linear)
+
+
+@register
+class RTN(Technique):
+    name = "rtn"
+    family = "quantization"
+    config_cls = WeightQuantConfig
+    storage = "packed"
+    suite_specs = ("rtn:bits=8", "rtn:bits=4,group=128", "rtn:bits=3,group=64", "rtn:bits=2,group=64")
+    description = "round-to-nearest weight-only int8/4/3/2, group-wise sym/asym, packed storage"
+
+    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+        cfg = self.config
+        linears = block_linears_by_name(model)
+        check_config(linears, cfg.bits, cfg.group)
+        for name, mod in linears.items():
+            replace(model, name, to_quant_linear(mod, bits=cfg.bits, group=cfg.group, sym=cfg.sym))
+        return model
+
+    def notes(self) -> list[str]:
+        return ["weight-only; torch reference forward dequantizes per call (no CPU speed-up)"]

@@ -1,0 +1,60 @@
+"""RTN technique: every family, packed storage, save -> load identity, bad specs."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import harness
+from harness.config import SpecError
+from harness.layers.quant import QuantLinear
+from harness.measure.size import measure_size, weight_storage
+from conftest import ids
+
+
+def _logits(model, x):
+    with torch.no_grad():
+        out = model(x)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@pytest.mark.parametrize("spec", ["rtn:bits=8", "rtn:bits=4,group=32,sym=false", "rtn:bits=3,group=16"])
+def test_all_families_quantize_save_load(family_model, spec, tmp_path):
+    fam, model = family_model
+    x = ids()
+    ref = _logits(model, x)
+    res = harness.compress(copy.deepcopy(model), spec, kind="encoder" if fam == "bert" else "causal-lm")
+    assert res.storage == "packed"
+    qs = [m for m in res.model.modules() if isinstance(m, QuantLinear)]
+    assert len(qs) >= 4 * 2  # at least the attention/MLP linears of both blocks
+    out = _logits(res.model, x)
+    rel = (out - ref).norm() / ref.norm()
+    assert rel < {8: 0.02, 4: 0.3, 3: 0.6}[res.config.bits]
+    harness.save_compressed(res.model, tmp_path / fam)
+    assert torch.equal(_logits(harness.load_compressed(tmp_path / fam), x), out)
+
+
+def test_int4_g128_storage_shrinks():
+    from conftest import random_llama
+
+    model = random_llama(hidden=128, inter=256)
+    b0, n0 = weight_storage(model)
+    bytes0 = {r.metric: r.value for r in measure_size(model)}["size.bytes"]
+    res = harness.compress(model, "rtn:bits=4,group=128")
+    recs = {r.metric: r.value for r in measure_size(res.model)}
+    # block linears at 4 + 16/128 bits; the (unquantized) lm_head stays fp32 inside bits/param
+    blk = sum(m.logical_params() for m in res.model.modules() if isinstance(m, QuantLinear))
+    bits, _ = weight_storage(res.model)
+    head = res.model.lm_head.weight.numel() * 32
+    assert (bits - head) / blk == pytest.approx(4 + 16 / 128)
+    assert recs["size.bytes"] < bytes0
+
+
+def test_bad_specs():
+    from conftest import random_llama
+
+    with pytest.raises(SpecError, match="bits=5"):
+        harness.make("rtn:bits=5")
+    with pytest.raises(SpecError, match="group=48 does not divide in_features=64"):
+        harness.compress(random_llama(), "rtn:bits=4,group=48")
