@@ -40,7 +40,11 @@ def manifest(model: nn.Module) -> dict[str, Any]:
             layers[name] = {"layer": mod.layer_name, "args": mod.layer_args()}
         elif is_linear(mod) and not any(name.startswith(p + ".") for p in layers):
             linears[name] = list(linear_shape(mod))
-    return {"layers": layers, "linears": linears}
+    # Per-module attributes a structural change altered (e.g. OPT's num_heads, GPT-2's
+    # split_size after head pruning): modules list them in ``harness_attrs``.
+    attrs = {name: dict(mod.harness_attrs) for name, mod in model.named_modules()
+             if isinstance(getattr(mod, "harness_attrs", None), dict)}
+    return {"layers": layers, "linears": linears, "attrs": attrs}
 
 
 def save_compressed(model: nn.Module, path: str | Path, *, tokenizer: Any = None,
@@ -111,6 +115,11 @@ def load_compressed(path: str | Path, *, device: str = "cpu") -> nn.Module:
             set_module(model, name, nn.Linear(in_f, out_f, bias=getattr(mod, "bias", None) is not None))
     for name, spec in meta.get("layers", {}).items():
         set_module(model, name, LAYERS.get(spec["layer"]).from_args(spec["args"]))
+    for name, attrs in meta.get("attrs", {}).items():
+        mod = model.get_submodule(name)
+        mod.harness_attrs = dict(attrs)
+        for key, value in attrs.items():
+            setattr(mod, key, value)
     try:
         state = load_file(str(path / "model.safetensors"), device=device)
     except (SafetensorError, OSError, ValueError) as e:
