@@ -62,10 +62,20 @@ class SparsityConfig:
 
 @dataclass(frozen=True)
 class ScopedSparsityConfig(SparsityConfig):
-    """As SparsityConfig, plus scope: rank weights per layer or across all layers
-    (global). N:M masks are always local to each group of M."""
+    """As SparsityConfig, plus scope: where weights compete -- within each layer
+    (``torch.nn.utils.prune.l1_unstructured``), within each output row (Wanda's
+    comparison group), or across all layers (global). N:M masks are always local to
+    each group of M."""
 
-    scope: Literal["layer", "global"] = "layer"
+    scope: Literal["layer", "row", "global"] = "layer"
+
+
+@dataclass(frozen=True)
+class GradientSparsityConfig(ScopedSparsityConfig):
+    """Taylor/OBD options; scope defaults to per-output-row comparison, which measured
+    better than per-layer on harness-tiny (docs/pruning.md), as Wanda found for LLMs."""
+
+    scope: Literal["layer", "row", "global"] = "row"
 
 
 def prunable_linears(model: nn.Module) -> dict[str, nn.Module]:
@@ -121,9 +131,11 @@ class UnstructuredPruning(Technique):
     def masks(self, model: nn.Module, linears: dict[str, nn.Module], calibration) -> dict[str, torch.Tensor]:
         cfg = self.config
         scores = self.scores(model, linears, calibration)
-        if cfg.nm is None and getattr(cfg, "scope", "layer") == "global":
+        scope = getattr(cfg, "scope", "layer")
+        if cfg.nm is None and scope == "global":
             return nm.global_masks(scores, cfg.target)
-        return {n: nm.select(s, cfg.target, cfg.nm, per_row=self.per_row) for n, s in scores.items()}
+        per_row = self.per_row or scope == "row"
+        return {n: nm.select(s, cfg.target, cfg.nm, per_row=per_row) for n, s in scores.items()}
 
     def apply(self, model: nn.Module, calibration=None) -> nn.Module:
         linears = prunable_linears(model)
@@ -142,12 +154,15 @@ class MagnitudePruning(UnstructuredPruning):
     name = "magnitude"
     needs_calibration = False
     suite_specs = ("magnitude:sparsity=0.5", "magnitude:pattern=2:4")
-    description = "L1 magnitude pruning (torch.nn.utils.prune), per-layer or global, unstructured or N:M"
+    description = "L1 magnitude pruning (torch.nn.utils.prune), per-layer, per-row or global, unstructured or N:M"
+
+    def scores(self, model, linears, calibration=None):
+        return {n: importance.magnitude(m) for n, m in linears.items()}
 
     def masks(self, model, linears, calibration=None):
         cfg = self.config
-        if cfg.nm is not None:
-            return {n: nm.nm_mask(importance.magnitude(m), *cfg.nm) for n, m in linears.items()}
+        if cfg.nm is not None or cfg.scope == "row":
+            return super().masks(model, linears, calibration)
         if cfg.scope == "global":
             prune.global_unstructured([(m, "weight") for m in linears.values()],
                                       pruning_method=prune.L1Unstructured, amount=cfg.target)
@@ -164,6 +179,7 @@ class MagnitudePruning(UnstructuredPruning):
 @register
 class TaylorPruning(UnstructuredPruning):
     name = "taylor"
+    config_cls = GradientSparsityConfig
     needs_calibration = True
     needs_grad = True
     model_kinds = ("causal-lm",)
@@ -177,6 +193,7 @@ class TaylorPruning(UnstructuredPruning):
 @register
 class OBDPruning(UnstructuredPruning):
     name = "obd"
+    config_cls = GradientSparsityConfig
     needs_calibration = True
     needs_grad = True
     model_kinds = ("causal-lm",)

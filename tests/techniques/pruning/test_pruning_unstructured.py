@@ -47,9 +47,17 @@ def test_exact_sparsity_per_layer_every_family(family_model, spec):
 def test_gradient_methods_exact_sparsity(llama, spec):
     names = list(prunable_linears(llama))
     res = harness.compress(llama, spec, calibration=_calib())
+    for name in names:  # default scope=row: exact per output row
+        keep = _keep(res.model.get_submodule(name))
+        assert torch.all((~keep).sum(1) == round(res.config.target * keep.shape[1])), name
+
+
+def test_magnitude_row_scope_exact_per_row(llama):
+    names = list(prunable_linears(llama))
+    res = harness.compress(llama, "magnitude:sparsity=0.3,scope=row")
     for name in names:
         keep = _keep(res.model.get_submodule(name))
-        assert int((~keep).sum()) == round(res.config.target * keep.numel())
+        assert torch.all((~keep).sum(1) == round(0.3 * keep.shape[1])), name
 
 
 @pytest.mark.parametrize("spec,n,m", [("magnitude:pattern=2:4", 2, 4), ("wanda:pattern=2:4", 2, 4),
@@ -133,7 +141,7 @@ def test_sparsegpt_reconstructs_better_than_masking_alone():
     ("wanda:pattern=5:4", "N must be smaller than M"),
     ("magnitude:pattern=2-4", "use 'unstructured' or N:M"),
     ("magnitude:sparsity=0.3,pattern=2:4", "contradicts pattern"),
-    ("magnitude:scope=row", "scope='row' is not allowed"),
+    ("magnitude:scope=block", "scope='block' is not allowed"),
 ])
 def test_bad_specs_are_one_line_errors(spec, match):
     with pytest.raises(SpecError, match=match) as e:
