@@ -1,0 +1,128 @@
+"""GPTQ (Frantar et al. 2023): second-order weight quantization with error feedback.
+
+For each linear, with ``H = E[x x^T]`` from calibration inputs (damped by ``damp`` times
+the mean diagonal), columns are quantized one at a time; each column's rounding error,
+scaled by the Cholesky factor of ``H^-1``, is pushed onto the not-yet-quantized columns
+(lazy updates inside blocks of ``blocksize`` columns, one matmul per block for the rest).
+``act_order`` processes columns by decreasing ``diag(H)``; group parameters are then
+computed up front from the original weight ("static groups") so groups stay contiguous
+in the stored layout. Layers are processed block by block and, inside a block, input
+group by input group (``sequential.quantize_sequential``), so peak memory is one block's
+activations. The result is the same packed QuantLinear as RTN.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness.config import check
+from harness.layers.base import linear_weight
+from harness.techniques.base import Technique, register
+from harness.techniques.quantization.common import (WeightQuantConfig, block_linears_by_name, calibration_notes,
+                                                    check_config, to_quant_linear)
+from harness.techniques.quantization.sequential import quantize_sequential
+from harness.techniques.quantization.uniform import check_quant_args, qparams, quantize_to
+
+
+@dataclass(frozen=True)
+class GPTQConfig(WeightQuantConfig):
+    """GPTQ options on top of bits/group/sym: blocksize (columns per lazy-update block),
+    damp (fraction of mean diag(H) added to H), act_order (quantize columns by decreasing
+    diag(H))."""
+
+    blocksize: int = 128
+    damp: float = 0.01
+    act_order: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.blocksize >= 1, f"blocksize={self.blocksize} must be >= 1")
+        check(0 <= self.damp < 1, f"damp={self.damp} is outside [0, 1)")
+
+
+def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group: int | None = None, sym: bool = True, *,
+                  blocksize: int = 128, damp: float = 0.01, act_order: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """GPTQ-quantize ``weight`` ``[out, in]`` given ``H`` ``[in, in]`` (sum or mean of x x^T).
+
+    Returns ``(codes uint8 [out, in], scales float16 [out, n_groups], zeros uint8 or None)``
+    in the layout of ``uniform.quantize_groupwise`` (original column order).
+    """
+    W = weight.detach().float().clone()
+    rows, cols = W.shape
+    check_quant_args(bits, group, cols)
+    g = cols if group is None else group
+    ng = cols // g
+    H = H.detach().float().clone().to(W.device)
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    scales = torch.zeros(rows, ng, device=W.device)
+    zeros = torch.zeros(rows, ng, device=W.device)
+    static = act_order or group is None
+    if static:  # parameters from the original weight, one per group
+        for j in range(ng):
+            scales[:, j], zeros[:, j] = qparams(W[:, j * g:(j + 1) * g], bits, sym)
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols, device=W.device)
+    W, H = W[:, perm], H[perm][:, perm]
+    gid = perm // g  # group of each (permuted) column
+    S, Z = scales[:, gid], zeros[:, gid]  # per-column parameters [rows, cols]
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, device=W.device)
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    codes = torch.zeros(rows, cols, device=W.device)
+    maxq = 2 ** bits - 1
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if not static and col % g == 0:  # dynamic groups: params from the updated weights
+                ahead = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g]
+                sj, zj = qparams(ahead, bits, sym)
+                scales[:, col // g], zeros[:, col // g] = sj, zj
+                S[:, col:col + g], Z[:, col:col + g] = sj[:, None], zj[:, None]
+            s, z, w = S[:, col], Z[:, col], W1[:, i]
+            q = torch.clamp(torch.round(w / s) + z, 0, maxq)
+            codes[:, col] = q
+            err = (w - (q - z) * s) / Hinv1[i, i]
+            W1[:, i:].sub_(torch.outer(err, Hinv1[i, i:]))
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    inv = torch.argsort(perm)
+    codes = codes[:, inv].to(torch.uint8)
+    return codes, scales.to(torch.float16), None if sym else zeros.to(torch.uint8)
+
+
+@register
+class GPTQ(Technique):
+    name = "gptq"
+    family = "quantization"
+    config_cls = GPTQConfig
+    storage = "packed"
+    needs_calibration = True
+    suite_specs = ("gptq:bits=4,group=128", "gptq:bits=3")
+    description = "GPTQ: Hessian-based weight-only quantization with error feedback, block-sequential, packed"
+
+    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+        cfg = self.config
+        check_config(block_linears_by_name(model), cfg.bits, cfg.group)
+        self._calib = calibration_notes(calibration)
+
+        def quantize_group(mods, stats):
+            out = {}
+            for name, mod in mods.items():
+                codes = gptq_quantize(linear_weight(mod), stats[name].H, cfg.bits, cfg.group, cfg.sym,
+                                      blocksize=cfg.blocksize, damp=cfg.damp, act_order=cfg.act_order)
+                out[name] = to_quant_linear(mod, bits=cfg.bits, group=cfg.group, sym=cfg.sym, codes=codes)
+            return out
+
+        quantize_sequential(model, calibration, quantize_group)
+        return model
+
+    def notes(self) -> list[str]:
+        return list(getattr(self, "_calib", []))
