@@ -6,6 +6,8 @@ import copy
 import pytest
 import torch
 
+from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
+
 import harness
 from harness.layers.quant import QuantLinear
 from harness.measure.accuracy import perplexity_window
