@@ -1,0 +1,16 @@
+"""Triton kernels for the packed layers, with a torch reference of the same math.
+
+- ``w4a16`` / ``w8a16``: group-wise dequantizing GEMV (decode) and GEMM (prefill) on
+  QuantLinear's packed buffers (2/4/8-bit; 3-bit stays on the torch reference).
+- ``qlr``: CALDERA ``y = dequant(Q) x + L (R x)`` with the low-rank term fused into the GEMV.
+- ``dispatch``: what the layers call (``quant_matmul``, ``maybe_triton_linear``, ...).
+- ``reference``: the torch math every kernel is tested against.
+- ``gpu``: CUDA/NVML helpers (``cuda_timer``, device info, energy, peak bandwidth).
+- ``bench``: the micro-benchmark behind ``harness kernels bench``.
+
+Importing this package never imports triton; kernels are built on first use, as
+compiled CUDA kernels or, with ``TRITON_INTERPRET=1``, under Triton's CPU interpreter.
+"""
+from harness.kernels.dispatch import maybe_triton_linear, maybe_triton_qlr, qlr_matmul, quant_matmul, why_not
+
+__all__ = ["quant_matmul", "maybe_triton_linear", "qlr_matmul", "maybe_triton_qlr", "why_not"]

@@ -1,0 +1,167 @@
+"""GPU helpers for kernel benchmarks and the end-to-end GPU path.
+
+Everything that can be unavailable returns ``(value, None)`` or ``(None, reason)`` so the
+caller records N/A with the reason; ``require_cuda`` and ``cuda_timer`` raise
+``GPUUnavailable`` (a RuntimeError with the reason) when CUDA was asked for and is absent.
+NVML access goes through ``harness.measure.nvml`` (``pynvml`` from ``nvidia-ml-py``).
+
+Peak memory bandwidth = NVML max memory clock x bus width x 2 (double data rate) / 8.
+That reproduces the datasheet figures (H100 SXM: 2619 MHz x 5120 bit -> 3.35 TB/s;
+A100 40GB: 1215 MHz x 5120 bit -> 1.56 TB/s; RTX 4090: 10501 MHz x 384 bit -> 1.01 TB/s).
+Without NVML the name is looked up in ``PEAK_BANDWIDTH_TABLE`` (datasheet values).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from harness.measure import nvml
+
+L2_FLUSH_BYTES = 256 * 2**20  # larger than any current L2 (H100: 50 MB, H200: 60 MB)
+
+# (substring of the device name, bytes/s), most specific first; vendor datasheets.
+PEAK_BANDWIDTH_TABLE: list[tuple[str, float]] = [
+    ("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12),
+    ("A100-SXM4-80GB", 2.039e12), ("A100 80GB PCIe", 1.935e12), ("A100-PCIE-80GB", 1.935e12),
+    ("A100", 1.555e12), ("L40S", 864e9), ("L4", 300e9), ("A10", 600e9), ("RTX 4090", 1008e9),
+    ("V100", 900e9), ("T4", 320e9),
+]
+
+
+class GPUUnavailable(RuntimeError):
+    """CUDA was requested but cannot be used here; the message is the reason."""
+
+
+def _index(device: torch.device | str | int | None) -> int:
+    if isinstance(device, int):
+        return device
+    d = torch.device(device if device is not None else "cuda")
+    return d.index or 0
+
+
+def cuda_available_reason(device: torch.device | str | int | None = None) -> str | None:
+    """None when CUDA ``device`` is usable by torch, else why not."""
+    if isinstance(device, (str, torch.device)) and torch.device(device).type != "cuda":
+        return f"device {device} is not a CUDA device"
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        return f"torch.cuda.is_available() is False (torch {torch.__version__}, {build})"
+    idx, count = _index(device), torch.cuda.device_count()
+    if idx >= count:
+        return f"cuda:{idx} requested but only {count} CUDA device(s) are visible"
+    return None
+
+
+def require_cuda(device: torch.device | str | int | None = None) -> torch.device:
+    """The CUDA device, or GPUUnavailable naming why it cannot be used."""
+    reason = cuda_available_reason(device)
+    if reason:
+        raise GPUUnavailable(f"CUDA requested but unavailable: {reason}")
+    return torch.device("cuda", _index(device))
+
+
+def device_info(device: torch.device | str | int | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """GPU name, driver, CUDA (driver and runtime), capability, clocks (max and current), memory."""
+    cuda_reason, nvml_reason = cuda_available_reason(device), nvml.unavailable_reason()
+    if cuda_reason and nvml_reason:
+        return None, f"{cuda_reason}; {nvml_reason}"
+    idx = _index(device)
+    info: dict[str, Any] = {"cuda_runtime": torch.version.cuda}
+    if cuda_reason is None:
+        props = torch.cuda.get_device_properties(idx)
+        info.update(gpu_torch_name=props.name, capability=f"{props.major}.{props.minor}",
+                    sm_count=props.multi_processor_count, total_memory_mb=props.total_memory / 2**20,
+                    l2_cache_mb=getattr(props, "L2_cache_size", 0) / 2**20 or None)
+    else:
+        info["cuda_reason"] = cuda_reason
+    if nvml_reason is None:
+        info.update(nvml.device_info(idx))
+        now, reason = clocks(idx)
+        info.update(now or {"clocks_reason": reason})
+    else:
+        info["nvml_reason"] = nvml_reason
+    return info, None
+
+
+def clocks(device: torch.device | str | int | None = None) -> tuple[dict[str, int] | None, str | None]:
+    """Current SM and memory clocks (MHz) from NVML."""
+    reason = nvml.unavailable_reason()
+    if reason:
+        return None, reason
+    import pynvml
+
+    try:
+        h = nvml.handle(_index(device))
+        return {"sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+                "mem_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)}, None
+    except pynvml.NVMLError as e:
+        return None, f"NVML clocks unavailable: {e}"
+
+
+def memory_used_mb(device: torch.device | str | int | None = None) -> tuple[float | None, str | None]:
+    """NVML device memory in use (all processes), MiB."""
+    return nvml.memory_used_mb(_index(device))
+
+
+def energy_mj(device: torch.device | str | int | None = None) -> tuple[float | None, str | None]:
+    """NVML total energy counter (millijoules since driver load; Volta and newer)."""
+    return nvml.energy_mj(_index(device))
+
+
+def peak_memory_bandwidth(device: torch.device | str | int | None = None, name: str | None = None
+                          ) -> tuple[float | None, str]:
+    """``(bytes/s, how it was derived)`` or ``(None, reason)``."""
+    reason = nvml.unavailable_reason()
+    if reason is None:
+        info = nvml.device_info(_index(device))
+        clock, width = info.get("mem_clock_max_mhz"), info.get("mem_bus_width_bits")
+        if clock and width:
+            return clock * 1e6 * width * 2 / 8, f"NVML: {clock} MHz x {width} bit x 2 / 8"
+        name = name or info.get("gpu")
+    if name is None and cuda_available_reason(device) is None:
+        name = torch.cuda.get_device_name(_index(device))
+    if name:
+        for key, bw in PEAK_BANDWIDTH_TABLE:
+            if key.lower() in name.lower():
+                return bw, f"datasheet table entry '{key}' for {name}"
+        return None, f"no NVML clock/bus width and {name!r} is not in PEAK_BANDWIDTH_TABLE"
+    return None, reason or "no GPU name to look up"
+
+
+@dataclass
+class CudaTiming:
+    """Filled in when the ``cuda_timer`` block exits."""
+
+    ms: float | None = None
+
+
+@contextlib.contextmanager
+def cuda_timer(device: torch.device | str | int | None = None, *, sync_before: bool = True) -> Iterator[CudaTiming]:
+    """Time the enclosed GPU work with CUDA events on the current stream.
+
+    Synchronizes before (so earlier queued work is not billed to the block) and waits on
+    the end event after, so ``.ms`` is device time of everything launched in the block."""
+    dev = require_cuda(device)
+    out = CudaTiming()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with torch.cuda.device(dev):
+        if sync_before:
+            torch.cuda.synchronize(dev)
+        start.record()
+        yield out
+        end.record()
+        end.synchronize()
+    out.ms = float(start.elapsed_time(end))
+
+
+def l2_flush_buffer(device: torch.device | str | int | None = None, nbytes: int = L2_FLUSH_BYTES) -> torch.Tensor:
+    """A buffer whose ``zero_()`` evicts the L2 cache between benchmark repetitions."""
+    return torch.empty(nbytes, dtype=torch.int8, device=require_cuda(device))
+
+
+__all__ = ["GPUUnavailable", "L2_FLUSH_BYTES", "PEAK_BANDWIDTH_TABLE", "cuda_available_reason", "require_cuda",
+           "device_info", "clocks", "memory_used_mb", "energy_mj", "peak_memory_bandwidth", "CudaTiming",
+           "cuda_timer", "l2_flush_buffer"]
