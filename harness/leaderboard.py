@@ -1,0 +1,173 @@
+"""Leaderboard: many runs -> one SQLite history -> rankings of model x technique.
+
+An *entry* is (model, spec, profile, device class): rankings never mix device classes
+or measurement profiles. Ingesting a run is idempotent (a run's rows are keyed by its
+run id). Each ranking uses an entry's latest run; the history keeps every run.
+
+Cost-efficiency score (see docs/reports.md)::
+
+    score = accuracy_retained x size_reduction / compute_cost
+    accuracy_retained = ppl_ref / ppl            (ppl.window; encoders: fidelity.cosine)
+    size_reduction    = bytes_ref / bytes        (size.compression_ratio)
+    compute_cost      = latency / latency_ref    (latency.decode_ms_per_token; encoders: latency.forward_ms)
+
+with the reference (spec ``none``) measured in the same run. The reference scores 1.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.baselines import entry_key
+from harness.records import METRICS, load_records
+from harness.runner import read_run_info, run_status
+
+DEFAULT_DB = Path("reports") / "leaderboard.sqlite"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, path TEXT, started REAL, status TEXT,
+    profile TEXT, ingested REAL, fingerprint TEXT);
+CREATE TABLE IF NOT EXISTS results (run_id TEXT, model TEXT, technique TEXT, spec TEXT, profile TEXT,
+    storage TEXT, device_class TEXT, metric TEXT, value REAL, reference REAL, unit TEXT, status TEXT,
+    reason TEXT, timestamp REAL,
+    PRIMARY KEY (run_id, model, spec, profile, device_class, metric));
+"""
+
+
+def connect(db: str | Path) -> sqlite3.Connection:
+    db = Path(db)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(db)
+    try:
+        con.executescript(SCHEMA)
+    except sqlite3.DatabaseError as e:
+        con.close()
+        raise ValueError(f"{db}: not a harness leaderboard database ({e})") from None
+    return con
+
+
+def ingest(con: sqlite3.Connection, run_dir: str | Path) -> int:
+    """Add (or refresh) one run directory; returns the number of result rows."""
+    records = load_records(run_dir)
+    info = read_run_info(run_dir)
+    latest = {}
+    for r in sorted(records, key=lambda r: r.timestamp):
+        latest[(r.run_id or info.get("run_id") or Path(run_dir).name, *entry_key(r), r.device_class,
+                r.metric)] = r
+    status, _ = run_status(run_dir)
+    run_ids = {k[0] for k in latest}
+    with con:
+        for rid in run_ids:
+            con.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?)",
+                        (rid, str(Path(run_dir).resolve()), info.get("started") or
+                         min(r.timestamp for r in records), status, info.get("profile"), time.time(),
+                         json.dumps(info.get("fingerprint") or {}, sort_keys=True)))
+        for (rid, model, spec, profile, dc, metric), r in latest.items():
+            con.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (rid, model, r.technique, spec, profile, r.storage, dc, metric,
+                         r.value if r.status == "ok" else None, r.extra.get("reference"), r.unit, r.status,
+                         r.reason, r.timestamp))
+    return len(latest)
+
+
+@dataclass
+class Entry:
+    model: str
+    spec: str
+    profile: str
+    device_class: str
+    technique: str = ""
+    storage: str = ""
+    run_id: str = ""
+    started: float = 0.0
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    refs: dict[str, float | None] = field(default_factory=dict)
+    score: float | None = None
+    score_note: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.model, self.spec, self.profile, self.device_class)
+
+
+def _score(e: Entry) -> tuple[float | None, str]:
+    ref = e.technique == "none"
+    if e.metrics.get("ppl.window") is not None:
+        acc, acc_ref = e.metrics["ppl.window"], e.refs.get("ppl.window")
+        retained = 1.0 if ref else (acc_ref / acc if acc_ref and acc else None)
+        lat_m = "latency.decode_ms_per_token"
+    else:
+        retained = 1.0 if ref else e.metrics.get("fidelity.cosine")
+        lat_m = "latency.forward_ms"
+    ratio = 1.0 if ref else e.metrics.get("size.compression_ratio")
+    lat, lat_ref = e.metrics.get(lat_m), e.refs.get(lat_m)
+    cost = 1.0 if ref else (lat / lat_ref if lat and lat_ref else None)
+    missing = [n for n, v in (("accuracy", retained), ("size.compression_ratio", ratio), (lat_m, cost))
+               if v is None]
+    if missing:
+        return None, "not scored: missing " + ", ".join(missing)
+    return retained * ratio / cost, f"retained {retained:.3f} x size {ratio:.2f}x / cost {cost:.2f}"
+
+
+def entries(con: sqlite3.Connection, device_class: str | None = None, latest: bool = True) -> list[Entry]:
+    """Entries with their metrics (latest run each, or every run when ``latest`` is False)."""
+    q = ("SELECT r.run_id, r.model, r.technique, r.spec, r.profile, r.storage, r.device_class, r.metric, "
+         "r.value, r.reference, runs.started FROM results r JOIN runs USING (run_id)")
+    args: tuple = ()
+    if device_class:
+        q += " WHERE r.device_class = ?"
+        args = (device_class,)
+    by: dict[tuple, Entry] = {}
+    for rid, model, tech, spec, profile, storage, dc, metric, value, ref, started in con.execute(q, args):
+        e = by.setdefault((rid, model, spec, profile, dc), Entry(model, spec, profile, dc, tech, storage,
+                                                               rid, started or 0.0))
+        e.metrics[metric] = value
+        e.refs[metric] = ref
+    out = list(by.values())
+    for e in out:
+        e.score, e.score_note = _score(e)
+    if latest:
+        newest: dict[tuple, Entry] = {}
+        for e in sorted(out, key=lambda e: (e.started, e.run_id)):
+            newest[e.key] = e
+        out = list(newest.values())
+    return out
+
+
+def rank(items: list[Entry], metric: str | None = None) -> list[Entry]:
+    """Best first by ``metric`` (its direction from the metric registry) or by score;
+    entries without the figure go last."""
+    if metric is None:
+        return sorted(items, key=lambda e: (e.score is None, -(e.score or 0.0), e.model, e.spec))
+    hib = METRICS.get(metric).higher_is_better
+    have = [e for e in items if e.metrics.get(metric) is not None]
+    rest = [e for e in items if e.metrics.get(metric) is None]
+    have.sort(key=lambda e: (-e.metrics[metric] if hib else e.metrics[metric], e.model, e.spec))
+    return have + sorted(rest, key=lambda e: (e.model, e.spec))
+
+
+def history(con: sqlite3.Connection, device_class: str | None = None) -> dict[tuple, list[Entry]]:
+    """Every run of every entry, oldest first."""
+    out: dict[tuple, list[Entry]] = {}
+    for e in sorted(entries(con, device_class, latest=False), key=lambda e: (e.started, e.run_id)):
+        out.setdefault(e.key, []).append(e)
+    return out
+
+
+def write_html(con: sqlite3.Connection, out: str | Path, metric: str, device_class: str | None = None) -> Path:
+    from harness.report.html import environment
+
+    items = entries(con, device_class)
+    classes = sorted({e.device_class for e in items})
+    sections = [{"device_class": dc, "by_metric": rank([e for e in items if e.device_class == dc], metric),
+                 "by_score": rank([e for e in items if e.device_class == dc])} for dc in classes]
+    runs = con.execute("SELECT run_id, started, status, profile, path FROM runs ORDER BY started").fetchall()
+    html = environment().get_template("leaderboard.html.j2").render(
+        metric=metric, unit=METRICS.get(metric).unit, higher=METRICS.get(metric).higher_is_better,
+        sections=sections, history=history(con, device_class), runs=runs)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path

@@ -1,0 +1,1 @@
+"""Reports of a run directory: terminal/Markdown summaries, the HTML report, comparisons."""

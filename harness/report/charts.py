@@ -1,0 +1,93 @@
+"""Inline SVG charts (matplotlib, Agg backend, text kept as escaped SVG text).
+
+``pareto_svg`` plots one point per model x technique with both metrics measured and
+draws the Pareto front (both axes lower-is-better unless told otherwise). Points of
+simulated storage (fake-quant, masks) are hollow: their size/speed is not a real saving.
+"""
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+            "#7f7f7f", "#bcbd22"]
+
+
+@dataclass(frozen=True)
+class Point:
+    label: str
+    x: float
+    y: float
+    group: str = ""  # colour (technique family / model)
+    hollow: bool = False
+    reference: bool = False
+
+
+def pareto_front(points: list[Point], x_higher: bool = False, y_higher: bool = False) -> list[Point]:
+    """Points not dominated by any other (better or equal on both axes, better on one)."""
+    sx = -1 if x_higher else 1
+    sy = -1 if y_higher else 1
+
+    def dominates(a: Point, b: Point) -> bool:
+        return (sx * a.x <= sx * b.x and sy * a.y <= sy * b.y) and (sx * a.x < sx * b.x or sy * a.y < sy * b.y)
+
+    front = [p for p in points if not any(dominates(q, p) for q in points)]
+    return sorted(front, key=lambda p: sx * p.x)
+
+
+def pareto_svg(points: list[Point], xlabel: str, ylabel: str, title: str, *, logx: bool = False,
+               x_higher: bool = False, y_higher: bool = False) -> str:
+    """An SVG document (string) of the scatter and its Pareto front."""
+    with plt.rc_context({"svg.fonttype": "none", "font.size": 9, "svg.hashsalt": "harness"}):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+        if not points:
+            ax.text(0.5, 0.5, "no points with both metrics measured", ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_axis_off()
+        else:
+            groups = list(dict.fromkeys(p.group for p in points))
+            colour = {g: _PALETTE[i % len(_PALETTE)] for i, g in enumerate(groups)}
+            for g in groups:
+                pts = [p for p in points if p.group == g and not p.reference]
+                for hollow in (False, True):
+                    sel = [p for p in pts if p.hollow == hollow]
+                    if sel:
+                        ax.scatter([p.x for p in sel], [p.y for p in sel], s=36, zorder=3,
+                                   facecolors="none" if hollow else colour[g], edgecolors=colour[g],
+                                   label=f"{g}{' (simulated)' if hollow else ''}")
+            refs = [p for p in points if p.reference]
+            if refs:
+                ax.scatter([p.x for p in refs], [p.y for p in refs], marker="*", s=160, c="black",
+                           zorder=4, label="reference")
+            front = pareto_front(points, x_higher, y_higher)
+            if len(front) > 1:
+                ax.step([p.x for p in front], [p.y for p in front], where="post", color="#555",
+                        lw=1, ls="--", zorder=2, label="Pareto front")
+            for p in points:
+                ax.annotate(_short(p.label), (p.x, p.y), textcoords="offset points", xytext=(4, 3),
+                            fontsize=7, color="#333")
+            if logx:
+                ax.set_xscale("log")
+            ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7, loc="best", framealpha=0.8)
+        ax.set_title(title)
+        fig.tight_layout()
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+        plt.close(fig)
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]  # drop the XML prolog/doctype for inlining
+
+
+def _short(label: str, n: int = 28) -> str:
+    label = re.sub(r"\s+", " ", label)
+    return label if len(label) <= n else label[: n - 1] + "…"

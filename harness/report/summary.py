@@ -1,0 +1,224 @@
+"""One model x technique table from a run's records, shared by the terminal summary, the
+Markdown summary and the HTML report (so all three show the same numbers).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from harness.baselines import BaselineStore, Tolerance, Verdict, profile_of, verdicts, worst
+from harness.records import Record, load_records
+from harness.runner import load_outcomes, read_run_info, run_status
+
+SIMULATED = {"fake-quant", "mask"}
+
+
+def _mb(v: float) -> str:
+    return f"{v / 1e6:.2f} MB"
+
+
+def _g(digits: int) -> Callable[[float], str]:
+    return lambda v: f"{v:.{digits}f}"
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    metric: str
+    fmt: Callable[[float], str]
+    delta: bool = False  # show % change vs the reference
+    terminal: bool = False  # part of the compact terminal / Markdown table
+
+
+COLUMNS = [
+    Column("size", "size.bytes", _mb, terminal=True),
+    Column("bits/w", "size.bits_per_param", _g(2), terminal=True),
+    Column("ratio", "size.compression_ratio", lambda v: f"{v:.2f}x", terminal=True),
+    Column("ppl window", "ppl.window", _g(2), delta=True, terminal=True),
+    Column("ppl lm-eval", "ppl.lm_eval", _g(2), delta=True),
+    Column("KL", "fidelity.kl", _g(4), terminal=True),
+    Column("top-1", "fidelity.top1", _g(3)),
+    Column("cosine", "fidelity.cosine", _g(4), terminal=True),
+    Column("prefill ms", "latency.prefill_ms", _g(1)),
+    Column("decode tok/s", "latency.decode_tok_s", _g(1), terminal=True),
+    Column("forward ms", "latency.forward_ms", _g(2), terminal=True),
+    Column("speed-up prefill", "latency.speedup_prefill", lambda v: f"{v:.2f}x"),
+    Column("speed-up decode", "latency.speedup_decode", lambda v: f"{v:.2f}x", terminal=True),
+    Column("RSS MiB", "memory.peak_rss_mb", _g(0)),
+    Column("GPU MiB", "memory.gpu_peak_mb", _g(1)),
+    Column("J/token", "energy.j_per_token", _g(4)),
+    Column("compress s", "compress.wall_s", _g(2), terminal=True),
+]
+
+
+@dataclass
+class Cell:
+    text: str
+    value: float | None = None
+    tooltip: str = ""
+    verdict: str = ""
+    delta_pct: float | None = None
+    na: bool = False
+
+
+@dataclass
+class Row:
+    model: str
+    technique: str
+    spec: str
+    storage: str
+    profile: str
+    test_ids: list[str] = field(default_factory=list)
+    records: dict[str, Record] = field(default_factory=dict)
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    outcome: str = ""
+
+    @property
+    def simulated(self) -> bool:
+        return self.storage in SIMULATED
+
+    @property
+    def verdict(self) -> str:
+        return worst(v.status for v in self.verdicts.values())
+
+    def value(self, metric: str) -> float | None:
+        r = self.records.get(metric)
+        return r.value if r is not None and r.status == "ok" else None
+
+    def cell(self, col: Column) -> Cell:
+        r = self.records.get(col.metric)
+        if r is None:
+            return Cell("—", tooltip="not recorded by this run", na=True)
+        v = self.verdicts.get(col.metric)
+        vtext = v.status if v else ""
+        tip = v.line() if v else ""
+        if r.status != "ok" or r.value is None:
+            return Cell("N/A", tooltip=f"{r.status}: {r.reason}", na=True)
+        text = col.fmt(r.value)
+        dp = r.extra.get("delta_pct") if col.delta else None
+        if dp is not None:
+            text += f" ({dp:+.1f}%)"
+        if r.spread.get("p10") is not None and r.spread.get("p90") is not None:
+            tip = (f"median of n={r.n}, p10–p90 [{col.fmt(r.spread['p10'])}, {col.fmt(r.spread['p90'])}]"
+                   + (f"; {tip}" if tip else ""))
+        if col.metric.startswith(("size.", "latency.speedup")) and self.simulated:
+            tip = f"{self.storage}: simulated, no real saving" + (f"; {tip}" if tip else "")
+        return Cell(text, r.value, tip, vtext, dp)
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    info: dict[str, Any]
+    status: str
+    partial_reason: str
+    records: list[Record]
+    rows: list[Row]
+    columns: list[Column]
+    verdicts: list[Verdict]
+    outcomes: list[dict[str, Any]]
+    unavailable: list[tuple[Column, str]] = field(default_factory=list)  # N/A in every row
+
+    @property
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(r.model for r in self.rows))
+
+    def verdict_counts(self) -> Counter:
+        return Counter(v.status for v in self.verdicts)
+
+    def outcome_counts(self) -> Counter:
+        return Counter(o["outcome"] for o in self.outcomes)
+
+
+def build_rows(records: Iterable[Record], vs: Iterable[Verdict] = (), outcomes: Iterable[dict] = ()) -> list[Row]:
+    rows: dict[tuple, Row] = {}
+    for r in sorted(records, key=lambda r: r.timestamp):
+        key = (r.model, r.spec, profile_of(r))
+        row = rows.setdefault(key, Row(r.model, r.technique, r.spec, r.storage, profile_of(r)))
+        row.records[r.metric] = r
+        row.storage = r.storage or row.storage
+        if r.test_id and r.test_id not in row.test_ids:
+            row.test_ids.append(r.test_id)
+    for v in vs:
+        row = rows.get((v.model, v.spec, v.profile))
+        if row is not None:
+            row.verdicts[v.metric] = v
+    by_test = {o["nodeid"]: o["outcome"] for o in outcomes}
+    for row in rows.values():
+        row.outcome = worst_outcome(by_test.get(t, "") for t in row.test_ids)
+    return sorted(rows.values(), key=lambda w: (w.model, w.technique != "none", w.technique, w.spec, w.profile))
+
+
+def worst_outcome(outcomes: Iterable[str]) -> str:
+    s = set(outcomes)
+    return next((o for o in ("error", "failed", "xpassed", "xfailed", "skipped", "passed") if o in s), "")
+
+
+def run_verdicts(records: list[Record], baselines: str | Path | None,
+                 fail_on: dict[str, Tolerance] | None = None) -> list[Verdict]:
+    """Verdicts of every record against the baselines of its own device class."""
+    if baselines is None:
+        return []
+    store = BaselineStore(baselines)
+    out: list[Verdict] = []
+    for dc in sorted({r.device_class for r in records if r.device_class}):
+        out += verdicts([r for r in records if r.device_class == dc], store, dc, overrides=fail_on)
+    return out
+
+
+def summarize(run_dir: str | Path, baselines: str | Path | None = None,
+              fail_on: dict[str, Tolerance] | None = None) -> RunSummary:
+    """Load a run directory (records merged across workers) into a RunSummary.
+
+    ``baselines`` defaults to the directory the run used (from run.json) if it exists."""
+    run_dir = Path(run_dir)
+    records = load_records(run_dir)
+    info = read_run_info(run_dir)
+    if baselines is None and info.get("baselines") and Path(info["baselines"]).is_dir():
+        baselines = info["baselines"]
+    vs = run_verdicts(records, baselines, fail_on)
+    outcomes = sorted(load_outcomes(run_dir), key=lambda o: o["nodeid"])
+    rows = build_rows(records, vs, outcomes)
+    present = {r.metric for r in records}
+    cols, unavailable = [], []
+    for c in (c for c in COLUMNS if c.metric in present):
+        recs = [r.records[c.metric] for r in rows if c.metric in r.records]
+        if all(x.status != "ok" for x in recs):
+            unavailable.append((c, "; ".join(dict.fromkeys(x.reason or x.status for x in recs))))
+        else:
+            cols.append(c)
+    status, why = run_status(run_dir)
+    return RunSummary(run_dir, info, status, why, records, rows, cols, vs, outcomes, unavailable)
+
+
+def table(rows: list[Row], columns: list[Column]) -> tuple[list[str], list[list[str]]]:
+    """Header and text cells of the compact table (terminal and Markdown)."""
+    cols = [c for c in columns if c.terminal]
+    header = ["model", "technique", "storage", *[c.header for c in cols], "verdict", "test"]
+    body = []
+    for r in rows:
+        body.append([r.model, r.spec, r.storage + (" (simulated)" if r.simulated else ""),
+                     *[r.cell(c).text for c in cols], r.verdict or "-", r.outcome or "-"])
+    return header, body
+
+
+def summary_lines(run_dir: str | Path, baselines: str | Path | None = None,
+                  fail_on: dict[str, Tolerance] | None = None) -> list[str]:
+    """The terminal summary: aligned table, verdict counts, regressions, run status."""
+    s = summarize(run_dir, baselines, fail_on)
+    header, body = table(s.rows, s.columns)
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    lines = [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)]
+    vc = s.verdict_counts()
+    if vc:
+        lines.append("verdicts: " + ", ".join(f"{k} {vc[k]}" for k in sorted(vc)))
+    for v in s.verdicts:
+        if v.status == "regressed":
+            lines.append(f"  REGRESSED {v.line()}")
+    if s.status != "complete":
+        lines.append(f"PARTIAL RUN: {s.partial_reason}")
+    lines.append(f"{len(s.records)} records in {s.run_dir} (run {s.info.get('run_id', '?')})")
+    return lines

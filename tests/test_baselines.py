@@ -1,0 +1,147 @@
+"""Baselines: tolerance parsing, noise-aware verdicts, device classes, corrupt files, update."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness import baselines as bl
+from harness.records import Record
+
+DC = "cpu-test-2c"
+
+
+def rec(metric, value, spread=None, model="m", spec="rtn:bits=4", suite="default", dc=DC, profile="full"):
+    return Record(metric, value, spread=spread or {}, model=model, spec=spec, technique=spec.split(":")[0],
+                  suite=suite, device_class=dc, test_id=f"t[{spec}]", extra={"profile": profile})
+
+
+def write_baseline(root, entries, suite="default", dc=DC):
+    data = {"schema": bl.SCHEMA, "suite": suite, "device_class": dc, "entries": entries}
+    p = root / suite / f"{dc}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data))
+    return p
+
+
+def entry(metrics, model="m", spec="rtn:bits=4", profile="full"):
+    return {"model": model, "spec": spec, "profile": profile, "metrics": metrics}
+
+
+@pytest.mark.parametrize("text, value, relative", [("2%", 0.02, True), ("0.01", 0.01, False), (" 10% ", 0.1, True)])
+def test_parse_tolerance(text, value, relative):
+    t = bl.parse_tolerance(text)
+    assert t.value == pytest.approx(value) and t.relative is relative
+
+
+@pytest.mark.parametrize("text, match", [
+    ("ppl.window", "expected METRIC:TOL"), ("ppl.window:", "expected METRIC:TOL"),
+    ("ppl.windw:2%", "did you mean 'ppl.window'"), ("ppl.window:two%", "not a number"),
+    ("ppl.window:-1", ">= 0")])
+def test_parse_fail_on_errors_are_one_line(text, match):
+    with pytest.raises(ValueError, match=match) as e:
+        bl.parse_fail_on(text)
+    assert "\n" not in str(e.value)
+
+
+def test_relative_and_absolute_tolerance_verdicts():
+    base = bl.MetricBaseline(50.0, False, bl.parse_tolerance("2%"))
+    assert bl.compare(rec("ppl.window", 50.9), base).status == "pass"  # +1.8%
+    v = bl.compare(rec("ppl.window", 51.2), base)  # +2.4% > 2%
+    assert v.status == "regressed"
+    line = v.line()
+    assert "ppl.window" in line and "baseline 50" in line and "measured 51.2" in line and "tolerance 2%" in line
+    assert bl.compare(rec("ppl.window", 48.0), base).status == "improved"
+    kl = bl.MetricBaseline(0.05, False, bl.parse_tolerance("0.01"))
+    assert bl.compare(rec("fidelity.kl", 0.059), kl).status == "pass"
+    assert bl.compare(rec("fidelity.kl", 0.061), kl).status == "regressed"
+    # higher-is-better direction
+    tps = bl.MetricBaseline(100.0, True, bl.parse_tolerance("10%"))
+    assert bl.compare(rec("latency.decode_tok_s", 85.0), tps).status == "regressed"
+    assert bl.compare(rec("latency.decode_tok_s", 115.0), tps).status == "improved"
+
+
+def test_latency_change_inside_spread_is_noise_not_regression():
+    base = bl.MetricBaseline(10.0, False, bl.parse_tolerance("5%"), {"p10": 8.0, "p90": 14.0})
+    noisy = bl.compare(rec("latency.prefill_ms", 12.0, {"p10": 11.0, "p90": 13.5}), base)  # +20%, overlapping
+    assert noisy.status == "pass" and "within noise" in noisy.note
+    real = bl.compare(rec("latency.prefill_ms", 20.0, {"p10": 18.0, "p90": 22.0}), base)  # bands disjoint
+    assert real.status == "regressed"
+    # without a spread the same +20% is a regression
+    flat = bl.MetricBaseline(10.0, False, bl.parse_tolerance("5%"))
+    assert bl.compare(rec("latency.prefill_ms", 12.0), flat).status == "regressed"
+
+
+def test_verdicts_new_missing_and_foreign_device(tmp_path):
+    write_baseline(tmp_path, [entry({"ppl.window": {"value": 50.0, "direction": "lower", "tolerance": "2%"},
+                                     "size.bytes": {"value": 100.0, "direction": "lower", "tolerance": "1%"}})])
+    store = bl.BaselineStore(tmp_path)
+    vs = bl.verdicts([rec("ppl.window", 50.5), rec("fidelity.kl", 0.1)], store, DC)
+    by = {v.metric: v.status for v in vs}
+    assert by == {"ppl.window": "pass", "fidelity.kl": "new", "size.bytes": "missing"}
+    other = bl.verdicts([rec("ppl.window", 50.5, dc="cuda-h100")], store, "cuda-h100")
+    assert [v.status for v in other] == ["incomparable-device"]
+    assert DC in other[0].note and "cuda-h100" in other[0].note
+    # no baselines at all: new, with the reason
+    none = bl.verdicts([rec("ppl.window", 1.0)], bl.BaselineStore(tmp_path / "nope"), DC)
+    assert none[0].status == "new" and "no baseline file" in none[0].note
+
+
+def test_profiles_are_separate_entries(tmp_path):
+    write_baseline(tmp_path, [entry({"ppl.window": {"value": 50.0, "direction": "lower", "tolerance": "2%"}},
+                                    profile="quick")])
+    store = bl.BaselineStore(tmp_path)
+    assert bl.verdicts([rec("ppl.window", 60.0, profile="quick")], store, DC)[0].status == "regressed"
+    assert bl.verdicts([rec("ppl.window", 60.0, profile="full")], store, DC)[0].status == "new"
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda d: "{not json", "not valid JSON"),
+    (lambda d: {**d, "schema": "v0"}, "schema"),
+    (lambda d: {**d, "entries": {}}, "'entries' must be a list"),
+    (lambda d: _metric(d, direction="down"), "direction"),
+    (lambda d: _metric(d, tolerance="lots"), "tolerance"),
+    (lambda d: _metric(d, value="12"), "not a finite number"),
+    (lambda d: _metric(d, spread={"p10": 5, "p90": 1}), "p10 5 > p90 1"),
+    (lambda d: {**d, "entries": d["entries"] * 2}, "duplicate entry"),
+    (lambda d: {**d, "device_class": "cpu-other-8c"}, "does not match the file name"),
+])
+def test_corrupt_or_hand_edited_baseline_is_one_line_error(tmp_path, mutate, match):
+    p = write_baseline(tmp_path, [entry({"ppl.window": {"value": 50.0, "direction": "lower", "tolerance": "2%"}})])
+    data = mutate(json.loads(p.read_text()))
+    p.write_text(data if isinstance(data, str) else json.dumps(data))
+    with pytest.raises(bl.BaselineError, match=match) as e:
+        bl.load_baseline(p)
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def _metric(d, **kw):
+    d["entries"][0]["metrics"]["ppl.window"].update(kw)
+    return d
+
+
+def test_update_writes_reviewable_file_and_keeps_hand_tuned_tolerance(tmp_path):
+    recs = [rec("ppl.window", 50.0), rec("latency.prefill_ms", 10.0, {"p10": 9.0, "p90": 11.0, "std": 1.0}),
+            Record.na("energy.j_per_token", "no GPU", model="m", spec="rtn:bits=4", suite="default",
+                      device_class=DC)]
+    [(path, n, kept)] = bl.update(recs, tmp_path, run_id="r1")
+    assert path == tmp_path / "default" / f"{DC}.json" and n == 1 and kept == 0
+    bf = bl.load_baseline(path)
+    ent = bf.entries[("m", "rtn:bits=4", "full")]
+    assert set(ent.metrics) == {"ppl.window", "latency.prefill_ms"}  # N/A is never a baseline
+    assert ent.metrics["latency.prefill_ms"].spread == {"p10": 9.0, "p90": 11.0}
+    assert str(ent.metrics["ppl.window"].tolerance) == "2%"
+    data = json.loads(path.read_text())
+    data["entries"][0]["metrics"]["ppl.window"]["tolerance"] = "5%"  # reviewer loosens it by hand
+    path.write_text(json.dumps(data))
+    other = rec("ppl.window", 30.0, spec="none")
+    bl.update([rec("ppl.window", 51.0), other], tmp_path)
+    bf = bl.load_baseline(path)
+    assert str(bf.entries[("m", "rtn:bits=4", "full")].metrics["ppl.window"].tolerance) == "5%"
+    assert bf.entries[("m", "rtn:bits=4", "full")].metrics["ppl.window"].value == 51.0
+    assert ("m", "none", "full") in bf.entries
+    # entries not in the new run are kept unless --prune
+    bl.update([other], tmp_path)
+    assert len(bl.load_baseline(path).entries) == 2
+    bl.update([other], tmp_path, prune=True)
+    assert list(bl.load_baseline(path).entries) == [("m", "none", "full")]
