@@ -154,4 +154,75 @@ class QuantLinear(CompressedModule):
                 f"sym={self.sym}, bias={self.bias is not None}, input_scale={self.input_scale is not None}")
 
 
-__all__ = ["QuantLinear"]
+class W8A8Linear(CompressedModule):
+    """int8 weights (per output channel, symmetric) x int8 activations (dynamic, per token).
+
+    Stored: ``qweight`` int8 ``[out, in]``, ``w_scales`` float16 ``[out]``, optional
+    ``smooth`` float16 ``[in]`` (SmoothQuant's migration scales: the layer computes on
+    ``x / smooth``), optional ``bias``. The forward quantizes each token's activations to
+    int8 (scale = absmax/127) and does an integer matmul: ``torch._int_mm`` on CUDA;
+    on CPU the integer products are summed in float32 (exact up to float32 rounding of
+    the int32 sums), because torch's CPU ``_int_mm`` is several times *slower* than an
+    fp32 matmul. So this layer shows W8A8 *accuracy* and storage on CPU, not speed.
+    """
+
+    layer_name = "w8a8_linear"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, bias_dtype: str = "float32",
+                 smooth: bool = False) -> None:
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("w_scales", torch.ones(out_features, dtype=torch.float16))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=_DTYPES[bias_dtype]))
+        else:
+            self.bias = None
+        if smooth:
+            self.register_buffer("smooth", torch.ones(in_features, dtype=torch.float16))
+        else:
+            self.smooth = None
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                    smooth: torch.Tensor | None = None) -> "W8A8Linear":
+        """Quantize ``weight`` [out, in] (already multiplied by ``smooth`` if given)."""
+        out_f, in_f = weight.shape
+        layer = cls(in_f, out_f, bias is not None, _dtype_name(bias.dtype) if bias is not None else "float32",
+                    smooth is not None).to(weight.device)
+        w = weight.detach().float()
+        scale = (w.abs().amax(1) / 127).clamp(min=1e-8).to(torch.float16)
+        layer.w_scales.copy_(scale)
+        layer.qweight.copy_(torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8))
+        if bias is not None:
+            layer.bias.copy_(bias.detach())
+        if smooth is not None:
+            layer.smooth.copy_(smooth.detach().to(torch.float16))
+        return layer
+
+    def layer_args(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
+                "bias_dtype": _dtype_name(self.bias.dtype) if self.bias is not None else "float32",
+                "smooth": self.smooth is not None}
+
+    def logical_params(self) -> int:
+        return self.in_features * self.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).float()
+        if self.smooth is not None:
+            x2 = x2 / self.smooth.float()
+        a = (x2.abs().amax(1, keepdim=True) / 127).clamp(min=1e-8)
+        xq = torch.round(x2 / a).clamp(-127, 127)
+        if x.is_cuda and xq.shape[0] > 16 and self.in_features % 8 == 0 and self.out_features % 8 == 0:
+            acc = torch._int_mm(xq.to(torch.int8), self.qweight.t()).float()
+        else:
+            acc = xq @ self.qweight.float().t()
+        y = acc * a * self.w_scales.float()
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+
+__all__ = ["QuantLinear", "W8A8Linear"]
