@@ -85,6 +85,7 @@ def pareto_svg(points: list[Point], xlabel: str, ylabel: str, title: str, *, log
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
         plt.close(fig)
     svg = buf.getvalue()
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)  # RDF boilerplate
     return svg[svg.index("<svg"):]  # drop the XML prolog/doctype for inlining
 
 
