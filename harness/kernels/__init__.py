@@ -11,6 +11,12 @@
 Importing this package never imports triton; kernels are built on first use, as
 compiled CUDA kernels or, with ``TRITON_INTERPRET=1``, under Triton's CPU interpreter.
 """
-from harness.kernels.dispatch import maybe_triton_linear, maybe_triton_qlr, qlr_matmul, quant_matmul, why_not
+from harness.kernels.dispatch import (
+    maybe_triton_linear,
+    maybe_triton_qlr,
+    qlr_matmul,
+    quant_matmul,
+    why_not,
+)
 
-__all__ = ["quant_matmul", "maybe_triton_linear", "qlr_matmul", "maybe_triton_qlr", "why_not"]
+__all__ = ["maybe_triton_linear", "maybe_triton_qlr", "qlr_matmul", "quant_matmul", "why_not"]

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 @functools.lru_cache(maxsize=1)
 def triton_missing_reason() -> str | None:
     """None when ``import triton`` works, else why not (the kernels are optional)."""
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
     except Exception as e:  # ImportError, or a broken install
         return f"triton is not importable ({type(e).__name__}: {e}); install the 'gpu' extra"

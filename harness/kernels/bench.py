@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -163,8 +164,8 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
         r["speedup_vs_fp16"] = base / r["median_us"] if base and r["kernel"] != "fp16" else None
 
 
-def run(kernels: list[str] = list(KERNELS), shapes: list[tuple[int, int]] = [(4096, 4096), (8192, 8192)],
-        ms: list[int] = [1], *, group: int = 128, rank: int = 64, qlr_bits: int = 2, dtype: str = "float16",
+def run(kernels: Sequence[str] = KERNELS, shapes: Sequence[tuple[int, int]] = ((4096, 4096), (8192, 8192)),
+        ms: Sequence[int] = (1,), *, group: int = 128, rank: int = 64, qlr_bits: int = 2, dtype: str = "float16",
         warmup: int = 25, reps: int = 100, device: str = "cuda", compare_do_bench: bool = True
         ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Benchmark every (kernel, M, shape); returns (rows, device info). GPUUnavailable without CUDA."""

@@ -80,4 +80,4 @@ def qlr_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     return y
 
 
-__all__ = ["why_not", "maybe_triton_linear", "quant_matmul", "maybe_triton_qlr", "qlr_matmul"]
+__all__ = ["maybe_triton_linear", "maybe_triton_qlr", "qlr_matmul", "quant_matmul", "why_not"]

@@ -13,8 +13,9 @@ Without NVML the name is looked up in ``PEAK_BANDWIDTH_TABLE`` (datasheet values
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -111,24 +112,34 @@ def energy_mj(device: torch.device | str | int | None = None) -> tuple[float | N
     return nvml.energy_mj(_index(device))
 
 
-def peak_memory_bandwidth(device: torch.device | str | int | None = None, name: str | None = None
-                          ) -> tuple[float | None, str]:
-    """``(bytes/s, how it was derived)`` or ``(None, reason)``."""
+def bandwidth_from_clock(mem_clock_mhz: float, bus_width_bits: int) -> float:
+    """Peak DRAM bytes/s: clock x bus width x 2 transfers per clock / 8 bits."""
+    return mem_clock_mhz * 1e6 * bus_width_bits * 2 / 8
+
+
+def bandwidth_from_table(name: str) -> tuple[float | None, str]:
+    """Datasheet peak for a GPU name (first matching entry of ``PEAK_BANDWIDTH_TABLE``)."""
+    for key, bw in PEAK_BANDWIDTH_TABLE:
+        if key.lower() in name.lower():
+            return bw, f"datasheet table entry '{key}' for {name}"
+    return None, f"{name!r} is not in PEAK_BANDWIDTH_TABLE and NVML gave no memory clock/bus width"
+
+
+def peak_memory_bandwidth(device: torch.device | str | int | None = None) -> tuple[float | None, str]:
+    """``(bytes/s, how it was derived)`` or ``(None, reason)``: NVML first, then the table."""
     reason = nvml.unavailable_reason()
+    name = None
     if reason is None:
         info = nvml.device_info(_index(device))
         clock, width = info.get("mem_clock_max_mhz"), info.get("mem_bus_width_bits")
         if clock and width:
-            return clock * 1e6 * width * 2 / 8, f"NVML: {clock} MHz x {width} bit x 2 / 8"
-        name = name or info.get("gpu")
+            return bandwidth_from_clock(clock, width), f"NVML: {clock} MHz x {width} bit x 2 / 8"
+        name = info.get("gpu")
     if name is None and cuda_available_reason(device) is None:
         name = torch.cuda.get_device_name(_index(device))
     if name:
-        for key, bw in PEAK_BANDWIDTH_TABLE:
-            if key.lower() in name.lower():
-                return bw, f"datasheet table entry '{key}' for {name}"
-        return None, f"no NVML clock/bus width and {name!r} is not in PEAK_BANDWIDTH_TABLE"
-    return None, reason or "no GPU name to look up"
+        return bandwidth_from_table(name)
+    return None, f"no GPU to derive a peak bandwidth from: {reason or cuda_available_reason(device)}"
 
 
 @dataclass
@@ -162,6 +173,20 @@ def l2_flush_buffer(device: torch.device | str | int | None = None, nbytes: int 
     return torch.empty(nbytes, dtype=torch.int8, device=require_cuda(device))
 
 
-__all__ = ["GPUUnavailable", "L2_FLUSH_BYTES", "PEAK_BANDWIDTH_TABLE", "cuda_available_reason", "require_cuda",
-           "device_info", "clocks", "memory_used_mb", "energy_mj", "peak_memory_bandwidth", "CudaTiming",
-           "cuda_timer", "l2_flush_buffer"]
+__all__ = [
+    "L2_FLUSH_BYTES",
+    "PEAK_BANDWIDTH_TABLE",
+    "CudaTiming",
+    "GPUUnavailable",
+    "bandwidth_from_clock",
+    "bandwidth_from_table",
+    "clocks",
+    "cuda_available_reason",
+    "cuda_timer",
+    "device_info",
+    "energy_mj",
+    "l2_flush_buffer",
+    "memory_used_mb",
+    "peak_memory_bandwidth",
+    "require_cuda",
+]

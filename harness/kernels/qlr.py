@@ -15,7 +15,14 @@ from __future__ import annotations
 import torch
 
 from harness.kernels._build import LazyKernel
-from harness.kernels.w4a16 import GEMV_MAX_M, KernelUnsupported, _launch, _next_pow2, check_device, check_quant_args
+from harness.kernels.w4a16 import (
+    GEMV_MAX_M,
+    KernelUnsupported,
+    _launch,
+    _next_pow2,
+    check_device,
+    check_quant_args,
+)
 
 try:
     import triton
@@ -96,4 +103,4 @@ def qlr_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     return y.reshape(*x.shape[:-1], n)
 
 
-__all__ = ["qlr_matmul", "lowrank_in", "check_lowrank", "RX"]
+__all__ = ["RX", "check_lowrank", "lowrank_in", "qlr_matmul"]

@@ -50,4 +50,4 @@ def dense_matmul_ref(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (x.float() @ weight.float().T).to(x.dtype)
 
 
-__all__ = ["dequantize", "quant_matmul_ref", "qlr_matmul_ref", "dense_matmul_ref"]
+__all__ = ["dense_matmul_ref", "dequantize", "qlr_matmul_ref", "quant_matmul_ref"]

@@ -23,7 +23,12 @@ from __future__ import annotations
 
 import torch
 
-from harness.kernels._build import LazyKernel, interpreting, mode_mismatch_reason, triton_missing_reason
+from harness.kernels._build import (
+    LazyKernel,
+    interpreting,
+    mode_mismatch_reason,
+    triton_missing_reason,
+)
 
 try:  # the kernel bodies reference ``tl``; without triton they are never built
     import triton
@@ -94,7 +99,7 @@ def _gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, l_ptr, t_ptr, y_ptr,
             lt = tl.load(l_ptr + offs_n[:, None] * stride_ln + offs_r[None, :],
                          mask=n_mask[:, None] & r_mask[None, :], other=0.0).to(tl.float32)
             tv = tl.zeros((BLOCK_R,), dtype=tl.float32)
-            for sp in range(0, T_SPLITS):
+            for sp in range(T_SPLITS):
                 tv += tl.load(t_ptr + sp * stride_ts + m * stride_tm + offs_r, mask=r_mask, other=0.0)
             y += tl.sum(lt * tv[None, :], axis=1)
     if HAS_BIAS:
@@ -196,15 +201,18 @@ def check_quant_args(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
                                 f"(3-bit packing runs on the torch reference)")
     if x.dtype not in ACT_DTYPES:
         raise KernelUnsupported(f"activation dtype {x.dtype} is not supported; use float16, bfloat16 or float32")
+    if qweight.dtype != torch.uint8 or qweight.dim() != 2:
+        raise KernelUnsupported(f"qweight must be a uint8 [out, packed bytes] matrix, got {qweight.dtype} "
+                                f"{tuple(qweight.shape)}")
     k = int(in_features or x.shape[-1])
     per = 8 // bits
     if x.shape[-1] != k:
         raise KernelUnsupported(f"x has {x.shape[-1]} input features, the weight has {k}")
     if k % per:
         raise KernelUnsupported(f"in_features={k} is not a multiple of {per} ({bits}-bit codes per byte)")
-    if qweight.dtype != torch.uint8 or qweight.dim() != 2 or qweight.shape[1] != k // per:
-        raise KernelUnsupported(f"qweight must be uint8 [out, {k // per}] for in={k} at {bits} bits, "
-                                f"got {qweight.dtype} {tuple(qweight.shape)}")
+    if qweight.shape[1] != k // per:
+        raise KernelUnsupported(f"qweight has {qweight.shape[1]} bytes per row; in_features={k} at {bits} bits "
+                                f"needs {k // per}")
     n = qweight.shape[0]
     g = k if group is None else int(group)
     if g <= 0 or k % g or g % per:
@@ -263,5 +271,15 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     return wq_matmul(x, qweight, scales, zeros, 4, group, in_features, bias)
 
 
-__all__ = ["KernelUnsupported", "SUPPORTED_BITS", "ACT_DTYPES", "GEMV_MAX_M", "GEMV", "GEMM",
-           "check_device", "check_quant_args", "wq_matmul", "w4a16_matmul"]
+__all__ = [
+    "ACT_DTYPES",
+    "GEMM",
+    "GEMV",
+    "GEMV_MAX_M",
+    "SUPPORTED_BITS",
+    "KernelUnsupported",
+    "check_device",
+    "check_quant_args",
+    "w4a16_matmul",
+    "wq_matmul",
+]

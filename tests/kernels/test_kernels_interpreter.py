@@ -7,7 +7,6 @@ activations, CALDERA's fused Q + L R, QuantLinear's own buffers, and a negative 
 from __future__ import annotations
 
 import pytest
-
 from kernel_interp_cases import CASES
 
 
