@@ -10,6 +10,7 @@ interpreter the autotuner gets a single small config, so it never tries to bench
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any
@@ -76,7 +77,10 @@ class LazyKernel:
             else:
                 configs = [triton.Config(kw, num_warps=w, num_stages=s) for kw, w, s in self.configs]
                 prune = {"early_config_prune": self._prune} if self.prune else None
-            self._built[mode] = triton.autotune(configs=configs, key=self.key, prune_configs_by=prune)(k)
+            extra = {}
+            if not mode and "cache_results" in inspect.signature(triton.autotune).parameters:
+                extra["cache_results"] = True  # keep tuned configs on disk across processes (triton >= 3.2)
+            self._built[mode] = triton.autotune(configs=configs, key=self.key, prune_configs_by=prune, **extra)(k)
         return self._built[mode]
 
     def _prune(self, configs, named_args, **kwargs):

@@ -28,9 +28,9 @@ def _run_cases() -> dict:
 
 
 @pytest.fixture(scope="session")
-def interp_results(tmp_path_factory, worker_id) -> dict:
+def interp_results(tmp_path_factory, request) -> dict:
     pytest.importorskip("triton", reason="triton is not installed (the 'gpu'/'dev' extra)")
-    if worker_id == "master":
+    if not hasattr(request.config, "workerinput"):  # not an xdist worker
         return _run_cases()
     from filelock import FileLock
 

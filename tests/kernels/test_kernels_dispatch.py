@@ -110,3 +110,19 @@ def test_import_does_not_need_triton():
             "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-1500:]
+
+
+def test_autotune_pruning_keeps_blocks_that_fit_the_shape():
+    triton = pytest.importorskip("triton")
+    from harness.kernels.w4a16 import GEMM, GEMV
+
+    def kept(kernel, args):
+        cfgs = [triton.Config(kw, num_warps=w, num_stages=s) for kw, w, s in kernel.configs]
+        return kernel._prune(cfgs, args)
+
+    gemv = kept(GEMV, {"N": 40, "K": 128, "PER": 2})
+    assert gemv and all(c.kwargs["BLOCK_N"] <= 64 and c.kwargs["BLOCK_KB"] <= 64 for c in gemv)
+    assert len(kept(GEMV, {"N": 8192, "K": 8192, "PER": 2})) == len(GEMV.configs)
+    gemm = kept(GEMM, {"M_BUCKET": 1, "N": 4096, "K": 4096})
+    assert gemm and {c.kwargs["BLOCK_M"] for c in gemm} == {16}
+    assert len(kept(GEMM, {"M_BUCKET": 1, "N": 1, "K": 1})) >= 1  # never prunes to nothing
