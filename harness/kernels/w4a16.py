@@ -50,47 +50,50 @@ def _next_pow2(n: int) -> int:
 
 
 def _gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, l_ptr, t_ptr, y_ptr,
-                 N, K, RANK, T_SPLITS, stride_xm, stride_qn, stride_sn, stride_zn, stride_ln, stride_ts,
+                 N, KW, RANK, T_SPLITS, stride_xm, stride_qn, stride_sn, stride_zn, stride_ln, stride_ts,
                  stride_tm, stride_ym,
-                 BITS: tl.constexpr, PER: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                 BITS: tl.constexpr, CPW: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
                  HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, BLOCK_R: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, TILE_IN_GROUP: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, TILE_IN_GROUP: tl.constexpr):
+    # q_ptr: the packed rows viewed as int32 words (KW words, CPW = 32 // BITS codes each).
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    KB = K // PER
     x_row = x_ptr + m * stride_xm
-    acc = tl.zeros((BLOCK_N, BLOCK_KB), dtype=tl.float32)
-    for kb0 in range(0, KB, BLOCK_KB):
-        offs_kb = kb0 + tl.arange(0, BLOCK_KB)
-        kb_mask = offs_kb < KB
-        byte = tl.load(q_ptr + offs_n[:, None] * stride_qn + offs_kb[None, :],
-                       mask=n_mask[:, None] & kb_mask[None, :], other=0).to(tl.int32)
-        part = tl.zeros((BLOCK_N, BLOCK_KB), dtype=tl.float32)
-        xsum = tl.zeros((BLOCK_KB,), dtype=tl.float32)
-        for k in tl.static_range(PER):
-            q = ((byte >> (k * BITS)) & ((1 << BITS) - 1)).to(tl.float32)
-            xk = tl.load(x_row + offs_kb * PER + k, mask=kb_mask, other=0.0).to(tl.float32)
-            part += q * xk[None, :]
-            xsum += xk
+    acc = tl.zeros((BLOCK_N, BLOCK_KW), dtype=tl.float32)
+    for kw0 in range(0, KW, BLOCK_KW):
+        offs_kw = kw0 + tl.arange(0, BLOCK_KW)
+        kw_mask = offs_kw < KW
+        word = tl.load(q_ptr + offs_n[:, None] * stride_qn + offs_kw[None, :],
+                       mask=n_mask[:, None] & kw_mask[None, :], other=0)
+        # Code q -> the float 1 + q / 2**BITS by writing q into the top mantissa bits of
+        # 1.0 (no int->float conversion, one FMA per code); undone once per chunk below:
+        # sum (q - z) x = 2**BITS sum f x - (2**BITS + z) sum x.
+        part = tl.zeros((BLOCK_N, BLOCK_KW), dtype=tl.float32)
+        xsum = tl.zeros((BLOCK_KW,), dtype=tl.float32)
+        for j in tl.static_range(CPW):
+            f = ((((word >> (j * BITS)) & ((1 << BITS) - 1)) << (23 - BITS)) | 0x3F800000).to(
+                tl.float32, bitcast=True)
+            xj = tl.load(x_row + offs_kw * CPW + j, mask=kw_mask, other=0.0).to(tl.float32)
+            part += f * xj[None, :]
+            xsum += xj
         if TILE_IN_GROUP:
-            g = (kb0 * PER) // GROUP
+            g = (kw0 * CPW) // GROUP
             s = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)[:, None]
             if HAS_ZEROS:
                 z = tl.load(z_ptr + offs_n * stride_zn + g, mask=n_mask, other=0).to(tl.float32)[:, None]
             else:
                 z = tl.full((BLOCK_N, 1), 1 << (BITS - 1), tl.float32)
         else:
-            g2 = offs_n[:, None] * stride_sn + ((offs_kb * PER) // GROUP)[None, :]
-            gmask = n_mask[:, None] & kb_mask[None, :]
-            s = tl.load(s_ptr + g2, mask=gmask, other=0.0).to(tl.float32)
+            gcol = ((offs_kw * CPW) // GROUP)[None, :]
+            gmask = n_mask[:, None] & kw_mask[None, :]
+            s = tl.load(s_ptr + offs_n[:, None] * stride_sn + gcol, mask=gmask, other=0.0).to(tl.float32)
             if HAS_ZEROS:
-                gz = offs_n[:, None] * stride_zn + ((offs_kb * PER) // GROUP)[None, :]
-                z = tl.load(z_ptr + gz, mask=gmask, other=0).to(tl.float32)
+                z = tl.load(z_ptr + offs_n[:, None] * stride_zn + gcol, mask=gmask, other=0).to(tl.float32)
             else:
-                z = tl.full((BLOCK_N, BLOCK_KB), 1 << (BITS - 1), tl.float32)
-        acc += s * (part - z * xsum[None, :])
+                z = tl.full((BLOCK_N, BLOCK_KW), 1 << (BITS - 1), tl.float32)
+        acc += s * (part * (1 << BITS) - (z + (1 << BITS)) * xsum[None, :])
     y = tl.sum(acc, axis=1)
     if HAS_LR:  # CALDERA: y += L[n, :] . t[m, :], t = R x given as T_SPLITS split-K partials
         for r0 in range(0, RANK, BLOCK_R):
@@ -157,20 +160,20 @@ def _fits(limits: dict[str, str]):
 
 
 # (kwargs, num_warps, num_stages). BLOCK_KB counts packed bytes.
-_GEMV_CONFIGS = [({"BLOCK_N": bn, "BLOCK_KB": bk}, w, s) for bn, bk, w, s in [
-    (8, 256, 2, 4), (16, 64, 2, 4), (16, 128, 4, 4), (16, 256, 4, 3), (32, 64, 4, 4),
-    (32, 128, 4, 4), (32, 256, 8, 3), (64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3)]]
+_GEMV_CONFIGS = [({"BLOCK_N": bn, "BLOCK_KW": bk}, w, s) for bn, bk, w, s in [
+    (16, 16, 1, 3), (16, 32, 2, 3), (32, 16, 2, 3), (32, 32, 4, 3), (64, 16, 2, 3),
+    (64, 16, 4, 3), (64, 32, 4, 3), (128, 16, 4, 3), (128, 32, 8, 3), (256, 16, 8, 3)]]
 _GEMM_CONFIGS = [({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, w, s) for bm, bn, bk, w, s in [
     (16, 64, 64, 4, 4), (16, 128, 64, 4, 4), (32, 64, 64, 4, 4), (32, 128, 64, 4, 3), (64, 64, 64, 4, 3),
     (64, 128, 64, 4, 3), (64, 128, 128, 4, 3), (128, 128, 32, 4, 4), (128, 128, 64, 8, 3),
     (128, 256, 64, 8, 3)]]
 
 GEMV = LazyKernel(
-    _gemv_kernel, configs=_GEMV_CONFIGS, key=["N", "K", "BITS", "GROUP", "HAS_LR"],
-    interpret_config={"BLOCK_N": 16, "BLOCK_KB": 16},
-    heuristics={"TILE_IN_GROUP": lambda a: a["GROUP"] % (a["BLOCK_KB"] * a["PER"]) == 0},
+    _gemv_kernel, configs=_GEMV_CONFIGS, key=["N", "KW", "BITS", "GROUP", "HAS_LR"],
+    interpret_config={"BLOCK_N": 16, "BLOCK_KW": 8},
+    heuristics={"TILE_IN_GROUP": lambda a: a["GROUP"] % (a["BLOCK_KW"] * a["CPW"]) == 0},
     prune=lambda c, a: c["BLOCK_N"] <= max(16, _next_pow2(a["N"]))
-    and c["BLOCK_KB"] <= max(16, _next_pow2(a["K"] // a["PER"])))
+    and c["BLOCK_KW"] <= max(16, _next_pow2(a["KW"])))
 GEMM = LazyKernel(
     _gemm_kernel, configs=_GEMM_CONFIGS, key=["M_BUCKET", "N", "K", "BITS", "GROUP"],
     interpret_config={"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32},
@@ -213,10 +216,15 @@ def check_quant_args(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     if qweight.shape[1] != k // per:
         raise KernelUnsupported(f"qweight has {qweight.shape[1]} bytes per row; in_features={k} at {bits} bits "
                                 f"needs {k // per}")
+    if (k // per) % 4:
+        raise KernelUnsupported(f"packed rows of {k // per} bytes are not a multiple of 4 (the GEMV reads int32 "
+                                f"words); in_features={k} at {bits} bits")
     n = qweight.shape[0]
     g = k if group is None else int(group)
-    if g <= 0 or k % g or g % per:
-        raise KernelUnsupported(f"group={group} must divide in_features={k} and be a multiple of {per}")
+    cpw = 32 // bits
+    if g <= 0 or k % g or g % cpw:
+        raise KernelUnsupported(f"group={group} must divide in_features={k} and be a multiple of {cpw} "
+                                f"({bits}-bit codes per int32 word)")
     if scales.shape != (n, k // g) or not scales.dtype.is_floating_point:
         raise KernelUnsupported(f"scales must be float [{n}, {k // g}], got {scales.dtype} {tuple(scales.shape)}")
     if zeros is not None and (zeros.shape != scales.shape or zeros.dtype != torch.uint8):
@@ -236,6 +244,8 @@ def _launch(x2: torch.Tensor, qweight, scales, zeros, bits, group, n, k, bias,
     if m == 0:
         return y
     qweight, scales = qweight.contiguous(), scales.contiguous()
+    if qweight.data_ptr() % 16:  # a misaligned slice: copy so the int32 view is legal and vector loads stay 16 B
+        qweight = qweight.clone()
     zeros = zeros.contiguous() if zeros is not None else None
     zp = zeros if zeros is not None else scales  # placeholders for unused pointers
     bp = bias.contiguous() if bias is not None else scales
@@ -243,10 +253,12 @@ def _launch(x2: torch.Tensor, qweight, scales, zeros, bits, group, n, k, bias,
     if m <= GEMV_MAX_M or lowrank is not None:
         L, t = lowrank if lowrank is not None else (scales, scales.view(1, *scales.shape))
         rank = L.shape[1] if lowrank is not None else 0
+        qwords = qweight.view(torch.int32)  # little-endian: byte j of a row = bits 8j..8j+7 of its word
+        gemv_args = {k_: v for k_, v in common.items() if k_ != "PER"}
         GEMV[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), m)](
-            x2, qweight, scales, zp, bp, L, t, y, n, k, rank, t.shape[0], x2.stride(0), qweight.stride(0),
-            scales.stride(0), zp.stride(0), L.stride(0), t.stride(0), t.stride(1), y.stride(0),
-            HAS_LR=lowrank is not None, BLOCK_R=min(64, max(16, _next_pow2(rank))), **common)
+            x2, qwords, scales, zp, bp, L, t, y, n, qwords.shape[1], rank, t.shape[0], x2.stride(0),
+            qwords.stride(0), scales.stride(0), zp.stride(0), L.stride(0), t.stride(0), t.stride(1), y.stride(0),
+            HAS_LR=lowrank is not None, BLOCK_R=min(64, max(16, _next_pow2(rank))), CPW=32 // bits, **gemv_args)
     else:
         GEMM[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))](
             x2, qweight, scales, zp, bp, y, m, n, k, _next_pow2(m), x2.stride(0), qweight.stride(0),

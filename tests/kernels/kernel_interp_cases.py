@@ -30,10 +30,10 @@ for _bits in (2, 4, 8):
     for _sym in (True, False):
         for _m in (1, 5):
             _case(f"wq-b{_bits}-{'sym' if _sym else 'asym'}-tile-m{_m}", op="wq", bits=_bits, sym=_sym, m=_m,
-                  n=40, k=128, group=64)
+                  n=40, k=256, group=128)
     for _m in (1, 5):
         _case(f"wq-b{_bits}-asym-gather-m{_m}", op="wq", bits=_bits, sym=False, m=_m, n=40, k=128,
-              group=8 if _bits == 8 else 16)
+              group={2: 16, 4: 8, 8: 4}[_bits])
 _case("wq-b4-perchannel-m1", op="wq", bits=4, sym=True, m=1, n=24, k=96, group=None)
 _case("wq-b4-perchannel-m5", op="wq", bits=4, sym=False, m=5, n=24, k=96, group=None)
 _case("wq-b4-ragged-m1", op="wq", bits=4, sym=False, m=1, n=37, k=104, group=8)

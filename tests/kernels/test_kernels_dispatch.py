@@ -65,6 +65,7 @@ def test_cpu_without_interpreter_falls_back_to_torch(monkeypatch):
     (lambda a: {**a, "x": a["x"].double()}, "float64"),
     (lambda a: {**a, "x": a["x"][:, :62]}, "qweight has 32 bytes per row; in_features=62"),
     (lambda a: {**a, "group": 24}, "group=24"),
+    (lambda a: {**a, "group": 4, "scales": a["scales"].repeat_interleave(8, 1)}, "multiple of 8 (4-bit codes per int32"),
     (lambda a: {**a, "scales": a["scales"][:, :1]}, "scales must be"),
     (lambda a: {**a, "zeros": a["zeros"].float()}, "zeros must be uint8"),
     (lambda a: {**a, "qweight": a["qweight"][:, :10]}, "qweight has 10 bytes per row"),
@@ -81,6 +82,12 @@ def test_unsupported_inputs_name_the_value(mutate, needle):
     assert isinstance(e.value, ValueError)
     assert dispatch.maybe_triton_linear(a["x"], a["qweight"], a["scales"], a["zeros"], a["bits"], a["group"],
                                         a["bias"]) is None
+
+
+def test_gemv_needs_whole_int32_words_per_row():
+    codes = torch.randint(0, 16, (4, 20), dtype=torch.uint8)
+    with pytest.raises(KernelUnsupported, match="packed rows of 10 bytes are not a multiple of 4"):
+        check_quant_args(torch.randn(1, 20), pack(codes, 4), torch.ones(4, 1, dtype=torch.float16), None, 4, None)
 
 
 def test_odd_in_features_cannot_pack_two_per_byte():
@@ -120,9 +127,9 @@ def test_autotune_pruning_keeps_blocks_that_fit_the_shape():
         cfgs = [triton.Config(kw, num_warps=w, num_stages=s) for kw, w, s in kernel.configs]
         return kernel._prune(cfgs, args)
 
-    gemv = kept(GEMV, {"N": 40, "K": 128, "PER": 2})
-    assert gemv and all(c.kwargs["BLOCK_N"] <= 64 and c.kwargs["BLOCK_KB"] <= 64 for c in gemv)
-    assert len(kept(GEMV, {"N": 8192, "K": 8192, "PER": 2})) == len(GEMV.configs)
+    gemv = kept(GEMV, {"N": 40, "KW": 8})
+    assert gemv and all(c.kwargs["BLOCK_N"] <= 64 and c.kwargs["BLOCK_KW"] <= 16 for c in gemv)
+    assert len(kept(GEMV, {"N": 8192, "KW": 1024})) == len(GEMV.configs)
     gemm = kept(GEMM, {"M_BUCKET": 1, "N": 4096, "K": 4096})
     assert gemm and {c.kwargs["BLOCK_M"] for c in gemm} == {16}
     assert len(kept(GEMM, {"M_BUCKET": 1, "N": 1, "K": 1})) >= 1  # never prunes to nothing
