@@ -158,4 +158,23 @@ def ptxas_usage(ptx: str, arch: int = 90) -> dict[str, Any]:
             "spill_load_bytes": int(spill.group(2)) if spill else None}
 
 
-__all__ = ["Compiled", "compile_variant", "ptx_facts", "ptxas_usage", "sass_loop_stats", "gemv_variant"]
+__all__ = ["Compiled", "compile_variant", "ptx_facts", "ptxas_usage", "sass_loop_stats", "gemv_variant",
+           "gemv_static_table"]
+
+
+def gemv_static_table(bits: int = 4, group: int = 128, n: int = 4096, k: int = 4096, arch: int = 90) -> str:
+    """Markdown: every autotune config of the GEMV compiled for ``sm_<arch>``, with its
+    registers, spills, load widths and SASS instructions per weight byte in the K loop."""
+    from harness.kernels.w4a16 import _GEMV_CONFIGS
+
+    lines = [f"| BLOCK_N | BLOCK_KW | warps | stages | registers | spill B | global loads (count x width) | "
+             f"K-loop SASS instr | instr / weight byte |", "|---|---|---|---|---|---|---|---|---|"]
+    for kw, warps, stages in _GEMV_CONFIGS:
+        c = gemv_variant(bits, group, n, k, kw["BLOCK_N"], kw["BLOCK_KW"], warps, stages, arch=arch)
+        f = c.facts
+        per_thread = 4 * kw["BLOCK_N"] * kw["BLOCK_KW"] / (32 * warps)
+        loop = f.get("loop_instructions") or 0
+        loads = ", ".join(f"{n_}x {w}" for w, n_ in f["loads"].items())
+        lines.append(f"| {kw['BLOCK_N']} | {kw['BLOCK_KW']} | {warps} | {stages} | {f.get('registers')} | "
+                     f"{f.get('spill_store_bytes')} | {loads} | {loop} | {loop / per_thread:.1f} |")
+    return "\n".join(lines)

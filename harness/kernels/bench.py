@@ -240,6 +240,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--no-do-bench", action="store_true", help="skip the triton.testing.do_bench cross-check")
     p.add_argument("--json", default=None, help="also write rows + device info as JSON here")
+    p.add_argument("--static", type=int, metavar="SM", default=None,
+                   help="no GPU needed: compile the GEMV autotune configs for sm_SM (e.g. 90) and print registers, "
+                        "spills, load widths and SASS instructions per weight byte (static facts, not speed)")
     p.set_defaults(handler=handle)
 
 
@@ -247,6 +250,13 @@ def handle(args: argparse.Namespace) -> int:
     """Run the benchmark from parsed arguments and print the table (GPUUnavailable on CPU)."""
     import json
 
+    if args.static is not None:
+        from harness.kernels import aot
+
+        for n, k in parse_shapes(args.shapes):
+            print(f"W4A16 GEMV {n}x{k} g{args.group}, sm_{args.static} (static compile facts, not speed)")
+            print(aot.gemv_static_table(4, args.group, n, k, arch=args.static))
+        return 0
     ms = [int(v) for v in str(args.m).split(",") if v.strip()]
     if any(m < 1 for m in ms):
         raise SpecError(f"--m {args.m!r}: every M must be >= 1")

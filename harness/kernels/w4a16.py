@@ -4,11 +4,13 @@
 on the packed ``QuantLinear`` buffers (see ``harness.kernels.reference`` for the layout).
 
 - **GEMV** (M <= ``GEMV_MAX_M``, decode): memory-bound. Each program owns ``BLOCK_N``
-  output rows, walks K in chunks of ``BLOCK_KB`` packed bytes, loads each byte once,
-  unpacks the ``8 // bits`` codes with shifts and masks, multiplies by the matching strided
-  activations and accumulates in fp32; the group scale/zero is applied once per chunk
-  (``sum s (q - z) x = s (sum q x - z sum x)``). When a chunk lies inside one group
-  (``TILE_IN_GROUP``) the scale is one value per row, else it is gathered per byte.
+  output rows and walks K in chunks of ``BLOCK_KW`` int32 words (the packed row viewed as
+  words: 128-bit loads, each weight byte read once). Code ``j`` of a word becomes the float
+  ``1 + q / 2**bits`` by OR-ing it into the top mantissa bits of 1.0 (no int->float
+  conversion, which issues on a reduced-throughput pipe), multiplied by its activation with one
+  FMA, and accumulated in fp32; per chunk the group scale/zero are applied once through
+  ``sum s (q - z) x = s (2**bits sum f x - (2**bits + z) sum x)``. When a chunk lies inside
+  one group (``TILE_IN_GROUP``) the scale is one value per row, else gathered per word.
   With ``HAS_LR`` the same kernel adds CALDERA's ``L t`` (``t = R x``) in the epilogue.
 - **GEMM** (larger M, prefill): tiles of x ``[BLOCK_M, BLOCK_K]`` times a dequantized weight
   tile ``[BLOCK_K, BLOCK_N]`` (codes unpacked in registers, cast to x's dtype) via
@@ -160,9 +162,12 @@ def _fits(limits: dict[str, str]):
 
 
 # (kwargs, num_warps, num_stages). BLOCK_KB counts packed bytes.
+# GEMV: (BLOCK_N rows, BLOCK_KW int32 words of K per iteration, warps, stages). Small N and
+# long K chunks keep many programs and many bytes in flight per SM (a 4096-row GEMV has
+# only ~31 rows per H100 SM); short chunks with tall tiles amortise x over more rows.
 _GEMV_CONFIGS = [({"BLOCK_N": bn, "BLOCK_KW": bk}, w, s) for bn, bk, w, s in [
-    (16, 16, 1, 3), (16, 32, 2, 3), (32, 16, 2, 3), (32, 32, 4, 3), (64, 16, 2, 3),
-    (64, 16, 4, 3), (64, 32, 4, 3), (128, 16, 4, 3), (128, 32, 8, 3), (256, 16, 8, 3)]]
+    (8, 256, 4, 2), (8, 512, 4, 2), (16, 128, 4, 3), (16, 256, 8, 2), (32, 128, 8, 3),
+    (32, 32, 4, 3), (64, 16, 2, 3), (64, 32, 4, 3), (128, 16, 4, 3), (16, 16, 1, 3)]]
 _GEMM_CONFIGS = [({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, w, s) for bm, bn, bk, w, s in [
     (16, 64, 64, 4, 4), (16, 128, 64, 4, 4), (32, 64, 64, 4, 4), (32, 128, 64, 4, 3), (64, 64, 64, 4, 3),
     (64, 128, 64, 4, 3), (64, 128, 128, 4, 3), (128, 128, 32, 4, 4), (128, 128, 64, 8, 3),
@@ -172,7 +177,7 @@ GEMV = LazyKernel(
     _gemv_kernel, configs=_GEMV_CONFIGS, key=["N", "KW", "BITS", "GROUP", "HAS_LR"],
     interpret_config={"BLOCK_N": 16, "BLOCK_KW": 8},
     heuristics={"TILE_IN_GROUP": lambda a: a["GROUP"] % (a["BLOCK_KW"] * a["CPW"]) == 0},
-    prune=lambda c, a: c["BLOCK_N"] <= max(16, _next_pow2(a["N"]))
+    prune=lambda c, a: c["BLOCK_N"] <= max(8, _next_pow2(a["N"]))
     and c["BLOCK_KW"] <= max(16, _next_pow2(a["KW"])))
 GEMM = LazyKernel(
     _gemm_kernel, configs=_GEMM_CONFIGS, key=["M_BUCKET", "N", "K", "BITS", "GROUP"],
