@@ -167,8 +167,8 @@ def gemv_static_table(bits: int = 4, group: int = 128, n: int = 4096, k: int = 4
     registers, spills, load widths and SASS instructions per weight byte in the K loop."""
     from harness.kernels.w4a16 import _GEMV_CONFIGS
 
-    lines = [f"| BLOCK_N | BLOCK_KW | warps | stages | registers | spill B | global loads (count x width) | "
-             f"K-loop SASS instr | instr / weight byte |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| BLOCK_N | BLOCK_KW | warps | stages | registers | spill B | global loads (count x width) | "
+              "K-loop SASS instr | instr / weight byte |"), "|---|---|---|---|---|---|---|---|---|"]
     for kw, warps, stages in _GEMV_CONFIGS:
         c = gemv_variant(bits, group, n, k, kw["BLOCK_N"], kw["BLOCK_KW"], warps, stages, arch=arch)
         f = c.facts

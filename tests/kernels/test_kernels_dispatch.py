@@ -115,7 +115,7 @@ def test_import_does_not_need_triton():
             "assert r and 'triton is not importable' in r, r\n"
             "assert torch.equal(quant_matmul(x, qw, s, None, 4, None, 32), quant_matmul_ref(x, qw, s, None, 4, None))\n"
             "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-1500:]
 
 
