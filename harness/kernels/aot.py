@@ -108,7 +108,7 @@ def sass_loop_stats(cubin: bytes) -> dict[str, Any]:
 
 def gemv_variant(bits: int = 4, group: int = 128, n: int = 4096, k: int = 4096, block_n: int = 64,
                  block_kw: int = 16, num_warps: int = 4, num_stages: int = 3, dtype: str = "float16",
-                 arch: int = 90) -> Compiled:
+                 arch: int = 90, x_split: bool = False) -> Compiled:
     """The W4A16/W8A16 GEMV (symmetric, no bias) compiled as a launch with these sizes would be."""
     from harness.kernels.w4a16 import GEMV
 
@@ -119,7 +119,7 @@ def gemv_variant(bits: int = 4, group: int = 128, n: int = 4096, k: int = 4096, 
     ints = {"N": n, "KW": kw, "RANK": 0, "T_SPLITS": 1, "stride_xm": k, "stride_qn": kw, "stride_sn": k // group,
             "stride_zn": k // group, "stride_ln": 16, "stride_ts": 16, "stride_tm": 16, "stride_ym": n}
     consts = {"BITS": bits, "CPW": cpw, "GROUP": group, "HAS_ZEROS": False, "HAS_BIAS": False, "HAS_LR": False,
-              "BLOCK_R": 16, "BLOCK_N": block_n, "BLOCK_KW": block_kw,
+              "BLOCK_R": 16, "BLOCK_N": block_n, "BLOCK_KW": block_kw, "X_SPLIT": x_split,
               "TILE_IN_GROUP": group % (block_kw * cpw) == 0}
     return compile_variant(GEMV, pointers=pointers, ints=ints, constexprs=consts, num_warps=num_warps,
                            num_stages=num_stages, arch=arch)
@@ -167,14 +167,17 @@ def gemv_static_table(bits: int = 4, group: int = 128, n: int = 4096, k: int = 4
     registers, spills, load widths and SASS instructions per weight byte in the K loop."""
     from harness.kernels.w4a16 import _GEMV_CONFIGS
 
-    lines = [("| BLOCK_N | BLOCK_KW | warps | stages | registers | spill B | global loads (count x width) | "
-              "K-loop SASS instr | instr / weight byte |"), "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| BLOCK_N | BLOCK_KW | X_SPLIT | warps | stages | registers | spill B | global loads (count x width) | "
+              "K-loop SASS instr | instr / weight byte |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for kw, warps, stages in _GEMV_CONFIGS:
-        c = gemv_variant(bits, group, n, k, kw["BLOCK_N"], kw["BLOCK_KW"], warps, stages, arch=arch)
+        if kw["X_SPLIT"] and bits != 4:
+            continue
+        c = gemv_variant(bits, group, n, k, kw["BLOCK_N"], kw["BLOCK_KW"], warps, stages, arch=arch,
+                         x_split=kw["X_SPLIT"])
         f = c.facts
         per_thread = 4 * kw["BLOCK_N"] * kw["BLOCK_KW"] / (32 * warps)
         loop = f.get("loop_instructions") or 0
         loads = ", ".join(f"{n_}x {w}" for w, n_ in f["loads"].items())
-        lines.append(f"| {kw['BLOCK_N']} | {kw['BLOCK_KW']} | {warps} | {stages} | {f.get('registers')} | "
+        lines.append(f"| {kw['BLOCK_N']} | {kw['BLOCK_KW']} | {kw['X_SPLIT']} | {warps} | {stages} | {f.get('registers')} | "
                      f"{f.get('spill_store_bytes')} | {loads} | {loop} | {loop / per_thread:.1f} |")
     return "\n".join(lines)

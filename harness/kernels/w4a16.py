@@ -56,7 +56,8 @@ def _gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, l_ptr, t_ptr, y_ptr,
                  stride_tm, stride_ym,
                  BITS: tl.constexpr, CPW: tl.constexpr, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
                  HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, BLOCK_R: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, TILE_IN_GROUP: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, X_SPLIT: tl.constexpr,
+                 TILE_IN_GROUP: tl.constexpr):
     # q_ptr: the packed rows viewed as int32 words (KW words, CPW = 32 // BITS codes each).
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
@@ -74,12 +75,34 @@ def _gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, b_ptr, l_ptr, t_ptr, y_ptr,
         # sum (q - z) x = 2**BITS sum f x - (2**BITS + z) sum x.
         part = tl.zeros((BLOCK_N, BLOCK_KW), dtype=tl.float32)
         xsum = tl.zeros((BLOCK_KW,), dtype=tl.float32)
-        for j in tl.static_range(CPW):
-            f = ((((word >> (j * BITS)) & ((1 << BITS) - 1)) << (23 - BITS)) | 0x3F800000).to(
-                tl.float32, bitcast=True)
-            xj = tl.load(x_row + offs_kw * CPW + j, mask=kw_mask, other=0.0).to(tl.float32)
-            part += f * xj[None, :]
-            xsum += xj
+        if X_SPLIT and CPW == 8:
+            # 4-bit: load the chunk's activations as one contiguous [BLOCK_KW, 8] tile (16-byte
+            # loads) and split it into the 8 per-code columns, instead of 8 strided 2-byte loads.
+            x2d = tl.load(x_row + offs_kw[:, None] * CPW + tl.arange(0, CPW)[None, :], mask=kw_mask[:, None],
+                          other=0.0).to(tl.float32)
+            ev, od = tl.split(tl.reshape(x2d, (BLOCK_KW, 4, 2)))
+            e04, e26 = tl.split(tl.reshape(ev, (BLOCK_KW, 2, 2)))
+            o15, o37 = tl.split(tl.reshape(od, (BLOCK_KW, 2, 2)))
+            x0, x4 = tl.split(e04)
+            x2, x6 = tl.split(e26)
+            x1, x5 = tl.split(o15)
+            x3, x7 = tl.split(o37)
+            xsum = tl.sum(x2d, axis=1)
+            part += ((((word >> 0) & 15) << 19) | 0x3F800000).to(tl.float32, bitcast=True) * x0[None, :]
+            part += ((((word >> 4) & 15) << 19) | 0x3F800000).to(tl.float32, bitcast=True) * x1[None, :]
+            part += ((((word >> 8) & 15) << 19) | 0x3F800000).to(tl.float32, bitcast=True) * x2[None, :]
+            part += ((((word >> 12) & 15) << 19) | 0x3F800000).to(tl.float32, bitcast=True) * x3[None, :]
+            part += ((((word >> 16) & 15) << 19) | 0x3F800000).to(tl.float32, bitcast=True) * x4[None, :]
+            part += ((((word >> 20) & 15) << 19) | 0x3F800000).to(tl.float32, bitcast=True) * x5[None, :]
+            part += ((((word >> 24) & 15) << 19) | 0x3F800000).to(tl.float32, bitcast=True) * x6[None, :]
+            part += ((((word >> 28) & 15) << 19) | 0x3F800000).to(tl.float32, bitcast=True) * x7[None, :]
+        else:
+            for j in tl.static_range(CPW):
+                f = ((((word >> (j * BITS)) & ((1 << BITS) - 1)) << (23 - BITS)) | 0x3F800000).to(
+                    tl.float32, bitcast=True)
+                xj = tl.load(x_row + offs_kw * CPW + j, mask=kw_mask, other=0.0).to(tl.float32)
+                part += f * xj[None, :]
+                xsum += xj
         if TILE_IN_GROUP:
             g = (kw0 * CPW) // GROUP
             s = tl.load(s_ptr + offs_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)[:, None]
@@ -165,9 +188,13 @@ def _fits(limits: dict[str, str]):
 # GEMV: (BLOCK_N rows, BLOCK_KW int32 words of K per iteration, warps, stages). Small N and
 # long K chunks keep many programs and many bytes in flight per SM (a 4096-row GEMV has
 # only ~31 rows per H100 SM); short chunks with tall tiles amortise x over more rows.
-_GEMV_CONFIGS = [({"BLOCK_N": bn, "BLOCK_KW": bk}, w, s) for bn, bk, w, s in [
-    (8, 256, 4, 2), (8, 512, 4, 2), (16, 128, 4, 3), (16, 256, 8, 2), (32, 128, 8, 3),
-    (32, 32, 4, 3), (64, 16, 2, 3), (64, 32, 4, 3), (128, 16, 4, 3), (16, 16, 1, 3)]]
+# X_SPLIT (4-bit only): activations as one contiguous tile split into code columns (fewer
+# load instructions, but a shared-memory layout conversion per chunk); the tuner decides.
+_GEMV_CONFIGS = [({"BLOCK_N": bn, "BLOCK_KW": bk, "X_SPLIT": xs}, w, s) for bn, bk, xs, w, s in [
+    (8, 256, False, 4, 2), (8, 512, False, 4, 2), (16, 128, False, 4, 3), (16, 256, False, 8, 2),
+    (32, 128, False, 8, 3), (32, 32, False, 4, 3), (64, 16, False, 2, 3), (64, 32, False, 4, 3),
+    (128, 16, False, 4, 3), (16, 16, False, 1, 3), (64, 16, True, 2, 3), (128, 16, True, 4, 3),
+    (32, 64, True, 4, 3)]]
 _GEMM_CONFIGS = [({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, w, s) for bm, bn, bk, w, s in [
     (16, 64, 64, 4, 4), (16, 128, 64, 4, 4), (32, 64, 64, 4, 4), (32, 128, 64, 4, 3), (64, 64, 64, 4, 3),
     (64, 128, 64, 4, 3), (64, 128, 128, 4, 3), (128, 128, 32, 4, 4), (128, 128, 64, 8, 3),
@@ -175,10 +202,10 @@ _GEMM_CONFIGS = [({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, w, s) for bm, b
 
 GEMV = LazyKernel(
     _gemv_kernel, configs=_GEMV_CONFIGS, key=["N", "KW", "BITS", "GROUP", "HAS_LR"],
-    interpret_config={"BLOCK_N": 16, "BLOCK_KW": 8},
+    interpret_config={"BLOCK_N": 16, "BLOCK_KW": 8, "X_SPLIT": True},
     heuristics={"TILE_IN_GROUP": lambda a: a["GROUP"] % (a["BLOCK_KW"] * a["CPW"]) == 0},
     prune=lambda c, a: c["BLOCK_N"] <= max(8, _next_pow2(a["N"]))
-    and c["BLOCK_KW"] <= max(16, _next_pow2(a["KW"])))
+    and c["BLOCK_KW"] <= max(16, _next_pow2(a["KW"])) and (not c["X_SPLIT"] or a["CPW"] == 8))
 GEMM = LazyKernel(
     _gemm_kernel, configs=_GEMM_CONFIGS, key=["M_BUCKET", "N", "K", "BITS", "GROUP"],
     interpret_config={"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32},

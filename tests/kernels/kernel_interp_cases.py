@@ -44,6 +44,10 @@ _case("wq-b4-fp32-m1", op="wq", bits=4, sym=False, m=1, n=40, k=64, group=32, dt
 _case("wq-b4-fp32-m5", op="wq", bits=4, sym=False, m=5, n=40, k=64, group=32, dtype="float32")
 _case("w4a16-entry", op="w4a16", bits=4, sym=True, m=1, n=16, k=64, group=32)
 _case("w8a16-entry", op="w8a16", bits=8, sym=False, m=4, n=16, k=64, group=32)
+# The same 4-bit GEMV with strided activation loads (X_SPLIT=False; the default interpreter
+# config takes the split path at 4 bits).
+_case("wq-b4-asym-tile-m1-strided-x", op="wq", bits=4, sym=False, m=1, n=40, k=256, group=128, x_split=False)
+_case("wq-b4-asym-gather-m2-strided-x", op="wq", bits=4, sym=False, m=2, n=37, k=104, group=8, x_split=False)
 # CALDERA Q + L R: fused GEMV (M <= 2, split-K partials of R x) and GEMM + torch (M = 5).
 for _bits in (2, 4):
     for _m in (1, 2, 5):
@@ -77,6 +81,12 @@ def run_case(cid: str) -> dict:
 
     case = CASES[cid]
     torch.manual_seed(zlib.crc32(cid.encode()))
+    from harness.kernels.w4a16 import GEMV
+
+    want = {**GEMV.interpret_config, "X_SPLIT": case.get("x_split", True)}
+    if GEMV.interpret_config != want:
+        GEMV.interpret_config = want
+        GEMV._built.clear()
     bits, group, n, k = case["bits"], case["group"], case["n"], case["k"]
     dtype = getattr(torch, case.get("dtype", "float16"))
     lead = case["m"] if isinstance(case["m"], tuple) else (case["m"],)

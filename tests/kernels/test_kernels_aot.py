@@ -38,6 +38,12 @@ def test_w4a16_gemv_instructions_per_weight_byte(gemv4):
     assert per_byte < 14, f"{per_byte:.1f} SASS instructions per weight byte in the K loop"
 
 
+def test_w4a16_gemv_split_activation_variant_compiles_lean():
+    c = aot.gemv_variant(bits=4, group=128, block_n=128, block_kw=16, num_warps=4, x_split=True)
+    assert c.facts["spill_store_bytes"] == 0 and c.facts["loads"].get("v4.b32", 0) >= 1
+    assert c.facts["loop_instructions"] / (4 * 128 * 16 / (32 * 4)) < 14
+
+
 def test_gemm_qlr_and_rx_kernels_compile_for_sm90():
     from harness.kernels.qlr import RX
     from harness.kernels.w4a16 import GEMM
@@ -63,5 +69,6 @@ def test_gemm_qlr_and_rx_kernels_compile_for_sm90():
         ints={"N": 4096, "KW": 256, "RANK": 64, "T_SPLITS": 8, "stride_xm": 4096, "stride_qn": 256,
               "stride_sn": 32, "stride_zn": 32, "stride_ln": 64, "stride_ts": 64, "stride_tm": 64, "stride_ym": 4096},
         constexprs={"BITS": 2, "CPW": 16, "GROUP": 128, "HAS_ZEROS": True, "HAS_BIAS": False, "HAS_LR": True,
-                    "BLOCK_R": 64, "BLOCK_N": 64, "BLOCK_KW": 8, "TILE_IN_GROUP": True}, num_warps=4)
+                    "BLOCK_R": 64, "BLOCK_N": 64, "BLOCK_KW": 8, "X_SPLIT": False, "TILE_IN_GROUP": True},
+        num_warps=4)
     assert qlr.facts.get("spill_store_bytes") == 0

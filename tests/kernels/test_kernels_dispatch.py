@@ -127,9 +127,11 @@ def test_autotune_pruning_keeps_blocks_that_fit_the_shape():
         cfgs = [triton.Config(kw, num_warps=w, num_stages=s) for kw, w, s in kernel.configs]
         return kernel._prune(cfgs, args)
 
-    gemv = kept(GEMV, {"N": 40, "KW": 8})
+    gemv = kept(GEMV, {"N": 40, "KW": 8, "CPW": 8})
     assert gemv and all(c.kwargs["BLOCK_N"] <= 64 and c.kwargs["BLOCK_KW"] <= 16 for c in gemv)
-    assert len(kept(GEMV, {"N": 8192, "KW": 1024})) == len(GEMV.configs)
+    assert len(kept(GEMV, {"N": 8192, "KW": 1024, "CPW": 8})) == len(GEMV.configs)
+    w8 = kept(GEMV, {"N": 8192, "KW": 2048, "CPW": 4})  # the split-activation variant is 4-bit only
+    assert w8 and not any(c.kwargs["X_SPLIT"] for c in w8)
     gemm = kept(GEMM, {"M_BUCKET": 1, "N": 4096, "K": 4096})
     assert gemm and {c.kwargs["BLOCK_M"] for c in gemm} == {16}
     assert len(kept(GEMM, {"M_BUCKET": 1, "N": 1, "K": 1})) >= 1  # never prunes to nothing
