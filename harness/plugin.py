@@ -48,6 +48,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="run only shard I of N (1-based) of the selected tests")
     g.addoption("--harness-markdown", metavar="PATH", default=None,
                 help="write a Markdown summary of the run to PATH at the end")
+    g.addoption("--harness-threads", metavar="N", default="auto",
+                help="torch CPU threads per process (auto: usable cores / xdist workers; 1 is steadier "
+                     "on shared machines)")
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -84,10 +87,14 @@ def _options(config: pytest.Config) -> Options:
         run_id = _existing_run_id(out) or run_id
     base = Path(get("harness_baselines")) if get("harness_baselines") else config.rootpath / "baselines"
     md = get("harness_markdown")
+    threads = get("harness_threads")
+    if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
+        raise pytest.UsageError(f"--harness-threads {threads!r}: expected 'auto' or an integer >= 1")
     return Options(out=out.resolve(), run_id=run_id, baselines=base.resolve(), gate=get("harness_gate"),
                    fail_on=fail_on, strict=get("harness_strict"), device=get("harness_device"),
                    models=get("harness_model") or ["harness-tiny"], quick=get("harness_quick"),
-                   shard=_parse_shard(get("harness_shard")), markdown=Path(md) if md else None)
+                   shard=_parse_shard(get("harness_shard")), markdown=Path(md) if md else None,
+                   threads=None if threads == "auto" else int(threads))
 
 
 def _existing_run_id(out: Path) -> str | None:
@@ -109,20 +116,30 @@ def pytest_configure(config: pytest.Config) -> None:
                                     "(use --harness-device auto or cpu)")
     config.stash[SESSION] = Session(opts)
     config.stash[STARTED] = time.time()
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(_XdistHooks(), "harness-xdist")
+    controller = None
     if not hasattr(config, "workerinput"):
-        config.pluginmanager.register(_Controller(config), "harness-controller")
+        controller = _Controller(config)
+        config.pluginmanager.register(controller, "harness-controller")
         if config.getoption("harness_out"):
             _write_run(config, status="running")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(controller), "harness-xdist")
 
 
 class _XdistHooks:
+    def __init__(self, controller: "_Controller | None") -> None:
+        self.controller = controller
+
     @pytest.hookimpl
     def pytest_configure_node(self, node) -> None:
         opts = node.config.stash[SESSION].opts
         node.workerinput["harness_out"] = str(opts.out)
         node.workerinput["harness_run_id"] = opts.run_id
+
+    @pytest.hookimpl
+    def pytest_xdist_node_collection_finished(self, node, ids) -> None:
+        if self.controller is not None and self.controller.expected is None:
+            self.controller.expected = len(ids)
 
 
 def _write_run(config: pytest.Config, **fields) -> None:
@@ -233,6 +250,12 @@ class _Controller:
         self.session = config.stash[SESSION]
         self.pending: list[dict] = []
         self.interrupted = False
+        self.expected: int | None = None  # tests selected to run
+        self.reported: set[str] = set()
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if not hasattr(session.config, "workerinput") and session.items:
+            self.expected = len(session.items)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call" and report.outcome == "passed":
@@ -246,6 +269,7 @@ class _Controller:
             msg = crash.message if crash is not None else (
                 report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr))
         node = getattr(report, "node", None)
+        self.reported.add(report.nodeid)
         self.pending.append({"nodeid": report.nodeid, "when": report.when, "outcome": outcome,
                              "duration": round(report.duration, 4),
                              "message": str(msg).splitlines()[0][:500] if msg else "",
@@ -274,6 +298,8 @@ class _Controller:
             reason = "interrupted (Ctrl-C or a fatal error) before all tests ran"
         elif session.shouldstop or session.shouldfail:
             reason = f"stopped early: {session.shouldstop or session.shouldfail}"
+        elif self.expected is not None and len(self.reported) < self.expected:
+            reason = f"only {len(self.reported)} of {self.expected} selected tests finished"
         _write_run(self.config, status="partial" if reason else "complete", partial_reason=reason,
                    finished=time.time(), exitstatus=int(exitstatus), tests_failed=session.testsfailed,
                    tests_collected=session.testscollected)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -123,14 +122,12 @@ def pytest_command(suites: list[str], run_dir: Path, *, quick: bool, extra: list
 
 
 def run_pytest(cmd: list[str]) -> int:
-    """Run pytest as a child; on Ctrl-C let it finish its own shutdown (it writes
-    run.json as partial) and return its exit code."""
+    """Run pytest as a child and return its exit code. Ctrl-C reaches the child through
+    the terminal's process group; the parent only waits for the child's own clean
+    shutdown (it marks run.json partial) instead of signalling it a second time."""
     proc = subprocess.Popen(cmd)
     while True:
         try:
             return proc.wait()
-        except KeyboardInterrupt:  # the child got the same SIGINT; wait for its clean exit
-            try:
-                proc.send_signal(signal.SIGINT)
-            except ProcessLookupError:
-                pass
+        except KeyboardInterrupt:
+            continue

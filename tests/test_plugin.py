@@ -75,6 +75,7 @@ def test_plugin_is_inert_without_bench(pytester):
     (["--harness-fail-on", "ppl.windoww:2%"], "did you mean 'ppl.window'"),
     (["--harness-shard", "3/2"], "need 1 <= I <= N"),
     (["--harness-shard", "a/b"], "expected I/N"),
+    (["--harness-threads", "0"], "expected 'auto' or an integer"),
 ])
 def test_bad_options_are_usage_errors(pytester, args, msg):
     pytester.makepyfile(test_default=SUITE)

@@ -67,8 +67,8 @@ def pareto_svg(points: list[Point], xlabel: str, ylabel: str, title: str, *, log
                            zorder=4, label="reference")
             front = pareto_front(points, x_higher, y_higher)
             if len(front) > 1:
-                ax.step([p.x for p in front], [p.y for p in front], where="post", color="#555",
-                        lw=1, ls="--", zorder=2, label="Pareto front")
+                ax.plot([p.x for p in front], [p.y for p in front], color="#555", lw=1, ls="--", zorder=2,
+                        label="Pareto front")
             for p in points:
                 ax.annotate(_short(p.label), (p.x, p.y), textcoords="offset points", xytext=(4, 3),
                             fontsize=7, color="#333")
