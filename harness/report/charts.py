@@ -69,11 +69,10 @@ def pareto_svg(points: list[Point], xlabel: str, ylabel: str, title: str, *, log
             if len(front) > 1:
                 ax.plot([p.x for p in front], [p.y for p in front], color="#555", lw=1, ls="--", zorder=2,
                         label="Pareto front")
-            for p in points:
-                ax.annotate(_short(p.label), (p.x, p.y), textcoords="offset points", xytext=(4, 3),
-                            fontsize=7, color="#333")
-            if logx:
+            xs = [p.x for p in points]
+            if logx or (min(xs) > 0 and max(xs) / min(xs) > 20):
                 ax.set_xscale("log")
+            _labels(ax, fig, points, front)
             ax.ticklabel_format(axis="y", useOffset=False, style="plain")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
@@ -87,6 +86,21 @@ def pareto_svg(points: list[Point], xlabel: str, ylabel: str, title: str, *, log
     svg = buf.getvalue()
     svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)  # RDF boilerplate
     return svg[svg.index("<svg"):]  # drop the XML prolog/doctype for inlining
+
+
+def _labels(ax, fig, points: list[Point], front: list[Point]) -> None:
+    """Label the reference and front first, then others whose label would not overlap."""
+    fig.canvas.draw()
+    order = [p for p in points if p.reference] + [p for p in front if not p.reference]
+    order += [p for p in points if p not in order]
+    placed: list[tuple[float, float]] = []
+    for p in order:
+        x, y = ax.transData.transform((p.x, p.y))
+        if any(abs(x - a) < 70 and abs(y - b) < 11 for a, b in placed):
+            continue
+        placed.append((x, y))
+        ax.annotate(_short(p.label), (p.x, p.y), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                    color="#333")
 
 
 def _short(label: str, n: int = 28) -> str:
