@@ -350,8 +350,9 @@ def technique_params(quick: bool) -> list:
     """One ``pytest.param`` per suite spec of every registered technique (the reference
     first): the first spec of each technique in quick mode, all of them otherwise.
     CUDA-only techniques carry the ``gpu`` marker; techniques that declare no
-    ``suite_specs`` appear as skipped with that reason, so nothing disappears silently."""
-    from harness.techniques import TECHNIQUES
+    ``suite_specs`` (and family modules that failed to import) appear as skipped with the
+    reason, so nothing disappears silently."""
+    from harness.techniques import IMPORT_ERRORS, TECHNIQUES
 
     params = []
     names = sorted(TECHNIQUES, key=lambda n: (n != "none", TECHNIQUES.get(n).family, n))
@@ -363,4 +364,6 @@ def technique_params(quick: bool) -> list:
             params.append(pytest.param(name, id=name, marks=[pytest.mark.skip(
                 reason=f"technique {name!r} declares no suite_specs")]))
         params += [pytest.param(spec, id=spec, marks=marks) for spec in specs]
+    params += [pytest.param(mod, id=mod.rsplit(".", 1)[-1], marks=[pytest.mark.skip(
+        reason=f"technique module {mod} failed to import: {err}")]) for mod, err in IMPORT_ERRORS.items()]
     return params

@@ -296,3 +296,21 @@ def test_bench_compress_and_measure_on_a_tiny_model(pytester, tmp_path):
     assert ("none", "compress.wall_s") not in recs
     # the reference was measured once for the run and stored for other workers
     assert len(list((pytester.path / "run" / ".reference").glob("*.json"))) == 1
+
+
+def test_technique_params_follow_the_registry(monkeypatch):
+    from harness.plugin import technique_params
+    from harness.techniques import IMPORT_ERRORS, TECHNIQUES
+
+    monkeypatch.setitem(IMPORT_ERRORS, "harness.techniques.broken", "No module named 'missing_dep'")
+    quick = {p.id: p for p in technique_params(quick=True)}
+    full = [p.id for p in technique_params(quick=False)]
+    assert next(iter(quick)) == "none"
+    for name in TECHNIQUES:
+        specs = TECHNIQUES.get(name).suite_specs
+        if specs:
+            assert specs[0] in quick and set(specs) <= set(full)
+        else:
+            assert [m.kwargs["reason"] for m in quick[name].marks] == [
+                f"technique {name!r} declares no suite_specs"]
+    assert "missing_dep" in quick["broken"].marks[0].kwargs["reason"]
