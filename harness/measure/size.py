@@ -4,9 +4,10 @@
   tensors once), i.e. exactly what a user would ship.
 - ``size.params``: parameter elements really stored (shared once; a packed int4 tensor
   counts its logical values; a low-rank pair counts r·(in+out)).
-- ``size.bits_per_param``: stored bits of all linear-layer weights *including* scales,
-  zeros, codebooks, sparse metadata and factors, divided by the dense weight count those
-  layers stand for. Biases, norms and embeddings are excluded (they are in size.bytes).
+- ``size.bits_per_param``: stored bits of the blocks' linear-layer weights *including*
+  scales, zeros, codebooks, sparse metadata and factors, divided by the dense weight
+  count those layers stand for. Biases, norms, embeddings and an uncompressed output
+  head are excluded (they are in size.bytes); a compressed head is included.
   A mask or fake-quant layer stores dense floats, so it stays at 16/32 bits: no saving.
 """
 from __future__ import annotations
@@ -43,12 +44,25 @@ def _unique_tensors(tensors) -> list[torch.Tensor]:
     return out
 
 
+def _output_head(model: nn.Module) -> nn.Module | None:
+    try:
+        return model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    except Exception:  # pragma: no cover - models without a head
+        return None
+
+
 def weight_storage(model: nn.Module) -> tuple[int, int]:
-    """(stored bits, dense-equivalent weight count) over linear layers, shared once."""
+    """(stored bits, dense-equivalent weight count) over the linear layers of the
+    transformer blocks, shared tensors once. The output head is excluded, like the
+    embeddings: compression methods keep it (GPTQ, AWQ, SparseGPT all do); it is in
+    size.bytes."""
     bits = 0
     logical = 0
     counted: set[tuple[int, tuple]] = set()
+    head = _output_head(model)
     for mod in model.modules():
+        if mod is head and head is not None and not isinstance(head, CompressedModule):
+            continue
         if isinstance(mod, CompressedModule):
             tensors = [t for n, t in mod.state_dict(keep_vars=True).items() if n.split(".")[-1] != "bias"]
             logical += mod.logical_params()

@@ -53,3 +53,11 @@ def test_zeroed_weights_are_not_a_saving():
     with torch.no_grad():
         m.a.weight[:, ::2] = 0  # a 50% "mask" on a dense tensor
     assert {r.metric: r.value for r in measure_size(m)}["size.bits_per_param"] == 32
+
+
+def test_uncompressed_output_head_is_outside_bits_per_param(llama):
+    import harness
+
+    res = harness.compress(llama, "rtn:bits=4,group=32")
+    bits = {r.metric: r.value for r in measure_size(res.model)}["size.bits_per_param"]
+    assert 4 < bits <= 4 + 16 / 32 + 0.01  # codes + one fp16 scale per 32 weights; fp32 lm_head excluded
