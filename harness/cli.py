@@ -23,16 +23,15 @@ EXAMPLES = textwrap.dedent("""\
     """)
 
 Handler = Callable[[argparse.Namespace], int]
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, str]] = {}
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {}
 EXTENSIONS = ["harness.cli_run"]  # modules that call command(...) to add subcommands
 
 
 def command(name: str, help: str):
-    """Decorator: ``@command("eval", "...")`` on a function ``(sub_parser) -> handler``."""
-    def deco(setup):
-        def configure(p: argparse.ArgumentParser) -> None:
-            setup(p)
-        COMMANDS[name] = (configure, None, help)  # handler attached by setup via set_defaults
+    """Decorator: ``@command("eval", "...")`` on a setup function that adds the
+    subcommand's arguments and its handler (``p.set_defaults(handler=...)``)."""
+    def deco(setup: Callable[[argparse.ArgumentParser], None]):
+        COMMANDS[name] = (setup, help)
         return setup
     return deco
 
@@ -182,6 +181,14 @@ def _techniques_cmd(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=run)
 
 
+@command("kernels", "Triton kernel tools: harness kernels bench --help")
+def _kernels_cmd(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="kernels_command", metavar="ACTION", required=True)
+    from harness.kernels.bench import configure_parser
+
+    configure_parser(sub.add_parser("bench", help="kernel micro-benchmark (CUDA GPU; --static SM needs none)"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
@@ -191,10 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as e:
             if e.name != mod:
                 raise
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0] if __doc__ else None,
+    parser = argparse.ArgumentParser(prog="harness", description="Benchmark and evaluate compressed language models.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (configure, _, help_) in COMMANDS.items():
+    for name, (configure, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         configure(sp)
