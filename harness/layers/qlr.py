@@ -1,0 +1,136 @@
+"""QLRLinear: CALDERA's ``W ≈ Q + L R`` with every term stored at low precision.
+
+Stored tensors (registered buffers, so ``state_dict`` is exactly what ships):
+
+- ``q_packed`` uint8 ``[out, packed(in, q_bits)]`` and ``q_scales`` float16 ``[out, in/q_group]``:
+  the backbone ``Q``, symmetric group-wise codes packed along the input dim
+  (``harness.layers.packing`` layout).
+- ``l_packed`` / ``l_scales``: ``L`` ``[out, rank]`` at ``lr_bits``, packed along the rank dim,
+  one float16 scale per row (CALDERA rounds L with LDLQ under ``R H Rᵀ``, row by row);
+- ``r_packed`` / ``r_scales``: ``R`` ``[rank, in]`` at ``lr_bits``, packed along the input dim,
+  float16 scales per row (``lr_group=None``) or per group of ``lr_group`` inputs.
+- ``bias``: optional, original dtype.
+
+Symmetric codes need no zeros (``w = (q - 2**(bits-1)) * s``). The torch reference
+forward dequantizes and runs ``x Qᵀ + (x Rᵀ) Lᵀ``: it saves storage, not CPU time.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness.layers.base import CompressedModule
+from harness.layers.lowrank import _DTYPES, check_rank, dtype_name
+from harness.layers.packing import pack, packed_width, unpack
+
+
+def _uniform():
+    from harness.techniques.quantization import uniform  # lazy: avoids an import cycle
+
+    return uniform
+
+
+class QLRLinear(CompressedModule):
+    """Packed ``Q + L R`` layer (drop-in for nn.Linear / GPT-2 Conv1D)."""
+
+    layer_name = "qlr_linear"
+
+    def __init__(self, in_features: int, out_features: int, rank: int, q_bits: int = 2,
+                 q_group: int | None = 64, lr_bits: int = 4, lr_group: int | None = None,
+                 bias: bool = False, bias_dtype: str = "float32") -> None:
+        super().__init__()
+        u = _uniform()
+        check_rank(rank, in_features, out_features)
+        u.check_quant_args(q_bits, q_group, in_features)
+        u.check_quant_args(lr_bits, lr_group, in_features)
+        self.in_features, self.out_features, self.rank = int(in_features), int(out_features), int(rank)
+        self.q_bits, self.q_group = int(q_bits), (None if q_group is None else int(q_group))
+        self.lr_bits, self.lr_group = int(lr_bits), (None if lr_group is None else int(lr_group))
+        z8 = dict(dtype=torch.uint8)
+        self.register_buffer("q_packed", torch.zeros(out_features, packed_width(in_features, q_bits), **z8))
+        self.register_buffer("q_scales", torch.ones(out_features, u.n_groups(in_features, q_group),
+                                                    dtype=torch.float16))
+        self.register_buffer("l_packed", torch.zeros(out_features, packed_width(rank, lr_bits), **z8))
+        self.register_buffer("l_scales", torch.ones(out_features, 1, dtype=torch.float16))
+        self.register_buffer("r_packed", torch.zeros(rank, packed_width(in_features, lr_bits), **z8))
+        self.register_buffer("r_scales", torch.ones(rank, u.n_groups(in_features, lr_group),
+                                                    dtype=torch.float16))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=_DTYPES[bias_dtype]))
+        else:
+            self.bias = None
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_codes(cls, q: tuple[torch.Tensor, torch.Tensor], L: tuple[torch.Tensor, torch.Tensor],
+                   R: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None = None, *,
+                   q_bits: int, q_group: int | None, lr_bits: int, lr_group: int | None) -> "QLRLinear":
+        """Wrap ``(codes, scales)`` pairs of Q ``[out, in]``, L ``[out, r]`` and R ``[r, in]``."""
+        out_f, in_f = q[0].shape
+        rank = L[0].shape[1]
+        layer = cls(in_f, out_f, rank, q_bits, q_group, lr_bits, lr_group, bias=bias is not None,
+                    bias_dtype=dtype_name(bias.dtype) if bias is not None else "float32")
+        layer.to(q[0].device)
+        layer.q_packed.copy_(pack(q[0], q_bits))
+        layer.q_scales.copy_(q[1].to(torch.float16))
+        layer.l_packed.copy_(pack(L[0], lr_bits))
+        layer.l_scales.copy_(L[1].to(torch.float16))
+        layer.r_packed.copy_(pack(R[0], lr_bits))
+        layer.r_scales.copy_(R[1].to(torch.float16))
+        if bias is not None:
+            layer.bias.copy_(bias.detach())
+        return layer
+
+    @classmethod
+    def from_float(cls, Q: torch.Tensor, L: torch.Tensor, R: torch.Tensor, bias: torch.Tensor | None = None, *,
+                   q_bits: int = 2, q_group: int | None = 64, lr_bits: int = 4,
+                   lr_group: int | None = None) -> "QLRLinear":
+        """Round-to-nearest quantize float ``Q``, ``L``, ``R`` and pack them."""
+        u = _uniform()
+        qc, qs, _ = u.quantize_groupwise(Q, q_bits, q_group, True)
+        lc, ls, _ = u.quantize_groupwise(L, lr_bits, None, True)
+        rc, rs, _ = u.quantize_groupwise(R, lr_bits, lr_group, True)
+        return cls.from_codes((qc, qs), (lc, ls), (rc, rs), bias, q_bits=q_bits, q_group=q_group,
+                              lr_bits=lr_bits, lr_group=lr_group)
+
+    # -- CompressedModule contract ----------------------------------------------------------
+    def layer_args(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "rank": self.rank,
+                "q_bits": self.q_bits, "q_group": self.q_group, "lr_bits": self.lr_bits,
+                "lr_group": self.lr_group, "bias": self.bias is not None,
+                "bias_dtype": dtype_name(self.bias.dtype) if self.bias is not None else "float32"}
+
+    def logical_params(self) -> int:
+        return self.in_features * self.out_features
+
+    def stored_params(self) -> int:
+        return self.in_features * self.out_features + self.rank * (self.in_features + self.out_features)
+
+    # -- math -------------------------------------------------------------------------------
+    def _deq(self, packed, scales, bits, group, cols, dtype) -> torch.Tensor:
+        return _uniform().dequantize_groupwise(unpack(packed, bits, cols), scales, None, bits, group, dtype)
+
+    def factors(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Dequantized ``(Q, L, R)``."""
+        Q = self._deq(self.q_packed, self.q_scales, self.q_bits, self.q_group, self.in_features, dtype)
+        L = self._deq(self.l_packed, self.l_scales, self.lr_bits, None, self.rank, dtype)
+        R = self._deq(self.r_packed, self.r_scales, self.lr_bits, self.lr_group, self.in_features, dtype)
+        return Q, L, R
+
+    def dense_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        Q, L, R = self.factors(dtype)
+        return Q + L @ R
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        Q, L, R = self.factors(x.dtype)
+        y = F.linear(x, Q, None if self.bias is None else self.bias.to(x.dtype))
+        return y + F.linear(F.linear(x, R), L)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, q_bits={self.q_bits}, "
+                f"q_group={self.q_group}, lr_bits={self.lr_bits}, lr_group={self.lr_group}")
+
+
+__all__ = ["QLRLinear"]

@@ -1,0 +1,237 @@
+"""Truncated SVD, ASVD and SVD-LLM: every block linear becomes a ``LowRankLinear``.
+
+All three factor ``W T = U Σ Vᵀ`` for an input-side transform ``T`` and keep the top
+``r`` triplets: ``W ≈ (U_r Σ_r^½)(Σ_r^½ V_rᵀ T⁻¹) = B A``.
+
+- ``svd``:     ``T = I`` (minimises ``‖W - W_r‖_F``; no calibration).
+- ``asvd``:    ``T = diag(s)``, ``s_j = mean|x_j|^α`` (Yuan et al. 2023, activation-aware
+  scaling: input channels with large activations keep more of their weight).
+- ``svd-llm``: ``T = C``, the Cholesky factor of the calibration second moment
+  ``E[x xᵀ] = C Cᵀ`` (Wang et al. 2024, truncation-aware whitening): then
+  ``‖(W - W_r) Xᵀ‖_F² = Σ_{i>r} σ_i²`` exactly, so truncating the smallest singular
+  values is the optimal rank-``r`` choice for the layer's *output* error.
+
+Ranks come from ``rank_alloc`` (uniform, singular-value energy, or measured calibration
+sensitivity) under a global budget: ``reduction`` is the fraction of the factorized
+layers' weight parameters removed. Statistics come from one pass of the calibration data
+through the original model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from harness.calibration import InputStats, collect_linear_stats
+from harness.config import check
+from harness.layers.base import linear_shape, linear_weight, set_module
+from harness.layers.lowrank import LowRankLinear, check_rank
+from harness.techniques.base import Technique, register
+from harness.techniques.lowrank import rank_alloc
+
+
+@dataclass(frozen=True)
+class LowRankConfig:
+    """reduction: fraction of the factorized layers' weight parameters removed (0..1);
+    rank: a fixed rank for every layer instead (overrides reduction);
+    alloc: how the budget is split across layers (uniform | energy | sensitivity)."""
+
+    reduction: float = 0.4
+    rank: int | None = None
+    alloc: Literal["uniform", "energy", "sensitivity"] = "uniform"
+
+    def __post_init__(self) -> None:
+        check(0 < self.reduction < 1, f"reduction={self.reduction} must be in (0, 1) "
+              "(the fraction of the factorized layers' parameters removed)")
+        check(self.rank is None or self.rank >= 1, f"rank={self.rank} must be >= 1")
+
+
+@dataclass(frozen=True)
+class ASVDConfig(LowRankConfig):
+    """alpha: exponent of the activation scaling ``s_j = mean|x_j|^alpha`` (ASVD uses 0.5)."""
+
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0 <= self.alpha <= 2, f"alpha={self.alpha} must be in [0, 2]")
+
+
+@dataclass(frozen=True)
+class SVDLLMConfig(LowRankConfig):
+    """damp: fraction of the mean diagonal added to E[x xᵀ] before its Cholesky factor."""
+
+    damp: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0 <= self.damp < 1, f"damp={self.damp} must be in [0, 1)")
+
+
+class Decomposition:
+    """``W T = U Σ Vᵀ`` of one layer; ``factors(r)`` gives ``(A, B)`` with ``B A ≈ W``."""
+
+    def __init__(self, weight: torch.Tensor, transform: torch.Tensor | None = None,
+                 kind: Literal["none", "diag", "chol"] = "none") -> None:
+        W = weight.detach().double()
+        self.kind, self.T = kind, None if transform is None else transform.double()
+        M = W if kind == "none" else (W * self.T[None, :] if kind == "diag" else W @ self.T)
+        self.U, self.S, self.Vh = torch.linalg.svd(M, full_matrices=False)
+        self.dtype, self.device = weight.dtype, weight.device
+        self.out_features, self.in_features = W.shape
+
+    def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        root = self.S[:rank].sqrt()
+        B = self.U[:, :rank] * root[None, :]
+        A = root[:, None] * self.Vh[:rank]
+        if self.kind == "diag":
+            A = A / self.T[None, :]
+        elif self.kind == "chol":  # A C^-1: solve Cᵀ Aᵀ = (Σ½Vᵀ)ᵀ
+            A = torch.linalg.solve_triangular(self.T.t(), A.t(), upper=True).t()
+        return A.to(self.dtype), B.to(self.dtype)
+
+    def energy(self) -> torch.Tensor:
+        """Squared singular values: the output error each one removes (exact for svd-llm)."""
+        return self.S ** 2
+
+
+def block_linears(model: nn.Module) -> dict[str, nn.Module]:
+    """Linear / Conv1D layers inside the transformer blocks (head, embeddings, pooler excluded)."""
+    from harness.calibration import find_blocks
+    from harness.layers.base import is_linear
+
+    prefix, blocks = find_blocks(model)
+    return {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules() if is_linear(m)}
+
+
+@torch.no_grad()
+def calibration_stats(model: nn.Module, linears: dict[str, nn.Module], calibration, *,
+                      hessian: bool) -> dict[str, InputStats]:
+    """Input statistics of every layer in ``linears`` from one pass over ``calibration``."""
+    dev = next(model.parameters()).device
+
+    def feed() -> None:
+        for b in calibration.batches(8):
+            model(**{k: v.to(dev) for k, v in b.items()})
+
+    return collect_linear_stats(linears, feed, hessian=hessian)
+
+
+def replace_lowrank(model: nn.Module, linears: dict[str, nn.Module], decomps: dict[str, Decomposition],
+                    ranks: dict[str, int | None]) -> None:
+    """Swap each layer for its rank-``r`` LowRankLinear (``None`` keeps it dense)."""
+    for name, mod in linears.items():
+        r = ranks.get(name)
+        if r is None:
+            continue
+        A, B = decomps[name].factors(r)
+        set_module(model, name, LowRankLinear.from_factors(A, B, getattr(mod, "bias", None)))
+
+
+class _LowRank(Technique):
+    family = "lowrank"
+    config_cls = LowRankConfig
+    storage = "structural"
+    model_kinds = ("causal-lm", "encoder")
+
+    def __init__(self, config=None) -> None:
+        super().__init__(config)
+        # Sensitivity allocation measures the model on calibration data, whatever the method.
+        self.needs_calibration = type(self).needs_calibration or self.config.alloc == "sensitivity"
+        self._notes: list[str] = []
+
+    def decompose(self, name: str, mod: nn.Module, stats: InputStats | None) -> Decomposition:
+        raise NotImplementedError
+
+    needs_hessian = False
+
+    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+        cfg = self.config
+        linears = block_linears(model)
+        if cfg.rank is not None:
+            for name, mod in linears.items():
+                out_f, in_f = linear_shape(mod)
+                check_rank(cfg.rank, in_f, out_f, name)
+        else:
+            rank_alloc.check_budget(linears, cfg.reduction)
+        stats = (calibration_stats(model, linears, calibration, hessian=self.needs_hessian)
+                 if type(self).needs_calibration else {})
+        decomps = {n: self.decompose(n, m, stats.get(n)) for n, m in linears.items()}
+        if cfg.rank is not None:
+            ranks: dict[str, int | None] = {n: cfg.rank for n in linears}
+        elif cfg.alloc == "uniform":
+            ranks = rank_alloc.uniform(linears, cfg.reduction)
+        elif cfg.alloc == "energy":
+            ranks = rank_alloc.by_energy(linears, {n: d.energy() for n, d in decomps.items()}, cfg.reduction)
+        else:
+            ranks = rank_alloc.by_sensitivity(model, linears, decomps, cfg.reduction, calibration)
+        replace_lowrank(model, linears, decomps, ranks)
+        kept = sum(r * sum(linear_shape(linears[n])) if r else linears[n].weight.numel()
+                   for n, r in ranks.items())
+        total = sum(m.weight.numel() for m in linears.values())
+        self._notes = [f"factorized {sum(r is not None for r in ranks.values())}/{len(linears)} block linears; "
+                       f"kept {kept / total:.3f} of their weight parameters",
+                       "ranks: " + ",".join(str(r) for r in ranks.values())]
+        return model
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
+
+
+@register
+class SVD(_LowRank):
+    name = "svd"
+    suite_specs = ("svd:reduction=0.4",)
+    description = "truncated SVD of each block linear into two thin matmuls (LowRankLinear)"
+
+    def decompose(self, name, mod, stats):
+        return Decomposition(linear_weight(mod))
+
+
+@register
+class ASVD(_LowRank):
+    name = "asvd"
+    config_cls = ASVDConfig
+    needs_calibration = True
+    suite_specs = ("asvd:reduction=0.4",)
+    description = "activation-aware SVD: scale input channels by mean|x|^alpha before truncating"
+
+    def decompose(self, name, mod, stats):
+        s = stats.abs_mean.clamp(min=1e-6) ** self.config.alpha
+        return Decomposition(linear_weight(mod), s / s.mean(), kind="diag")
+
+
+@register
+class SVDLLM(_LowRank):
+    name = "svd-llm"
+    config_cls = SVDLLMConfig
+    needs_calibration = True
+    needs_hessian = True
+    suite_specs = ("svd-llm:reduction=0.4",)
+    description = "SVD-LLM: truncation-aware whitening by the Cholesky factor of E[x x^T]"
+
+    def decompose(self, name, mod, stats):
+        return Decomposition(linear_weight(mod), whitening(stats.H, self.config.damp), kind="chol")
+
+
+def whitening(H: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """Lower Cholesky factor ``C`` of the damped second moment (``H + λI = C Cᵀ``)."""
+    H = H.double()
+    diag = torch.diagonal(H)
+    lam = damp * diag.mean().clamp(min=1e-12)
+    dead = diag <= 0
+    H = H.clone()
+    H[dead, dead] = 1.0
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    for _ in range(6):  # grow the damping until the factorization succeeds
+        C, info = torch.linalg.cholesky_ex(H + lam * eye)
+        if int(info) == 0:
+            return C
+        lam = lam * 10 if lam > 0 else 1e-8 * diag.mean().clamp(min=1e-12)
+    raise ValueError("calibration second moment is not positive definite even after damping")
+
+
+__all__ = ["SVD", "ASVD", "SVDLLM", "Decomposition", "LowRankConfig", "block_linears", "calibration_stats",
+           "whitening", "replace_lowrank"]
