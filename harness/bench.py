@@ -48,6 +48,8 @@ class Options:
     shard: tuple[int, int] | None = None
     markdown: Path | None = None
     threads: int | None = None  # None: usable cores / xdist workers
+    worker: str = "main"  # xdist worker id of this process
+    workers: int = 1  # xdist worker count
 
     @property
     def gating(self) -> bool:
@@ -59,15 +61,14 @@ class Options:
 
     @property
     def worker_tag(self) -> str:
-        w = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        w = self.worker
         return f"shard{self.shard[0]}of{self.shard[1]}-{w}" if self.shard else w
 
 
-def auto_threads() -> int:
+def auto_threads(workers: int = 1) -> int:
     """Usable cores shared among xdist workers (oversubscribed OpenMP threads spin and
     make CPU latency several times slower and noisier)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
     return max(1, cores // max(1, workers))
 
 
@@ -102,7 +103,7 @@ class Session:
 
             want = self.opts.device
             self._device = ("cuda" if torch.cuda.is_available() else "cpu") if want == "auto" else want
-            torch.set_num_threads(self.opts.threads or auto_threads())
+            torch.set_num_threads(self.opts.threads or auto_threads(self.opts.workers))
         return self._device
 
     @property

@@ -94,7 +94,9 @@ def _options(config: pytest.Config) -> Options:
                    fail_on=fail_on, strict=get("harness_strict"), device=get("harness_device"),
                    models=get("harness_model") or ["harness-tiny"], quick=get("harness_quick"),
                    shard=_parse_shard(get("harness_shard")), markdown=Path(md) if md else None,
-                   threads=None if threads == "auto" else int(threads))
+                   threads=None if threads == "auto" else int(threads),
+                   worker=str(wi.get("workerid", "main")) if wi else "main",
+                   workers=int(wi.get("workercount", 1)) if wi else 1)
 
 
 def _existing_run_id(out: Path) -> str | None:
