@@ -1,0 +1,229 @@
+"""Parameter sharing: cross-layer sharing, weight clustering, tied embeddings.
+
+- ``share-layers:group=G`` (ALBERT-style): consecutive groups of ``G`` transformer blocks
+  share one set of weights, initialised as the mean of the group's weights; the other
+  blocks hold references to the same ``nn.Parameter`` objects, so the safetensors file
+  stores each shared tensor once (``checkpoint.save_compressed`` records the aliases and
+  re-ties them on load). Optional short fine-tune (``steps``) of the shared weights on
+  the calibration windows (train split).
+- ``cluster:clusters=K``: per-layer 1-D k-means of each block linear's weights into a
+  float16 codebook of K values plus packed indices (``ClusteredLinear``).
+- ``tie-embeddings``: the output head reuses the input embedding matrix (initialised
+  from the mean of the two, or either one), stored once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from harness.calibration import find_blocks
+from harness.config import SpecError, check
+from harness.layers.base import linear_weight, set_module
+from harness.layers.clustered import ClusteredLinear, index_bits
+from harness.techniques.base import Technique, register
+from harness.techniques.lowrank import tune
+from harness.techniques.lowrank.svd import block_linears
+
+
+@dataclass(frozen=True)
+class ShareConfig:
+    """group: consecutive blocks sharing one set of weights (must divide the block count);
+    steps/lr/batch: optional fine-tune of the shared weights (0 steps = none)."""
+
+    group: int = 2
+    steps: int = 0
+    lr: float = 1e-4
+    batch: int = 4
+
+    def __post_init__(self) -> None:
+        check(self.group >= 2, f"group={self.group} must be >= 2 (blocks per shared set)")
+        check(self.steps >= 0, f"steps={self.steps} must be >= 0")
+        check(self.lr > 0, f"lr={self.lr} must be > 0")
+        check(self.batch >= 1, f"batch={self.batch} must be >= 1")
+
+
+def _tuned(technique: Technique) -> None:
+    """Fine-tuning variants read the calibration windows (train split)."""
+    technique.needs_calibration = type(technique).needs_calibration or technique.config.steps > 0
+
+
+def _finetune(model: nn.Module, params: list[nn.Parameter], calibration, cfg, targets) -> list[str]:
+    if not cfg.steps:
+        return []
+    losses = tune.finetune(model, params, calibration, steps=cfg.steps, lr=cfg.lr, batch=cfg.batch,
+                           targets=targets)
+    tail = losses[-10:]
+    return [f"fine-tuned {cfg.steps} steps on calibration windows (train split): "
+            f"loss {losses[0]:.4g} -> {sum(tail) / len(tail):.4g}"]
+
+
+def share_blocks(blocks: nn.ModuleList, group: int) -> int:
+    """Tie each group's parameters to the group mean; returns the elements no longer stored."""
+    saved = 0
+    for g0 in range(0, len(blocks), group):
+        first, rest = blocks[g0], list(blocks[g0 + 1:g0 + group])
+        for name, p in list(first.named_parameters()):
+            mod_path, _, leaf = name.rpartition(".")
+            others = [b.get_parameter(name) for b in rest]
+            with torch.no_grad():
+                p.copy_(torch.stack([p.detach(), *[o.detach() for o in others]]).mean(0))
+            for b in rest:
+                setattr(b.get_submodule(mod_path) if mod_path else b, leaf, p)
+                saved += p.numel()
+    return saved
+
+
+@register
+class ShareLayers(Technique):
+    name = "share-layers"
+    family = "sharing"
+    config_cls = ShareConfig
+    storage = "shared"
+    needs_grad = True  # the optional fine-tune trains
+    suite_specs = ("share-layers:group=2",)
+    description = "ALBERT-style cross-layer sharing: groups of blocks share their mean weights"
+
+    def __init__(self, config=None) -> None:
+        super().__init__(config)
+        _tuned(self)
+        self._notes: list[str] = []
+
+    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+        cfg = self.config
+        _, blocks = find_blocks(model)
+        if len(blocks) % cfg.group:
+            divisors = [d for d in range(2, len(blocks) + 1) if len(blocks) % d == 0]
+            raise SpecError(f"group={cfg.group} does not divide the {len(blocks)} layers; "
+                            f"choose one of {', '.join(map(str, divisors)) or 'none (too few layers)'}")
+        targets = tune.capture_targets(model, calibration) if cfg.steps else None
+        saved = share_blocks(blocks, cfg.group)
+        self._notes = [f"{len(blocks) // cfg.group} shared sets for {len(blocks)} blocks; "
+                       f"{saved} parameter elements no longer stored"]
+        params = list({id(p): p for p in blocks.parameters()}.values())
+        self._notes += _finetune(model, params, calibration, cfg, targets)
+        return model
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """clusters: codebook size per layer (2..256; indices packed at 2/3/4/8 bits);
+    iters: Lloyd iterations of the 1-D k-means."""
+
+    clusters: int = 16
+    iters: int = 25
+
+    def __post_init__(self) -> None:
+        check(2 <= self.clusters <= 256, f"clusters={self.clusters} is not allowed; choose 2 <= clusters <= 256")
+        check(self.iters >= 1, f"iters={self.iters} must be >= 1")
+
+
+def kmeans_1d(w: torch.Tensor, k: int, iters: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codebook [k] float16-representable, indices) minimising the squared error of ``w``.
+
+    Quantile initialisation, Lloyd iterations via ``bucketize`` on the midpoints of the
+    sorted centroids (exact nearest-centroid assignment in 1-D); the final codebook is
+    rounded to float16 and the indices reassigned to it.
+    """
+    x = w.detach().float().reshape(-1)
+    c = torch.quantile(x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(0))[:100_000]],
+                       (torch.arange(k, dtype=torch.float32) + 0.5) / k)
+    for _ in range(iters):
+        c, _ = torch.sort(c)
+        idx = torch.bucketize(x, (c[1:] + c[:-1]) / 2)
+        sums = torch.zeros(k).index_add_(0, idx, x)
+        counts = torch.zeros(k).index_add_(0, idx, torch.ones_like(x))
+        c = torch.where(counts > 0, sums / counts.clamp(min=1), c)
+    c, _ = torch.sort(c.to(torch.float16).float())
+    idx = torch.bucketize(x, (c[1:] + c[:-1]) / 2)
+    return c, idx.reshape(w.shape)
+
+
+@register
+class Cluster(Technique):
+    name = "cluster"
+    family = "sharing"
+    config_cls = ClusterConfig
+    storage = "packed"
+    suite_specs = ("cluster:clusters=16",)
+    description = "weight clustering: per-layer k-means codebook + packed indices (ClusteredLinear)"
+
+    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+        cfg = self.config
+        index_bits(cfg.clusters)
+        for name, mod in block_linears(model).items():
+            W = linear_weight(mod)
+            c, idx = kmeans_1d(W, cfg.clusters, cfg.iters)
+            set_module(model, name, ClusteredLinear.from_assignment(idx, c, getattr(mod, "bias", None)))
+        return model
+
+    def notes(self) -> list[str]:
+        return [f"{index_bits(self.config.clusters)}-bit packed indices + float16 codebook of "
+                f"{self.config.clusters} per layer; reference forward decodes per call (no CPU speed-up)"]
+
+
+@dataclass(frozen=True)
+class TieConfig:
+    """init: the tied matrix starts as the mean of both, or the input / output one;
+    steps/lr/batch: optional fine-tune of the tied matrix (0 = none)."""
+
+    init: Literal["mean", "input", "output"] = "mean"
+    steps: int = 0
+    lr: float = 1e-3
+    batch: int = 4
+
+    def __post_init__(self) -> None:
+        check(self.steps >= 0, f"steps={self.steps} must be >= 0")
+        check(self.lr > 0, f"lr={self.lr} must be > 0")
+        check(self.batch >= 1, f"batch={self.batch} must be >= 1")
+
+
+@register
+class TieEmbeddings(Technique):
+    name = "tie-embeddings"
+    family = "sharing"
+    config_cls = TieConfig
+    storage = "shared"
+    needs_grad = True
+    model_kinds = ("causal-lm",)
+    suite_specs = ("tie-embeddings",)
+    description = "tie the output head to the input embedding matrix (stored once)"
+
+    def __init__(self, config=None) -> None:
+        super().__init__(config)
+        _tuned(self)
+        self._notes: list[str] = []
+
+    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+        cfg = self.config
+        emb = model.get_input_embeddings()
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is None:
+            raise SpecError(f"tie-embeddings needs an output head; {type(model).__name__} has none")
+        if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
+            raise SpecError(f"tie-embeddings: {type(model).__name__}'s embeddings are already tied")
+        if head.weight.shape != emb.weight.shape:
+            raise SpecError(f"tie-embeddings: head {tuple(head.weight.shape)} and input embedding "
+                            f"{tuple(emb.weight.shape)} differ in shape")
+        with torch.no_grad():
+            if cfg.init == "mean":
+                emb.weight.copy_((emb.weight + head.weight) / 2)
+            elif cfg.init == "output":
+                emb.weight.copy_(head.weight)
+        head.weight = emb.weight
+        model.config.tie_word_embeddings = True
+        self._notes = [f"output head tied to the input embedding ({emb.weight.numel()} elements stored once), "
+                       f"init={cfg.init}"]
+        self._notes += _finetune(model, [emb.weight], calibration, cfg, None)
+        return model
+
+    def notes(self) -> list[str]:
+        return list(self._notes)
+
+
+__all__ = ["ShareLayers", "Cluster", "TieEmbeddings", "kmeans_1d", "share_blocks"]
