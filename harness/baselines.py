@@ -93,6 +93,11 @@ def entry_key(rec: Record) -> tuple[str, str, str]:
     return (rec.model, rec.spec, profile_of(rec))
 
 
+def _round(v: float) -> float:
+    """7 significant digits: far below any tolerance, and reviewable diffs."""
+    return float(f"{v:.7g}")
+
+
 @dataclass
 class MetricBaseline:
     value: float
@@ -103,9 +108,9 @@ class MetricBaseline:
     n: int = 1
 
     def to_json(self) -> dict[str, Any]:
-        d = {"value": self.value, "direction": "higher" if self.higher_is_better else "lower",
+        d = {"value": _round(self.value), "direction": "higher" if self.higher_is_better else "lower",
              "tolerance": str(self.tolerance), "unit": self.unit, "n": self.n}
-        band = {k: self.spread[k] for k in ("p10", "p90") if k in self.spread}
+        band = {k: _round(self.spread[k]) for k in ("p10", "p90") if k in self.spread}
         if band:
             d["spread"] = band
         return d

@@ -76,7 +76,7 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
         cmd = runner.pytest_command(suites, run_dir, quick=a.quick,
                                     extra=extra + [f"--harness-markdown={md}"] + pytest_args)
         print(f"harness run: {' '.join(cmd[1:])}", flush=True)
-        code = runner.run_pytest(cmd)
+        code = runner.run_pytest(cmd, run_id=None if a.out else run_id)
         if code == 5:
             print("harness run: error: pytest selected no tests (exit 5); check the suite path and -k/-m "
                   "filters", file=sys.stderr)

@@ -9,6 +9,7 @@ and merges records for the summary.
 """
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from pathlib import Path
@@ -80,8 +81,8 @@ def _options(config: pytest.Config) -> Options:
     wi = getattr(config, "workerinput", None)
     if wi and "harness_out" in wi:
         out, run_id = Path(wi["harness_out"]), wi["harness_run_id"]
-    else:
-        run_id = new_run_id()
+    else:  # HARNESS_RUN_ID: set by `harness run`, so the directory name and the id agree
+        run_id = os.environ.get("HARNESS_RUN_ID") or new_run_id()
         out = Path(get("harness_out")) if get("harness_out") else config.rootpath / "reports" / run_id
     if get("harness_out") and not (wi and "harness_out" in wi):
         run_id = _existing_run_id(out) or run_id

@@ -121,11 +121,12 @@ def pytest_command(suites: list[str], run_dir: Path, *, quick: bool, extra: list
     return cmd + list(extra)
 
 
-def run_pytest(cmd: list[str]) -> int:
+def run_pytest(cmd: list[str], run_id: str | None = None) -> int:
     """Run pytest as a child and return its exit code. Ctrl-C reaches the child through
     the terminal's process group; the parent only waits for the child's own clean
     shutdown (it marks run.json partial) instead of signalling it a second time."""
-    proc = subprocess.Popen(cmd)
+    env = {**os.environ, **({"HARNESS_RUN_ID": run_id} if run_id else {})}
+    proc = subprocess.Popen(cmd, env=env)
     while True:
         try:
             return proc.wait()

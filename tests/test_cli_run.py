@@ -131,7 +131,7 @@ def test_run_never_passes_silently(tmp_path, capsys, monkeypatch, pytest_exit, c
     """Empty selection, or a pytest run that wrote nothing (usage error, ...), is an error."""
     from harness import runner
 
-    monkeypatch.setattr(runner, "run_pytest", lambda cmd: pytest_exit)
+    monkeypatch.setattr(runner, "run_pytest", lambda cmd, run_id=None: pytest_exit)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "suites").mkdir()
     (tmp_path / "suites" / "test_mine.py").write_text(SUITE)
