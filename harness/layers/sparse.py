@@ -102,7 +102,7 @@ class SparseLinear(CompressedModule):
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-                   mask: torch.Tensor | None = None, format: str = "auto") -> "SparseLinear":
+                   mask: torch.Tensor | None = None, format: str = "auto") -> SparseLinear:
         """Pack a [out, in] weight; ``mask`` (True = kept) defaults to ``weight != 0``."""
         w = weight.detach()
         keep = (w != 0) if mask is None else mask.to(device=w.device, dtype=torch.bool)
@@ -126,7 +126,7 @@ class SparseLinear(CompressedModule):
 
     @classmethod
     def from_linear(cls, module: nn.Module, *, mask: torch.Tensor | None = None,
-                    format: str = "auto") -> "SparseLinear":
+                    format: str = "auto") -> SparseLinear:
         """Pack an nn.Linear or GPT-2 Conv1D (``mask`` in [out, in] layout)."""
         if not is_linear(module):
             raise TypeError(f"not a linear layer: {type(module).__name__}")

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from harness.config import SpecError
-from harness.layers.sparse import SparseLinear, choose_format, format_bytes, pack_bits, unpack_bits
+from harness.layers.sparse import (
+    SparseLinear,
+    choose_format,
+    format_bytes,
+    pack_bits,
+    unpack_bits,
+)
 
 
 def _sparse_weight(out_f=24, in_f=40, density=0.5, dtype=torch.float32, seed=0):
@@ -61,6 +67,7 @@ def test_bad_format_is_one_line_error():
 @pytest.mark.parametrize("fmt", ["bitmask", "csr"])
 def test_save_load_identical_logits(tmp_path, llama, fmt):
     from conftest import ids
+
     from harness.checkpoint import load_compressed, save_compressed
     from harness.layers.base import set_module
 

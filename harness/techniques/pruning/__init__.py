@@ -2,5 +2,11 @@
 removal (neurons, heads, layers) and an optional recovery fine-tune. Importing this
 package registers every pruning technique."""
 from harness.techniques.pruning import (  # noqa: F401  (registration on import)
-    nm, importance, unstructured, wanda, sparsegpt, structured, recovery,
+    importance,
+    nm,
+    recovery,
+    sparsegpt,
+    structured,
+    unstructured,
+    wanda,
 )

@@ -15,7 +15,7 @@ reason taylor and obd support causal LMs only.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

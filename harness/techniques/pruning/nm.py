@@ -36,7 +36,7 @@ def check_nm_shape(name: str, in_features: int, m: int) -> None:
 
 def prune_count(numel: int, sparsity: float) -> int:
     """Weights to remove, rounded like torch.nn.utils.prune (round half to even)."""
-    return int(round(sparsity * numel))
+    return round(sparsity * numel)
 
 
 def lowest_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

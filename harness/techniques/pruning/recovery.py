@@ -126,9 +126,9 @@ def _targets(model: nn.Module) -> dict[str, nn.Module]:
 
     best: tuple[str, nn.ModuleList] | None = None
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) and any(lin(m) for m in mod[0].modules()):
-            if best is None or len(mod) > len(best[1]):
-                best = (name, mod)
+        if (isinstance(mod, nn.ModuleList) and len(mod) and any(lin(m) for m in mod[0].modules())
+                and (best is None or len(mod) > len(best[1]))):
+            best = (name, mod)
     if best is None:
         raise ValueError(f"cannot find transformer blocks in {type(model).__name__}")
     prefix, blocks = best

@@ -14,13 +14,23 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.calibration import block_linears, collect_linear_stats, find_blocks, for_each_block
+from harness.calibration import (
+    block_linears,
+    collect_linear_stats,
+    find_blocks,
+    for_each_block,
+)
 from harness.config import check
 from harness.layers.base import linear_weight
 from harness.techniques.base import register
 from harness.techniques.pruning import nm
-from harness.techniques.pruning.unstructured import (SparsityConfig, UnstructuredPruning, check_nm, finalize,
-                                                      prunable_linears)
+from harness.techniques.pruning.unstructured import (
+    SparsityConfig,
+    UnstructuredPruning,
+    check_nm,
+    finalize,
+    prunable_linears,
+)
 
 
 @dataclass(frozen=True)

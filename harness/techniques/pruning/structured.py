@@ -1,34 +1,33 @@
-"""Structured pruning: FFN neurons, attention head groups and whole layers, physically removed.
+"""Structured pruning techniques: FFN neurons, attention head groups, whole layers.
 
-Weights are sliced into smaller Linear layers (the dims really shrink), the HF config is
-updated where it can express the new shape (``intermediate_size``/``ffn_dim``/``n_inner``,
-Llama's head counts with an explicit ``head_dim``, ``num_hidden_layers``), and modules
-that keep a head count in an attribute get it updated and listed in ``harness_attrs`` so
-``harness.checkpoint`` restores it on load. Heads are removed by whole KV groups (a KV
-head with the query heads that share it), so GQA ratios stay intact. Dropped layers'
-successors get their ``layer_idx`` renumbered so the KV cache stays consistent.
-
-Importance (the same number of units is removed in every layer):
+The same number of units is removed in every layer; the surgery (physical removal,
+config update, reload support) is in ``surgery.py``. Importance:
 - neurons: ``||W_out[:, j]|| * ||X_j||`` (Wanda-style, from calibration) or, without
   calibration, ``||W_out[:, j]|| * ||W_in[j, :]||``;
 - head groups: the same, summed over the group's output-projection columns (with
   calibration) or ``||W_o[:, g]|| * ||W_v[g]||``;
 - layers: Block Influence (ShortGPT: 1 - cosine(block input, block output)) on the
   calibration windows, or on a seeded random-token probe without calibration.
-
-Families: Llama/Qwen/Mistral (q/k/v/o, gate/up/down), OPT, GPT-2 (Conv1D), BERT.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from harness.calibration import Calibration, collect_linear_stats, find_blocks
 from harness.config import SpecError, check
-from harness.layers.base import linear_weight, set_module
+from harness.layers.base import linear_weight
 from harness.techniques.base import Technique, register
+from harness.techniques.pruning.surgery import (
+    attn_of,
+    ffn_of,
+    heads,
+    remove_ffn_neurons,
+    remove_head_groups,
+    remove_layers,
+)
 
 
 @dataclass(frozen=True)
@@ -49,187 +48,6 @@ class DropLayersConfig:
 
     def __post_init__(self) -> None:
         check(self.count >= 1, f"count={self.count} must be >= 1")
-
-
-# ---------------------------------------------------------------- family layouts
-@dataclass
-class FFN:
-    ins: list[str]  # linears whose output rows are the neurons
-    out: str        # linear whose input columns are the neurons
-    config_key: str
-
-
-@dataclass
-class Attn:
-    module: str
-    q: str
-    k: str | None   # None: fused GPT-2 c_attn in ``q``
-    v: str | None
-    o: str
-    head_dim: int
-    attrs: tuple[str, ...] = field(default_factory=tuple)
-
-
-def _has(block: nn.Module, path: str) -> bool:
-    try:
-        block.get_submodule(path)
-        return True
-    except AttributeError:
-        return False
-
-
-def ffn_of(block: nn.Module) -> FFN:
-    if _has(block, "mlp.gate_proj"):
-        return FFN(["mlp.gate_proj", "mlp.up_proj"], "mlp.down_proj", "intermediate_size")
-    if _has(block, "fc1"):
-        return FFN(["fc1"], "fc2", "ffn_dim")
-    if _has(block, "mlp.c_fc"):
-        return FFN(["mlp.c_fc"], "mlp.c_proj", "n_inner")
-    if _has(block, "intermediate.dense"):
-        return FFN(["intermediate.dense"], "output.dense", "intermediate_size")
-    raise SpecError(f"structured pruning does not know the FFN layout of {type(block).__name__} "
-                    "(supported: Llama/Qwen/Mistral, OPT, GPT-2, BERT)")
-
-
-def attn_of(block: nn.Module) -> Attn:
-    if _has(block, "self_attn.o_proj"):
-        a = block.self_attn
-        return Attn("self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                    int(a.head_dim))
-    if _has(block, "self_attn.out_proj"):
-        return Attn("self_attn", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-                    int(block.self_attn.head_dim), ("num_heads",))
-    if _has(block, "attn.c_attn"):
-        return Attn("attn", "attn.c_attn", None, None, "attn.c_proj", int(block.attn.head_dim),
-                    ("num_heads", "split_size"))
-    if _has(block, "attention.self.query"):
-        return Attn("attention.self", "attention.self.query", "attention.self.key", "attention.self.value",
-                    "attention.output.dense", int(block.attention.self.attention_head_size),
-                    ("num_attention_heads", "all_head_size"))
-    raise SpecError(f"structured pruning does not know the attention layout of {type(block).__name__} "
-                    "(supported: Llama/Qwen/Mistral, OPT, GPT-2, BERT)")
-
-
-def slice_linear(mod: nn.Module, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None, *,
-                 keep_type: bool = True) -> nn.Module:
-    """A smaller copy keeping rows ``out_idx`` / columns ``in_idx`` ([out, in] layout).
-    GPT-2 Conv1D stays Conv1D when ``keep_type`` (its shape is then in the config),
-    else it becomes an equivalent nn.Linear (what the checkpoint rebuilds for shapes
-    the config cannot express)."""
-    W = linear_weight(mod).detach()
-    b = getattr(mod, "bias", None)
-    if out_idx is not None:
-        W = W[out_idx]
-        b = None if b is None else b.detach()[out_idx]
-    if in_idx is not None:
-        W = W[:, in_idx]
-    W = W.contiguous()
-    if type(mod).__name__ == "Conv1D" and keep_type:
-        new = type(mod)(W.shape[0], W.shape[1])
-        new = new.to(device=W.device, dtype=W.dtype)
-        with torch.no_grad():
-            new.weight.copy_(W.t())
-            new.bias.copy_(b if b is not None else torch.zeros_like(new.bias))
-        return new
-    new = nn.Linear(W.shape[1], W.shape[0], bias=b is not None, device=W.device, dtype=W.dtype)
-    with torch.no_grad():
-        new.weight.copy_(W)
-        if b is not None:
-            new.bias.copy_(b)
-    return new
-
-
-def _heads(block: nn.Module, a: Attn) -> tuple[int, int]:
-    """(query heads, KV heads) of one block."""
-    q = linear_weight(block.get_submodule(a.q)).shape[0]
-    if a.k is None:  # fused q|k|v, multi-head
-        n = q // 3 // a.head_dim
-        return n, n
-    return q // a.head_dim, linear_weight(block.get_submodule(a.k)).shape[0] // a.head_dim
-
-
-def _span(groups: torch.Tensor, width: int) -> torch.Tensor:
-    return (groups[:, None] * width + torch.arange(width)[None, :]).reshape(-1)
-
-
-# ---------------------------------------------------------------- removal primitives
-def remove_ffn_neurons(model: nn.Module, keep: dict[int, torch.Tensor]) -> nn.Module:
-    """Keep only neurons ``keep[i]`` (sorted indices) of block i's FFN."""
-    _, blocks = find_blocks(model)
-    sizes = set()
-    for i, idx in keep.items():
-        block = blocks[i]
-        f = ffn_of(block)
-        idx = idx.sort().values
-        for path in f.ins:
-            set_module(block, path, slice_linear(block.get_submodule(path), out_idx=idx))
-        set_module(block, f.out, slice_linear(block.get_submodule(f.out), in_idx=idx))
-        sizes.add(int(idx.numel()))
-    if len(sizes) == 1 and len(keep) == len(blocks):
-        setattr(model.config, ffn_of(blocks[0]).config_key, sizes.pop())
-    return model
-
-
-def remove_head_groups(model: nn.Module, keep: dict[int, torch.Tensor]) -> nn.Module:
-    """Keep only KV groups ``keep[i]`` of block i (a group = one KV head and the query
-    heads that share it; for multi-head attention a group is one head)."""
-    _, blocks = find_blocks(model)
-    counts = set()
-    for i, groups in keep.items():
-        block = blocks[i]
-        a = attn_of(block)
-        groups = groups.sort().values
-        nq, nkv = _heads(block, a)
-        rep, hd = nq // nkv, a.head_dim
-        q_rows = _span(groups, rep * hd)
-        kv_rows = _span(groups, hd)
-        if a.k is None:  # GPT-2 fused c_attn = [q | k | v], each nq*hd wide
-            e = nq * hd
-            rows = torch.cat([q_rows, e + kv_rows, 2 * e + kv_rows])
-            set_module(block, a.q, slice_linear(block.get_submodule(a.q), out_idx=rows, keep_type=False))
-        else:
-            set_module(block, a.q, slice_linear(block.get_submodule(a.q), out_idx=q_rows))
-            set_module(block, a.k, slice_linear(block.get_submodule(a.k), out_idx=kv_rows))
-            set_module(block, a.v, slice_linear(block.get_submodule(a.v), out_idx=kv_rows))
-        set_module(block, a.o, slice_linear(block.get_submodule(a.o), in_idx=q_rows, keep_type=False))
-        att = block.get_submodule(a.module)
-        new_q = int(groups.numel()) * rep
-        values = {"num_heads": new_q, "num_attention_heads": new_q, "split_size": new_q * hd,
-                  "all_head_size": new_q * hd}
-        if a.attrs:
-            att.harness_attrs = {k: values[k] for k in a.attrs}
-            for k, v in att.harness_attrs.items():
-                setattr(att, k, v)
-        counts.add((new_q, int(groups.numel()), hd))
-    cfg = model.config
-    if (len(counts) == 1 and len(keep) == len(blocks) and cfg.model_type in _LLAMA_LIKE):
-        nq, nkv, hd = counts.pop()
-        cfg.head_dim = hd
-        cfg.num_attention_heads, cfg.num_key_value_heads = nq, nkv
-    return model
-
-
-_LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3"}
-
-
-def remove_layers(model: nn.Module, drop: list[int]) -> nn.Module:
-    """Delete blocks ``drop`` and renumber the remaining blocks' ``layer_idx``."""
-    prefix, blocks = find_blocks(model)
-    n = len(blocks)
-    drop_set = set(drop)
-    if len(drop_set) >= n:
-        raise SpecError(f"dropping {len(drop_set)} layers would remove every one of the {n} layers; at most {n - 1}")
-    kept = nn.ModuleList([b for i, b in enumerate(blocks) if i not in drop_set])
-    set_module(model, prefix, kept)
-    for new_i, block in enumerate(kept):
-        for m in block.modules():
-            if isinstance(getattr(m, "layer_idx", None), int):
-                m.layer_idx = new_i
-    cfg = model.config
-    cfg.num_hidden_layers = len(kept)
-    if isinstance(getattr(cfg, "layer_types", None), list):
-        cfg.layer_types = [t for i, t in enumerate(cfg.layer_types) if i not in drop_set]
-    return model
 
 
 # ---------------------------------------------------------------- importance
@@ -254,7 +72,7 @@ def _out_stats(model: nn.Module, paths: list[str], calib: Calibration | None) ->
     """sq_norm of the inputs of block-relative linears ``paths`` in every block (one pass)."""
     if calib is None:
         return None
-    prefix, blocks = find_blocks(model)
+    _, blocks = find_blocks(model)
     mods = {f"{i}.{p}": blocks[i].get_submodule(p) for i in range(len(blocks)) for p in paths}
     with torch.no_grad():
         stats = collect_linear_stats(mods, lambda: _run(model, calib), hessian=False)
@@ -284,7 +102,7 @@ def group_scores(model: nn.Module, calib: Calibration | None) -> list[torch.Tens
     out = []
     for i, block in enumerate(blocks):
         a = attn_of(block)
-        nq, nkv = _heads(block, a)
+        nq, nkv = heads(block, a)
         w_o = linear_weight(block.get_submodule(a.o)).detach().float()
         if sq is not None:
             per_col = w_o.square().sum(0) * sq[f"{i}.{a.o}"].to(w_o.device)
@@ -327,7 +145,7 @@ def block_influence(model: nn.Module, calib: Calibration) -> torch.Tensor:
 
 
 def _removal_count(fraction: float, total: int, what: str) -> int:
-    k = int(round(fraction * total))
+    k = round(fraction * total)
     if k >= total:
         raise SpecError(f"fraction={fraction} would remove every one of the {total} {what} per layer; "
                         f"use a fraction below {(total - 0.5) / total:.3g}")

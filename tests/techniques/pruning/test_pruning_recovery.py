@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ids
 
 import harness
 from harness.calibration import Calibration
 from harness.layers.sparse import SparseLinear
-
-from conftest import ids
 
 
 def _calib() -> Calibration:

@@ -5,15 +5,20 @@ import copy
 
 import pytest
 import torch
+from conftest import ids, random_llama
 
 import harness
 from harness.calibration import Calibration, find_blocks
 from harness.config import SpecError
 from harness.layers.base import linear_weight
-from harness.techniques.pruning.structured import (attn_of, ffn_of, remove_ffn_neurons, remove_head_groups,
-                                                   remove_layers, _heads)
-
-from conftest import ids, random_llama
+from harness.techniques.pruning.surgery import (
+    attn_of,
+    ffn_of,
+    heads,
+    remove_ffn_neurons,
+    remove_head_groups,
+    remove_layers,
+)
 
 
 def _out(model, x):
@@ -50,7 +55,7 @@ def test_zeroed_head_groups_equal_removed_groups(family_model):
     _, model = family_model
     _, blocks = find_blocks(model)
     a = attn_of(blocks[0])
-    nq, nkv = _heads(blocks[0], a)
+    nq, nkv = heads(blocks[0], a)
     rep, hd = nq // nkv, a.head_dim
     g = 1  # zero group 1's output-projection columns in every block
     for b in blocks:
@@ -59,7 +64,7 @@ def test_zeroed_head_groups_equal_removed_groups(family_model):
     ref = _out(model, x)
     keep = torch.tensor([j for j in range(nkv) if j != g])
     pruned = remove_head_groups(copy.deepcopy(model), {i: keep for i in range(len(blocks))})
-    assert _heads(find_blocks(pruned)[1][0], a) == (nq - rep, nkv - 1)
+    assert heads(find_blocks(pruned)[1][0], a) == (nq - rep, nkv - 1)
     torch.testing.assert_close(_out(pruned, x), ref, rtol=1e-5, atol=1e-5)
 
 
