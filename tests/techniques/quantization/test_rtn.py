@@ -45,11 +45,11 @@ def test_int4_g128_storage_shrinks():
     bytes0 = {r.metric: r.value for r in measure_size(model)}["size.bytes"]
     res = harness.compress(model, "rtn:bits=4,group=128")
     recs = {r.metric: r.value for r in measure_size(res.model)}
-    # block linears at 4 + 16/128 bits; the (unquantized) lm_head stays fp32 inside bits/param
+    # block linears at 4 + 16/128 bits; the unquantized lm_head is outside bits/param (in size.bytes)
     blk = sum(m.logical_params() for m in res.model.modules() if isinstance(m, QuantLinear))
-    bits, _ = weight_storage(res.model)
-    head = res.model.lm_head.weight.numel() * 32
-    assert (bits - head) / blk == pytest.approx(4 + 16 / 128)
+    bits, logical = weight_storage(res.model)
+    assert logical == blk and bits / blk == pytest.approx(4 + 16 / 128)
+    assert recs["size.bits_per_param"] == pytest.approx(4 + 16 / 128)
     assert recs["size.bytes"] < bytes0
 
 
