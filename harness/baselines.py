@@ -29,7 +29,7 @@ SCHEMA = "harness-baseline/1"
 VERDICTS = ("regressed", "missing", "incomparable-device", "new", "improved", "pass")
 DEFAULT_TOLERANCES = {  # metric prefix -> tolerance text (longest prefix wins)
     "size.": "1%", "ppl.": "2%", "fidelity.kl": "0.01", "fidelity.top1": "0.01",
-    "fidelity.cosine": "0.005", "latency.": "25%", "memory.": "25%", "energy.": "15%",
+    "fidelity.cosine": "0.005", "latency.": "25%", "latency.speedup": "50%", "memory.": "25%", "energy.": "15%",
     "compress.wall_s": "200%", "compress.peak_rss_mb": "64", "": "10%",
 }
 

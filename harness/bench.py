@@ -306,10 +306,10 @@ class Bench:
             return Record.na(metric, f"needs {src} of model and reference: {why}")
         ratio = (r.value / rr.value) if forward else (rr.value / r.value)
         spread = {}
-        if r.spread.get("p10") and r.spread.get("p90"):
-            lo, hi = (r.spread["p10"], r.spread["p90"])
-            spread = ({"p10": lo / rr.value, "p90": hi / rr.value} if forward
-                      else {"p10": rr.value / hi, "p90": rr.value / lo})
+        if r.spread.get("p10") and r.spread.get("p90"):  # both bands: the ratio's worst/best case
+            lo, hi = r.spread["p10"], r.spread["p90"]
+            rlo, rhi = rr.spread.get("p10") or rr.value, rr.spread.get("p90") or rr.value
+            spread = ({"p10": lo / rhi, "p90": hi / rlo} if forward else {"p10": rlo / hi, "p90": rhi / lo})
         return Record(metric, ratio, n=r.n, spread=spread,
                       extra={"reference": rr.value, "model": r.value, "source": src})
 
