@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
             "#7f7f7f", "#bcbd22"]
@@ -69,11 +70,16 @@ def pareto_svg(points: list[Point], xlabel: str, ylabel: str, title: str, *, log
             if len(front) > 1:
                 ax.plot([p.x for p in front], [p.y for p in front], color="#555", lw=1, ls="--", zorder=2,
                         label="Pareto front")
-            xs = [p.x for p in points]
+            xs, ys = [p.x for p in points], [p.y for p in points]
             if logx or (min(xs) > 0 and max(xs) / min(xs) > 20):
                 ax.set_xscale("log")
+            if min(ys) > 0 and max(ys) / min(ys) > 3:  # a few broken models must not flatten the rest
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(ScalarFormatter())
+                ax.yaxis.set_minor_formatter(ScalarFormatter())
+            else:
+                ax.ticklabel_format(axis="y", useOffset=False, style="plain")
             _labels(ax, fig, points, front)
-            ax.ticklabel_format(axis="y", useOffset=False, style="plain")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.grid(True, alpha=0.3)
@@ -93,14 +99,15 @@ def _labels(ax, fig, points: list[Point], front: list[Point]) -> None:
     fig.canvas.draw()
     order = [p for p in points if p.reference] + [p for p in front if not p.reference]
     order += [p for p in points if p not in order]
-    placed: list[tuple[float, float]] = []
+    placed: list[tuple[float, float, float, float]] = []  # label boxes in display pixels
     for p in order:
         x, y = ax.transData.transform((p.x, p.y))
-        if any(abs(x - a) < 70 and abs(y - b) < 11 for a, b in placed):
+        text = _short(p.label)
+        box = (x + 4, y + 2, x + 8 + 4.4 * len(text), y + 13)
+        if any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
             continue
-        placed.append((x, y))
-        ax.annotate(_short(p.label), (p.x, p.y), textcoords="offset points", xytext=(4, 3), fontsize=7,
-                    color="#333")
+        placed.append(box)
+        ax.annotate(text, (p.x, p.y), textcoords="offset points", xytext=(4, 3), fontsize=7, color="#333")
 
 
 def _short(label: str, n: int = 28) -> str:
