@@ -225,4 +225,66 @@ class W8A8Linear(CompressedModule):
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
 
-__all__ = ["QuantLinear", "W8A8Linear"]
+class CodebookLinear(CompressedModule):
+    """Non-uniform weight-only layer: packed indices into a codebook (NF4, k-means).
+
+    Stored: ``qweight`` uint8 packed indices ``[out, ceil(in*bits/8)]``, ``codebook``
+    float16 ``[2**bits]`` (one per layer), optional ``scales`` float16 ``[out, n_groups]``
+    (per-group absmax normalisation, as in NF4), optional ``bias``.
+    ``w = codebook[idx] * scale``. The forward dequantizes (torch reference).
+    """
+
+    layer_name = "codebook_linear"
+
+    def __init__(self, in_features: int, out_features: int, bits: int = 4, group: int | None = None,
+                 scaled: bool = True, bias: bool = False, bias_dtype: str = "float32") -> None:
+        super().__init__()
+        u = _uniform()
+        u.check_quant_args(bits, group, in_features)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.bits, self.group = int(bits), (None if group is None else int(group))
+        self.register_buffer("qweight", torch.zeros(out_features, packed_width(in_features, bits), dtype=torch.uint8))
+        self.register_buffer("codebook", torch.zeros(2 ** bits, dtype=torch.float16))
+        if scaled:
+            self.register_buffer("scales", torch.ones(out_features, u.n_groups(in_features, group),
+                                                      dtype=torch.float16))
+        else:
+            self.scales = None
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=_DTYPES[bias_dtype]))
+        else:
+            self.bias = None
+
+    @classmethod
+    def from_codes(cls, idx: torch.Tensor, codebook: torch.Tensor, scales: torch.Tensor | None, bits: int,
+                   group: int | None, bias: torch.Tensor | None = None) -> "CodebookLinear":
+        out_f, in_f = idx.shape
+        layer = cls(in_f, out_f, bits, group, scales is not None, bias is not None,
+                    _dtype_name(bias.dtype) if bias is not None else "float32").to(idx.device)
+        layer.qweight.copy_(pack(idx, bits))
+        layer.codebook.copy_(codebook.to(torch.float16))
+        if scales is not None:
+            layer.scales.copy_(scales.to(torch.float16))
+        if bias is not None:
+            layer.bias.copy_(bias.detach())
+        return layer
+
+    def layer_args(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,
+                "group": self.group, "scaled": self.scales is not None, "bias": self.bias is not None,
+                "bias_dtype": _dtype_name(self.bias.dtype) if self.bias is not None else "float32"}
+
+    def logical_params(self) -> int:
+        return self.in_features * self.out_features
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        w = self.codebook.float()[unpack(self.qweight, self.bits, self.in_features).long()]
+        if self.scales is not None:
+            w = w * _uniform().expand_groups(self.scales.float(), self.group, self.in_features)
+        return w.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+__all__ = ["QuantLinear", "W8A8Linear", "CodebookLinear"]
