@@ -53,7 +53,7 @@ class ClusteredLinear(CompressedModule):
 
     @classmethod
     def from_assignment(cls, idx: torch.Tensor, codebook: torch.Tensor,
-                        bias: torch.Tensor | None = None) -> "ClusteredLinear":
+                        bias: torch.Tensor | None = None) -> ClusteredLinear:
         out_f, in_f = idx.shape
         layer = cls(in_f, out_f, int(codebook.numel()), bias=bias is not None,
                     bias_dtype=dtype_name(bias.dtype) if bias is not None else "float32")

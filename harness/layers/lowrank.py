@@ -51,7 +51,7 @@ class LowRankLinear(CompressedModule):
 
     @classmethod
     def from_factors(cls, A: torch.Tensor, B: torch.Tensor, bias: torch.Tensor | None = None, *,
-                     allow_full: bool = False) -> "LowRankLinear":
+                     allow_full: bool = False) -> LowRankLinear:
         """Wrap factors with ``W ≈ B @ A`` (``A`` ``[r, in]``, ``B`` ``[out, r]``)."""
         r, in_f = A.shape
         out_f = B.shape[0]
@@ -73,7 +73,7 @@ class LowRankLinear(CompressedModule):
         return args
 
     @classmethod
-    def from_args(cls, args: dict[str, Any]) -> "LowRankLinear":
+    def from_args(cls, args: dict[str, Any]) -> LowRankLinear:
         return cls(**args)
 
     def logical_params(self) -> int:

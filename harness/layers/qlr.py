@@ -48,7 +48,7 @@ class QLRLinear(CompressedModule):
         self.in_features, self.out_features, self.rank = int(in_features), int(out_features), int(rank)
         self.q_bits, self.q_group = int(q_bits), (None if q_group is None else int(q_group))
         self.lr_bits, self.lr_group = int(lr_bits), (None if lr_group is None else int(lr_group))
-        z8 = dict(dtype=torch.uint8)
+        z8 = {"dtype": torch.uint8}
         self.register_buffer("q_packed", torch.zeros(out_features, packed_width(in_features, q_bits), **z8))
         self.register_buffer("q_scales", torch.ones(out_features, u.n_groups(in_features, q_group),
                                                     dtype=torch.float16))
@@ -66,7 +66,7 @@ class QLRLinear(CompressedModule):
     @classmethod
     def from_codes(cls, q: tuple[torch.Tensor, torch.Tensor], L: tuple[torch.Tensor, torch.Tensor],
                    R: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None = None, *,
-                   q_bits: int, q_group: int | None, lr_bits: int, lr_group: int | None) -> "QLRLinear":
+                   q_bits: int, q_group: int | None, lr_bits: int, lr_group: int | None) -> QLRLinear:
         """Wrap ``(codes, scales)`` pairs of Q ``[out, in]``, L ``[out, r]`` and R ``[r, in]``."""
         out_f, in_f = q[0].shape
         rank = L[0].shape[1]
@@ -86,7 +86,7 @@ class QLRLinear(CompressedModule):
     @classmethod
     def from_float(cls, Q: torch.Tensor, L: torch.Tensor, R: torch.Tensor, bias: torch.Tensor | None = None, *,
                    q_bits: int = 2, q_group: int | None = 64, lr_bits: int = 4,
-                   lr_group: int | None = None) -> "QLRLinear":
+                   lr_group: int | None = None) -> QLRLinear:
         """Round-to-nearest quantize float ``Q``, ``L``, ``R`` and pack them."""
         u = _uniform()
         qc, qs, _ = u.quantize_groupwise(Q, q_bits, q_group, True)

@@ -56,8 +56,8 @@ def _finetune(model: nn.Module, params: list[nn.Parameter], calibration, cfg, ta
     losses = tune.finetune(model, params, calibration, steps=cfg.steps, lr=cfg.lr, batch=cfg.batch,
                            targets=targets)
     tail = losses[-10:]
-    return [f"fine-tuned {cfg.steps} steps on calibration windows (train split): "
-            f"loss {losses[0]:.4g} -> {sum(tail) / len(tail):.4g}"]
+    return [(f"fine-tuned {cfg.steps} steps on calibration windows (train split): "
+             f"loss {losses[0]:.4g} -> {sum(tail) / len(tail):.4g}")]
 
 
 def share_blocks(blocks: nn.ModuleList, group: int) -> int:
@@ -100,8 +100,8 @@ class ShareLayers(Technique):
                             f"choose one of {', '.join(map(str, divisors)) or 'none (too few layers)'}")
         targets = tune.capture_targets(model, calibration) if cfg.steps else None
         saved = share_blocks(blocks, cfg.group)
-        self._notes = [f"{len(blocks) // cfg.group} shared sets for {len(blocks)} blocks; "
-                       f"{saved} parameter elements no longer stored"]
+        self._notes = [(f"{len(blocks) // cfg.group} shared sets for {len(blocks)} blocks; "
+                        f"{saved} parameter elements no longer stored")]
         params = list({id(p): p for p in blocks.parameters()}.values())
         self._notes += _finetune(model, params, calibration, cfg, targets)
         return model
@@ -163,8 +163,8 @@ class Cluster(Technique):
         return model
 
     def notes(self) -> list[str]:
-        return [f"{index_bits(self.config.clusters)}-bit packed indices + float16 codebook of "
-                f"{self.config.clusters} per layer; reference forward decodes per call (no CPU speed-up)"]
+        return [(f"{index_bits(self.config.clusters)}-bit packed indices + float16 codebook of "
+                 f"{self.config.clusters} per layer; reference forward decodes per call (no CPU speed-up)")]
 
 
 @dataclass(frozen=True)
@@ -217,8 +217,8 @@ class TieEmbeddings(Technique):
                 emb.weight.copy_(head.weight)
         head.weight = emb.weight
         model.config.tie_word_embeddings = True
-        self._notes = [f"output head tied to the input embedding ({emb.weight.numel()} elements stored once), "
-                       f"init={cfg.init}"]
+        self._notes = [(f"output head tied to the input embedding ({emb.weight.numel()} elements stored once), "
+                        f"init={cfg.init}")]
         self._notes += _finetune(model, [emb.weight], calibration, cfg, None)
         return model
 
@@ -226,4 +226,4 @@ class TieEmbeddings(Technique):
         return list(self._notes)
 
 
-__all__ = ["ShareLayers", "Cluster", "TieEmbeddings", "kmeans_1d", "share_blocks"]
+__all__ = ["Cluster", "ShareLayers", "TieEmbeddings", "kmeans_1d", "share_blocks"]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import FAMILIES, ids
 
 from harness.checkpoint import load_compressed, save_compressed
 from harness.config import SpecError
 from harness.layers.lowrank import LowRankLinear, check_rank
 from harness.techniques import compress
 from harness.techniques.lowrank.svd import Decomposition, whitening
-from conftest import FAMILIES, ids
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +42,7 @@ def test_full_rank_reproduces_the_layer_exactly(kind):
 
 def test_conv1d_full_rank_exact():
     from transformers.pytorch_utils import Conv1D
+
     from harness.layers.base import linear_weight
 
     torch.manual_seed(0)

@@ -7,7 +7,10 @@ import torch
 from harness.checkpoint import load_compressed, save_compressed
 from harness.config import SpecError
 from harness.layers.qlr import QLRLinear
-from harness.techniques.quantization.uniform import dequantize_groupwise, quantize_groupwise
+from harness.techniques.quantization.uniform import (
+    dequantize_groupwise,
+    quantize_groupwise,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +52,7 @@ def test_storage_is_packed():
 
 def test_save_load_roundtrip(tmp_path):
     from conftest import ids, random_llama
+
     from harness.calibration import Calibration
     from harness.techniques import compress
 

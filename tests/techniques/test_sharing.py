@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import FAMILIES, ids, random_bert, random_gpt2, random_llama
 
 from harness.calibration import Calibration
 from harness.checkpoint import load_compressed, save_compressed
@@ -13,7 +14,6 @@ from harness.layers.clustered import ClusteredLinear
 from harness.measure.size import serialized_bytes
 from harness.techniques import compress
 from harness.techniques.sharing import kmeans_1d
-from conftest import FAMILIES, ids, random_bert, random_gpt2, random_llama
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +71,7 @@ def test_fine_tune_keeps_weights_shared_and_lowers_loss():
     res = compress(model, "share-layers:group=2,steps=10,lr=0.003", calib)
     layers = res.model.model.layers
     assert layers[0].self_attn.q_proj.weight is layers[1].self_attn.q_proj.weight
-    first, last = [float(v) for v in [n for n in res.notes if "fine-tuned" in n][0].split("loss ")[1].split(" -> ")]
+    first, last = [float(v) for v in next(n for n in res.notes if "fine-tuned" in n).split("loss ")[1].split(" -> ")]
     assert last < first
 
 

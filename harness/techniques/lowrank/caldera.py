@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.calibration import block_linears as _block_linears, collect_linear_stats, find_blocks, for_each_block
+from harness.calibration import block_linears as _block_linears
+from harness.calibration import collect_linear_stats, find_blocks, for_each_block
 from harness.config import check
 from harness.layers.base import linear_shape, linear_weight
 from harness.layers.lowrank import check_rank
@@ -35,8 +36,13 @@ from harness.layers.qlr import QLRLinear
 from harness.techniques.base import Technique, register
 from harness.techniques.lowrank import tune
 from harness.techniques.lowrank.svd import block_linears, whitening
-from harness.techniques.quantization.uniform import (QUANT_BITS, check_quant_args, dequantize_groupwise,
-                                                     expand_groups, quantize_to)
+from harness.techniques.quantization.uniform import (
+    QUANT_BITS,
+    check_quant_args,
+    dequantize_groupwise,
+    expand_groups,
+    quantize_to,
+)
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,7 @@ def ldlq(W: torch.Tensor, H: torch.Tensor, bits: int, group: int | None, damp: f
     return dequantize_groupwise(c, s, None, bits, group, torch.float32), c, s
 
 
-def _alternate(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, cfg: "CalderaConfig",
+def _alternate(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, cfg: CalderaConfig,
                f: Factors | None) -> tuple[tuple, Factors, list[float]]:
     """Alternate from factors ``f`` (None: ``L R = 0``). Each round proposes
     ``Q' = LDLQ(W − L R)`` and ``(L', R') = LPLR(W − Q')`` and moves to the better of
@@ -164,7 +170,7 @@ def _alternate(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, cfg: "CalderaC
     return q, f, history
 
 
-def decompose(W: torch.Tensor, H: torch.Tensor, cfg: "CalderaConfig") -> CalderaResult:
+def decompose(W: torch.Tensor, H: torch.Tensor, cfg: CalderaConfig) -> CalderaResult:
     """CALDERA's alternating minimisation for one ``[out, in]`` weight.
 
     ``init="zero"`` starts from ``L R = 0`` as in the paper (first Q = plain LDLQ);
@@ -296,4 +302,4 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
-__all__ = ["Caldera", "CalderaConfig", "decompose", "lplr", "ldlq", "objective"]
+__all__ = ["Caldera", "CalderaConfig", "decompose", "ldlq", "lplr", "objective"]

@@ -151,4 +151,4 @@ def by_sensitivity(model: nn.Module, linears: dict[str, nn.Module], decomps: dic
     return {n: None if p == 1.0 else rank_for_ratio(linears[n], p) for n, p in pick.items()}
 
 
-__all__ = ["uniform", "by_energy", "by_sensitivity", "check_budget", "rank_for_ratio", "calibration_loss", "RATIOS"]
+__all__ = ["RATIOS", "by_energy", "by_sensitivity", "calibration_loss", "check_budget", "rank_for_ratio", "uniform"]

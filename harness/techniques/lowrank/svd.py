@@ -75,8 +75,11 @@ class Decomposition:
 
     def __init__(self, weight: torch.Tensor, transform: torch.Tensor | None = None,
                  kind: Literal["none", "diag", "chol"] = "none") -> None:
-        W = weight.detach().double()
-        self.kind, self.T = kind, None if transform is None else transform.double()
+        # float64 where cheap (exactness tests, ill-conditioned whitening); float32 for big
+        # layers, where a float64 SVD costs minutes on a small CPU
+        dt = torch.float64 if weight.numel() <= 2 ** 20 else torch.float32
+        W = weight.detach().to(dt)
+        self.kind, self.T = kind, None if transform is None else transform.to(dt)
         M = W if kind == "none" else (W * self.T[None, :] if kind == "diag" else W @ self.T)
         self.U, self.S, self.Vh = torch.linalg.svd(M, full_matrices=False)
         self.dtype, self.device = weight.dtype, weight.device
@@ -171,8 +174,8 @@ class _LowRank(Technique):
         kept = sum(r * sum(linear_shape(linears[n])) if r else linears[n].weight.numel()
                    for n, r in ranks.items())
         total = sum(m.weight.numel() for m in linears.values())
-        self._notes = [f"factorized {sum(r is not None for r in ranks.values())}/{len(linears)} block linears; "
-                       f"kept {kept / total:.3f} of their weight parameters",
+        self._notes = [(f"factorized {sum(r is not None for r in ranks.values())}/{len(linears)} block linears; "
+                        f"kept {kept / total:.3f} of their weight parameters"),
                        "ranks: " + ",".join(str(r) for r in ranks.values())]
         return model
 
@@ -233,5 +236,14 @@ def whitening(H: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
     raise ValueError("calibration second moment is not positive definite even after damping")
 
 
-__all__ = ["SVD", "ASVD", "SVDLLM", "Decomposition", "LowRankConfig", "block_linears", "calibration_stats",
-           "whitening", "replace_lowrank"]
+__all__ = [
+    "ASVD",
+    "SVD",
+    "SVDLLM",
+    "Decomposition",
+    "LowRankConfig",
+    "block_linears",
+    "calibration_stats",
+    "replace_lowrank",
+    "whitening",
+]

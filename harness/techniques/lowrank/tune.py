@@ -10,7 +10,7 @@ their last hidden state to the uncompressed model's.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -86,4 +86,4 @@ def finetune(model: nn.Module, params: Iterable[nn.Parameter], calibration, *, s
     return losses
 
 
-__all__ = ["finetune", "capture_targets", "is_causal_lm"]
+__all__ = ["capture_targets", "finetune", "is_causal_lm"]

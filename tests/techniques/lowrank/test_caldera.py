@@ -3,16 +3,18 @@
 and the factors on their stored grids; one-line errors for impossible configs."""
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
+from conftest import FAMILIES, ids, random_llama
 
 from harness.calibration import Calibration
 from harness.config import SpecError
 from harness.layers.qlr import QLRLinear
 from harness.techniques import compress, make
-from harness.techniques.lowrank.svd import block_linears
 from harness.techniques.lowrank.caldera import CalderaConfig, decompose, ldlq, objective
-from conftest import FAMILIES, ids, random_llama
+from harness.techniques.lowrank.svd import block_linears
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +41,7 @@ def test_objective_decreases_monotonically_and_beats_q_only(init):
     cfg = CalderaConfig(rank=4, q_group=32, iters=6, init=init)
     res = decompose(W, H, cfg)
     h = res.history
-    assert all(b <= a for a, b in zip(h, h[1:])), h
+    assert all(b <= a for a, b in itertools.pairwise(h)), h
     q_only = objective(W, ldlq(W, H, 2, 32, cfg.damp)[0], H)
     assert res.q_only == pytest.approx(q_only)
     assert h[-1] < 0.7 * q_only

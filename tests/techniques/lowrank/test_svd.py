@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import FAMILIES, ids, random_llama
 
 from harness.calibration import Calibration
 from harness.config import SpecError
@@ -11,7 +12,6 @@ from harness.layers.lowrank import LowRankLinear
 from harness.techniques import compress, make
 from harness.techniques.lowrank import rank_alloc
 from harness.techniques.lowrank.svd import block_linears
-from conftest import FAMILIES, ids, random_llama
 
 
 @pytest.fixture(autouse=True)
