@@ -2,5 +2,5 @@
 KV-cache quantization and GPU-only bitsandbytes / fp8. Importing this package
 registers every quantization technique."""
 from harness.techniques.quantization import (  # noqa: F401  (registration on import)
-    uniform, common, rtn, gptq, awq, smoothquant, nonuniform, qat,
+    uniform, common, rtn, gptq, awq, smoothquant, nonuniform, qat, dynamic, kv_cache, gpu,
 )
