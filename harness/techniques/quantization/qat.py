@@ -146,7 +146,7 @@ class QAT(Technique):
     needs_calibration = True
     needs_grad = True
     model_kinds = ("causal-lm",)
-    suite_specs = ("qat:bits=2,group=64,steps=50", "qat:bits=3,group=64,steps=50")
+    suite_specs = ("qat:bits=2,group=64,steps=10,batch=4", "qat:bits=3,group=64,steps=10,batch=4")
     description = "QAT: fake-quant + STE (learnable scales) fine-tune on train windows, exported packed"
 
     def apply(self, model: nn.Module, calibration=None) -> nn.Module:
