@@ -46,7 +46,7 @@ def accuracy_rows(specs: list[str], calib_n: int) -> tuple[list[list], dict[str,
     for spec in specs:
         box: dict = {}
 
-        def step() -> None:
+        def step(box: dict = box, spec: str = spec) -> None:
             box["res"] = harness.compress(copy.deepcopy(lm.model), spec, calibration=calib)
 
         peak = measure_peak_rss(step)
@@ -164,28 +164,28 @@ def main() -> None:
 
     md = "\n\n".join([
         "# Quantization results",
-        f"Produced by `.venv/bin/python benchmarks/bench_quantization.py{' --quick' if a.quick else ''}` "
+        (f"Produced by `.venv/bin/python benchmarks/bench_quantization.py{' --quick' if a.quick else ''}` "
         f"(torch threads {a.threads}, calibration: {a.calib_n} train-split windows of 128 tokens, seed 0) on "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; total {time.perf_counter() - t0:.0f} s. "
-        "The machine was shared with other jobs, so wall times are upper bounds.",
+        "The machine was shared with other jobs, so wall times are upper bounds."),
         "## Targets",
         table(["target", "met", "measured"], [[c, "yes" if ok else "**no**", m] for c, ok, m in checks]),
         "## harness-tiny: perplexity (validation, window 128), size, compression cost",
-        "bits/param counts every stored byte of the linear layers (codes, scales, zeros, codebooks, "
+        ("bits/param counts every stored byte of the linear layers (codes, scales, zeros, codebooks, "
         "input scales) over their dense weight count (`measure.size`): the output head and embeddings stay "
         "fp32 and are excluded unless compressed (dynamic-int8 also quantizes the head, so its file is the "
-        "smallest). MiB is the real safetensors file of the whole model, embeddings and head included. Peak RSS is VmHWM during compression.",
+        "smallest). MiB is the real safetensors file of the whole model, embeddings and head included. Peak RSS is VmHWM during compression."),
         table(["spec", "ppl", "gap to fp32", "bits/param", "MiB", "storage", "compress s", "peak RSS MiB"],
               acc_rows),
         "## dynamic-int8 on harness-speed (decode, batch 1, prompt 32, 16 tokens)",
         table(["model", "decode tok/s", "prefill ms", "n"], speed_rows),
         "## KV-cache quantization (harness-tiny, 256-token teacher-forced decode, batch 2)",
         table(["cache", "decode ppl", "cache bytes", "saving vs fp32", "saving vs fp16 (est.)"], kv),
-        "Notes: weight-only layers (RTN/GPTQ/AWQ/NF4/k-means/QAT) dequantize in the torch reference "
+        ("Notes: weight-only layers (RTN/GPTQ/AWQ/NF4/k-means/QAT) dequantize in the torch reference "
         "forward and are slower than fp32 on CPU; SmoothQuant W8A8 is emulated in fp32 on CPU (torch's "
         "CPU `_int_mm` is slower than fp32), so only dynamic-int8 is faster here. KV-cache 'vs fp16' "
-        "halves the fp32 baseline bytes (an estimate, not a run).",
+        "halves the fp32 baseline bytes (an estimate, not a run)."),
     ]) + "\n"
     Path(a.out).write_text(md)
     print(md)

@@ -94,4 +94,4 @@ def unpack(packed: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
     return c.reshape(rows, -1)[:, :in_features].to(torch.uint8)
 
 
-__all__ = ["pack", "unpack", "packed_width", "check_bits", "SUPPORTED_BITS"]
+__all__ = ["SUPPORTED_BITS", "check_bits", "pack", "packed_width", "unpack"]

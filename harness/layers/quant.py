@@ -46,7 +46,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def _kernel():
     try:
         from harness.kernels import quant_matmul  # type: ignore[attr-defined]
-    except Exception:  # kernels not built / triton missing: torch reference
+    except Exception:  # noqa: BLE001  (kernels not built / triton missing: torch reference)
         return None
     return quant_matmul
 
@@ -85,7 +85,7 @@ class QuantLinear(CompressedModule):
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *, bits: int = 4,
                     group: int | None = 128, sym: bool = True, input_scale: torch.Tensor | None = None,
-                    codes: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None) -> "QuantLinear":
+                    codes: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None) -> QuantLinear:
         """Quantize a dense ``[out, in]`` weight by RTN, or wrap precomputed
         ``codes=(codes, scales, zeros)`` (GPTQ/AWQ/QAT produce their own)."""
         out_f, in_f = weight.shape
@@ -108,7 +108,7 @@ class QuantLinear(CompressedModule):
 
     @classmethod
     def from_linear(cls, module: nn.Module, bits: int = 4, group: int | None = 128, sym: bool = True
-                    ) -> "QuantLinear":
+                    ) -> QuantLinear:
         """RTN-quantize an nn.Linear or GPT-2 Conv1D."""
         return cls.from_weight(linear_weight(module).detach(), getattr(module, "bias", None),
                                bits=bits, group=group, sym=sym)
@@ -185,7 +185,7 @@ class W8A8Linear(CompressedModule):
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                    smooth: torch.Tensor | None = None) -> "W8A8Linear":
+                    smooth: torch.Tensor | None = None) -> W8A8Linear:
         """Quantize ``weight`` [out, in] (already multiplied by ``smooth`` if given)."""
         out_f, in_f = weight.shape
         layer = cls(in_f, out_f, bias is not None, _dtype_name(bias.dtype) if bias is not None else "float32",
@@ -257,7 +257,7 @@ class CodebookLinear(CompressedModule):
 
     @classmethod
     def from_codes(cls, idx: torch.Tensor, codebook: torch.Tensor, scales: torch.Tensor | None, bits: int,
-                   group: int | None, bias: torch.Tensor | None = None) -> "CodebookLinear":
+                   group: int | None, bias: torch.Tensor | None = None) -> CodebookLinear:
         out_f, in_f = idx.shape
         layer = cls(in_f, out_f, bits, group, scales is not None, bias is not None,
                     _dtype_name(bias.dtype) if bias is not None else "float32").to(idx.device)
@@ -287,4 +287,4 @@ class CodebookLinear(CompressedModule):
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
-__all__ = ["QuantLinear", "W8A8Linear", "CodebookLinear"]
+__all__ = ["CodebookLinear", "QuantLinear", "W8A8Linear"]

@@ -5,13 +5,16 @@ import copy
 
 import pytest
 import torch
+from conftest import ids, random_gpt2, random_llama
 
 from harness.checkpoint import load_compressed, save_compressed
 from harness.config import SpecError
 from harness.layers.quant import QuantLinear
 from harness.measure.size import measure_size
-from harness.techniques.quantization.uniform import dequantize_groupwise, quantize_groupwise
-from conftest import ids, random_gpt2, random_llama
+from harness.techniques.quantization.uniform import (
+    dequantize_groupwise,
+    quantize_groupwise,
+)
 
 
 @pytest.mark.parametrize("bits,group,sym", [(4, 16, True), (3, None, False), (2, 8, False), (8, 32, True)])

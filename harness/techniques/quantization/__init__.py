@@ -2,5 +2,15 @@
 KV-cache quantization and GPU-only bitsandbytes / fp8. Importing this package
 registers every quantization technique."""
 from harness.techniques.quantization import (  # noqa: F401  (registration on import)
-    uniform, common, rtn, gptq, awq, smoothquant, nonuniform, qat, dynamic, kv_cache, gpu,
+    awq,
+    common,
+    dynamic,
+    gptq,
+    gpu,
+    kv_cache,
+    nonuniform,
+    qat,
+    rtn,
+    smoothquant,
+    uniform,
 )

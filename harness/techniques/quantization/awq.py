@@ -19,8 +19,13 @@ from torch import nn
 from harness.config import check
 from harness.layers.base import linear_weight
 from harness.techniques.base import Technique, register
-from harness.techniques.quantization.common import (WeightQuantConfig, block_linears_by_name, calibration_notes,
-                                                    check_config, to_quant_linear)
+from harness.techniques.quantization.common import (
+    WeightQuantConfig,
+    block_linears_by_name,
+    calibration_notes,
+    check_config,
+    to_quant_linear,
+)
 from harness.techniques.quantization.sequential import quantize_sequential
 from harness.techniques.quantization.uniform import quantize_groupwise, rtn_fake_quant
 
@@ -123,4 +128,4 @@ class AWQ(Technique):
         return list(getattr(self, "_calib", [])) + ["input scales kept per layer (float16 [in], counted in size)"]
 
 
-__all__ = ["AWQ", "AWQConfig", "search_scale", "search_clip"]
+__all__ = ["AWQ", "AWQConfig", "search_clip", "search_scale"]

@@ -77,5 +77,12 @@ def calibration_notes(calibration) -> list[str]:
     return [", ".join(f"{k}={v}" for k, v in d.items())] if d else []
 
 
-__all__ = ["WeightQuantConfig", "block_linears_by_name", "check_groups", "check_config", "to_quant_linear",
-           "replace", "calibration_notes"]
+__all__ = [
+    "WeightQuantConfig",
+    "block_linears_by_name",
+    "calibration_notes",
+    "check_config",
+    "check_groups",
+    "replace",
+    "to_quant_linear",
+]

@@ -41,7 +41,7 @@ class DynamicInt8Linear(CompressedModule):
         self._packed: tuple[Any, ...] | None = None
 
     @classmethod
-    def from_linear(cls, module: nn.Module) -> "DynamicInt8Linear":
+    def from_linear(cls, module: nn.Module) -> DynamicInt8Linear:
         w = linear_weight(module).detach().float()
         b = getattr(module, "bias", None)
         layer = cls(w.shape[1], w.shape[0], b is not None)

@@ -20,10 +20,15 @@ from torch import nn
 from harness.config import check
 from harness.layers.base import linear_weight
 from harness.techniques.base import Technique, register
-from harness.techniques.quantization.common import (WeightQuantConfig, block_linears_by_name, calibration_notes,
-                                                    check_config, to_quant_linear)
+from harness.techniques.quantization.common import (
+    WeightQuantConfig,
+    block_linears_by_name,
+    calibration_notes,
+    check_config,
+    to_quant_linear,
+)
 from harness.techniques.quantization.sequential import quantize_sequential
-from harness.techniques.quantization.uniform import check_quant_args, qparams, quantize_to
+from harness.techniques.quantization.uniform import check_quant_args, qparams
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class Fp8Linear(CompressedModule):
             self.bias = None
 
     @classmethod
-    def from_linear(cls, module: nn.Module) -> "Fp8Linear":
+    def from_linear(cls, module: nn.Module) -> Fp8Linear:
         w = linear_weight(module).detach().float()
         b = getattr(module, "bias", None)
         layer = cls(w.shape[1], w.shape[0], b is not None).to(w.device)

@@ -24,7 +24,10 @@ from transformers.cache_utils import Cache, DynamicLayer
 from harness.config import check
 from harness.layers.packing import pack, unpack
 from harness.techniques.base import Technique, register
-from harness.techniques.quantization.uniform import dequantize_groupwise, quantize_groupwise
+from harness.techniques.quantization.uniform import (
+    dequantize_groupwise,
+    quantize_groupwise,
+)
 
 
 class QuantizedKVLayer(DynamicLayer):
@@ -128,5 +131,5 @@ class KVCacheQuant(Technique):
         return model
 
     def notes(self) -> list[str]:
-        return ["weights unchanged; cache memory saving only during decoding; window perplexity does not "
-                "exercise the cache (use decode fidelity)"]
+        return [("weights unchanged; cache memory saving only during decoding; window perplexity does not "
+                 "exercise the cache (use decode fidelity)")]

@@ -21,7 +21,11 @@ from torch import nn
 from harness.config import check
 from harness.layers.base import linear_weight
 from harness.techniques.base import Technique, register
-from harness.techniques.quantization.common import block_linears_by_name, check_groups, replace
+from harness.techniques.quantization.common import (
+    block_linears_by_name,
+    check_groups,
+    replace,
+)
 from harness.techniques.quantization.uniform import QUANT_BITS, expand_groups
 
 NF4_LEVELS = torch.tensor([

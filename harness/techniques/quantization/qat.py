@@ -26,8 +26,14 @@ from torch import nn
 from harness.config import check
 from harness.layers.base import linear_weight
 from harness.techniques.base import Technique, register
-from harness.techniques.quantization.common import (WeightQuantConfig, block_linears_by_name, calibration_notes,
-                                                    check_config, replace, to_quant_linear)
+from harness.techniques.quantization.common import (
+    WeightQuantConfig,
+    block_linears_by_name,
+    calibration_notes,
+    check_config,
+    replace,
+    to_quant_linear,
+)
 from harness.techniques.quantization.uniform import expand_groups, qparams
 
 

@@ -10,8 +10,13 @@ from __future__ import annotations
 from torch import nn
 
 from harness.techniques.base import Technique, register
-from harness.techniques.quantization.common import (WeightQuantConfig, block_linears_by_name, check_config,
-                                                    replace, to_quant_linear)
+from harness.techniques.quantization.common import (
+    WeightQuantConfig,
+    block_linears_by_name,
+    check_config,
+    replace,
+    to_quant_linear,
+)
 
 
 @register

@@ -9,12 +9,18 @@ earlier ones and compensate for them.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from harness.calibration import InputStats, block_linears, collect_linear_stats, find_blocks, for_each_block
+from harness.calibration import (
+    InputStats,
+    block_linears,
+    collect_linear_stats,
+    find_blocks,
+    for_each_block,
+)
 
 GroupFn = Callable[[dict[str, nn.Module], dict[str, InputStats]], dict[str, nn.Module]]
 

@@ -134,5 +134,15 @@ def rtn_fake_quant(w: torch.Tensor, bits: int, group: int | None, sym: bool) -> 
     return dequantize_groupwise(codes, scales, zeros, bits, group, w.dtype)
 
 
-__all__ = ["QUANT_BITS", "check_quant_args", "n_groups", "qparams", "quantize_to", "fake_quant",
-           "quantize_groupwise", "dequantize_groupwise", "expand_groups", "rtn_fake_quant"]
+__all__ = [
+    "QUANT_BITS",
+    "check_quant_args",
+    "dequantize_groupwise",
+    "expand_groups",
+    "fake_quant",
+    "n_groups",
+    "qparams",
+    "quantize_groupwise",
+    "quantize_to",
+    "rtn_fake_quant",
+]

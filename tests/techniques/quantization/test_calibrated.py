@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-
+from conftest import ids
 from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 import harness
@@ -16,7 +16,6 @@ from harness.techniques.base import CalibrationRequiredError
 from harness.techniques.quantization.awq import search_scale
 from harness.techniques.quantization.smoothquant import smooth_scales
 from harness.techniques.quantization.uniform import rtn_fake_quant
-from conftest import ids
 
 
 def _calib(vocab=128, n=4, seq=32):

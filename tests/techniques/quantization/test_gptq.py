@@ -5,7 +5,6 @@ import copy
 
 import pytest
 import torch
-
 from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 import harness
@@ -13,7 +12,10 @@ from harness.layers.quant import QuantLinear
 from harness.measure.accuracy import perplexity_window
 from harness.techniques.base import CalibrationRequiredError
 from harness.techniques.quantization.gptq import gptq_quantize
-from harness.techniques.quantization.uniform import dequantize_groupwise, quantize_groupwise
+from harness.techniques.quantization.uniform import (
+    dequantize_groupwise,
+    quantize_groupwise,
+)
 
 
 def _correlated_inputs(n=2048, d=64, seed=0):
@@ -42,7 +44,7 @@ def test_gptq_reduces_layer_output_error(bits, group, act_order):
 def test_gptq_asym_codes_fit_layout():
     W = torch.randn(8, 32)
     X = _correlated_inputs(256, 32)
-    q, s, z = gptq_quantize(W, X.t() @ X, 4, 8, False)
+    q, _, z = gptq_quantize(W, X.t() @ X, 4, 8, False)
     assert z is not None and z.shape == (8, 4) and int(q.max()) <= 15
 
 

@@ -5,14 +5,13 @@ import copy
 
 import pytest
 import torch
-
+from conftest import ids
 from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 import harness
 from harness.config import SpecError
 from harness.layers.quant import QuantLinear
 from harness.measure.size import measure_size
-from conftest import ids
 
 
 def _logits(model, x):

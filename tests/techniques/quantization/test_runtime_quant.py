@@ -6,14 +6,13 @@ import copy
 
 import pytest
 import torch
-
+from conftest import ids, random_llama
 from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 import harness
 from harness.techniques.base import DeviceUnsupportedError
 from harness.techniques.quantization.dynamic import DynamicInt8Linear
 from harness.techniques.quantization.kv_cache import QuantizedKVCache, cache_nbytes
-from conftest import ids, random_llama
 
 
 def _logits(m, x):

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 from harness.config import SpecError
-from harness.techniques.quantization.uniform import dequantize_groupwise, expand_groups, quantize_groupwise
+from harness.techniques.quantization.uniform import (
+    dequantize_groupwise,
+    expand_groups,
+    quantize_groupwise,
+)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
