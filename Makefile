@@ -33,9 +33,10 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/harness run --quick
 
+# Two xdist workers with one torch thread each (no oversubscription on 2 cores).
 # pytest exit code 5 (no tests collected) is a failure, never a silent pass.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests $(PYTEST_ARGS); rc=$$?; \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 tests $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 clean:

@@ -81,9 +81,8 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
         calib = harness.get_calibration(lm.tokenizer, n=a.calibration) if tech.needs_calibration else None
         res = harness.compress(copy.deepcopy(lm.model) if tech.name != "none" else lm.model, tech,
                                calibration=calib, kind=lm.kind)
-        ctx = EvalContext(reference=reference if tech.name != "none" else None)
-        if tech.name == "none":
-            ctx.reference = None
+        ctx = EvalContext(reference=reference if tech.name != "none" else None,
+                          cache_factory=getattr(res.model, "harness_cache_factory", None))
         records = evaluate(lm, res.model, metrics, ctx)
         from harness.records import Record
         if tech.name != "none":
