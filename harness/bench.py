@@ -238,7 +238,7 @@ class Bench:
         reason = tech.unsupported_reason(self.device, lm.kind)
         if reason:
             pytest.skip(reason)
-        calib = self.session.calibration(lm) if tech.needs_calibration else None
+        calib = self.session.calibration(lm) if tech.needs_calibration or tech.uses_calibration else None
         model = lm.model if tech.name == "none" else copy.deepcopy(lm.model)
         res = harness.compress(model, tech, calibration=calib, kind=lm.kind)
         self.result = res

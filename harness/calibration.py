@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from harness.config import check
-from harness.layers.base import is_linear
+from harness.layers.base import CompressedModule, is_linear
 from harness.models import data
 
 
@@ -68,7 +68,7 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     best: tuple[str, nn.ModuleList] | None = None
     for name, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) > 0 and any(
-                is_linear(m) for m in mod[0].modules()):
+                is_linear(m) or isinstance(m, CompressedModule) for m in mod[0].modules()):
             if best is None or len(mod) > len(best[1]):
                 best = (name, mod)
     if best is None:

@@ -78,7 +78,7 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
         if reason:
             raise UsageError(reason)
         reference = lm.model
-        calib = harness.get_calibration(lm.tokenizer, n=a.calibration) if tech.needs_calibration else None
+        calib = harness.get_calibration(lm.tokenizer, n=a.calibration) if tech.needs_calibration or tech.uses_calibration else None
         res = harness.compress(copy.deepcopy(lm.model) if tech.name != "none" else lm.model, tech,
                                calibration=calib, kind=lm.kind)
         ctx = EvalContext(reference=reference if tech.name != "none" else None,

@@ -59,6 +59,9 @@ class Technique:
     config_cls: ClassVar[type] = NoConfig
     storage: ClassVar[Storage] = "dense"
     needs_calibration: ClassVar[bool] = False
+    # Optional calibration: used when given (e.g. structured pruning ranks units by
+    # activations), weights-only otherwise. Suites and the CLI pass it when available.
+    uses_calibration: ClassVar[bool] = False
     requires_cuda: ClassVar[bool] = False
     model_kinds: ClassVar[tuple[str, ...]] = ("causal-lm", "encoder")
     # Specs the default suite runs for this technique (quick mode uses the first one).

@@ -160,6 +160,7 @@ class _Structured(Technique):
     family = "pruning"
     storage = "structural"
     needs_calibration = False
+    uses_calibration = True
     used_calibration = False
 
     def notes(self) -> list[str]:
