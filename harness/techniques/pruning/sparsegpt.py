@@ -14,12 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.calibration import (
-    block_linears,
-    collect_linear_stats,
-    find_blocks,
-    for_each_block,
-)
 from harness.config import check
 from harness.layers.base import linear_weight
 from harness.techniques.base import register
@@ -27,9 +21,7 @@ from harness.techniques.pruning import nm
 from harness.techniques.pruning.unstructured import (
     SparsityConfig,
     UnstructuredPruning,
-    check_nm,
-    finalize,
-    prunable_linears,
+    prune_block_sequential,
 )
 
 
@@ -103,20 +95,12 @@ class SparseGPT(UnstructuredPruning):
 
     def apply(self, model: nn.Module, calibration=None) -> nn.Module:
         cfg = self.config
-        linears = prunable_linears(model)
-        check_nm(linears, cfg.nm)
-        prefix, _ = find_blocks(model)
-        masks: dict[str, torch.Tensor] = {}
 
-        def prune_block(i: int, block: nn.Module, feed) -> None:
-            mods = block_linears(block)
-            stats = collect_linear_stats(mods, feed, hessian=True)
-            for name, mod in mods.items():
-                W, keep = sparsegpt_prune(linear_weight(mod), stats[name].H, cfg.target, cfg.nm,
-                                          blocksize=cfg.blocksize, damp=cfg.damp)
-                with torch.no_grad():
-                    linear_weight(mod).copy_(W * keep)
-                masks[f"{prefix}.{i}.{name}"] = keep
+        def prune_layer(mod: nn.Module, stats) -> torch.Tensor:
+            W, keep = sparsegpt_prune(linear_weight(mod), stats.H, cfg.target, cfg.nm,
+                                      blocksize=cfg.blocksize, damp=cfg.damp)
+            with torch.no_grad():
+                linear_weight(mod).copy_(W * keep)
+            return keep
 
-        for_each_block(model, calibration, prune_block)
-        return finalize(model, linears, masks, cfg.format)
+        return prune_block_sequential(model, calibration, cfg, prune_layer, hessian=True)

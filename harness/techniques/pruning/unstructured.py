@@ -112,6 +112,27 @@ def finalize(model: nn.Module, linears: dict[str, nn.Module], masks: dict[str, t
     return model
 
 
+def prune_block_sequential(model: nn.Module, calibration, cfg, prune_layer, *, hessian: bool) -> nn.Module:
+    """Calibrated pruning one block at a time (Wanda, SparseGPT): ``prune_layer(module,
+    stats)`` zeroes the pruned weights in place and returns the keep mask; later blocks
+    see the pruned outputs; masks are finalized into ``cfg.format`` at the end."""
+    from harness.calibration import block_linears, collect_linear_stats, for_each_block
+
+    linears = prunable_linears(model)
+    check_nm(linears, cfg.nm)
+    prefix, _ = find_blocks(model)
+    masks: dict[str, torch.Tensor] = {}
+
+    def prune_block(i: int, block: nn.Module, feed) -> None:
+        mods = block_linears(block)
+        stats = collect_linear_stats(mods, feed, hessian=hessian)
+        for name, mod in mods.items():
+            masks[f"{prefix}.{i}.{name}"] = prune_layer(mod, stats[name])
+
+    for_each_block(model, calibration, prune_block)
+    return finalize(model, linears, masks, cfg.format)
+
+
 class UnstructuredPruning(Technique):
     """Shared plumbing: score every prunable linear, select masks, finalize."""
 

@@ -11,12 +11,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.calibration import (
-    block_linears,
-    collect_linear_stats,
-    find_blocks,
-    for_each_block,
-)
 from harness.layers.base import linear_weight
 from harness.techniques.base import register
 from harness.techniques.pruning import nm
@@ -24,9 +18,7 @@ from harness.techniques.pruning.unstructured import (
     SparsityConfig,
     UnstructuredPruning,
     apply_mask_inplace,
-    check_nm,
-    finalize,
-    prunable_linears,
+    prune_block_sequential,
 )
 
 
@@ -50,18 +42,10 @@ class Wanda(UnstructuredPruning):
 
     def apply(self, model: nn.Module, calibration=None) -> nn.Module:
         cfg = self.config
-        linears = prunable_linears(model)
-        check_nm(linears, cfg.nm)
-        prefix, _ = find_blocks(model)
-        masks: dict[str, torch.Tensor] = {}
 
-        def prune_block(i: int, block: nn.Module, feed) -> None:
-            mods = block_linears(block)
-            stats = collect_linear_stats(mods, feed, hessian=False)
-            for name, mod in mods.items():
-                keep = nm.select(wanda_scores(mod, stats[name].sq_norm), cfg.target, cfg.nm, per_row=True)
-                apply_mask_inplace(mod, keep)  # later blocks see pruned outputs
-                masks[f"{prefix}.{i}.{name}"] = keep
+        def prune_layer(mod: nn.Module, stats) -> torch.Tensor:
+            keep = nm.select(wanda_scores(mod, stats.sq_norm), cfg.target, cfg.nm, per_row=True)
+            apply_mask_inplace(mod, keep)  # later blocks see pruned outputs
+            return keep
 
-        for_each_block(model, calibration, prune_block)
-        return finalize(model, linears, masks, cfg.format)
+        return prune_block_sequential(model, calibration, cfg, prune_layer, hessian=False)
