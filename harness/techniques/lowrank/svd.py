@@ -6,10 +6,18 @@ All three factor ``W T = U Σ Vᵀ`` for an input-side transform ``T`` and keep 
 - ``svd``:     ``T = I`` (minimises ``‖W - W_r‖_F``; no calibration).
 - ``asvd``:    ``T = diag(s)``, ``s_j = mean|x_j|^α`` (Yuan et al. 2023, activation-aware
   scaling: input channels with large activations keep more of their weight).
+  With ``search=true`` the exponent is chosen per layer from ``ALPHAS`` (0 included, i.e.
+  plain SVD) by the measured output error ``tr(ΔW H ΔWᵀ)`` at the layer's target rank.
 - ``svd-llm``: ``T = C``, the Cholesky factor of the calibration second moment
   ``E[x xᵀ] = C Cᵀ`` (Wang et al. 2024, truncation-aware whitening): then
   ``‖(W - W_r) Xᵀ‖_F² = Σ_{i>r} σ_i²`` exactly, so truncating the smallest singular
   values is the optimal rank-``r`` choice for the layer's *output* error.
+
+``update_steps > 0`` adds SVD-LLM's parameter update after truncation (any of the three
+methods): the ``B`` factors are fine-tuned first with ``A`` frozen, then ``A`` with ``B``
+frozen (the paper's *sequential* low-rank update), by self-distillation towards the
+uncompressed model on the calibration windows (``tune.finetune``). It recovers what the
+per-layer objective cannot see: errors that compound across layers.
 
 Ranks come from ``rank_alloc`` (uniform, singular-value energy, or measured calibration
 sensitivity) under a global budget: ``reduction`` is the fraction of the factorized
@@ -29,7 +37,7 @@ from harness.config import check
 from harness.layers.base import linear_shape, linear_weight, set_module
 from harness.layers.lowrank import LowRankLinear, check_rank
 from harness.techniques.base import Technique, register
-from harness.techniques.lowrank import rank_alloc
+from harness.techniques.lowrank import rank_alloc, tune
 
 
 @dataclass(frozen=True)
@@ -41,18 +49,26 @@ class LowRankConfig:
     reduction: float = 0.4
     rank: int | None = None
     alloc: Literal["uniform", "energy", "sensitivity"] = "uniform"
+    update_steps: int = 0
+    update_lr: float = 1e-4
+    update_batch: int = 4
 
     def __post_init__(self) -> None:
         check(0 < self.reduction < 1, f"reduction={self.reduction} must be in (0, 1) "
               "(the fraction of the factorized layers' parameters removed)")
         check(self.rank is None or self.rank >= 1, f"rank={self.rank} must be >= 1")
+        check(self.update_steps >= 0, f"update_steps={self.update_steps} must be >= 0 (0 = no update)")
+        check(self.update_lr > 0, f"update_lr={self.update_lr} must be > 0")
+        check(self.update_batch >= 1, f"update_batch={self.update_batch} must be >= 1")
 
 
 @dataclass(frozen=True)
 class ASVDConfig(LowRankConfig):
-    """alpha: exponent of the activation scaling ``s_j = mean|x_j|^alpha`` (ASVD uses 0.5)."""
+    """alpha: exponent of the activation scaling ``s_j = mean|x_j|^alpha`` (ASVD uses 0.5);
+    search: choose alpha per layer from ALPHAS by the measured output error instead."""
 
     alpha: float = 0.5
+    search: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -133,6 +149,15 @@ def replace_lowrank(model: nn.Module, linears: dict[str, nn.Module], decomps: di
         set_module(model, name, LowRankLinear.from_factors(A, B, getattr(mod, "bias", None)))
 
 
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def output_error(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, H: torch.Tensor) -> float:
+    """``tr(ΔW H ΔWᵀ)`` = mean squared output error ``E‖(W - B A) x‖²`` over calibration inputs."""
+    D = weight.detach().double() - B.double() @ A.double()
+    return float(torch.einsum("ij,jk,ik->", D, H.double(), D))
+
+
 class _LowRank(Technique):
     family = "lowrank"
     config_cls = LowRankConfig
@@ -142,10 +167,12 @@ class _LowRank(Technique):
     def __init__(self, config=None) -> None:
         super().__init__(config)
         # Sensitivity allocation measures the model on calibration data, whatever the method.
-        self.needs_calibration = type(self).needs_calibration or self.config.alloc == "sensitivity"
+        self.needs_calibration = (type(self).needs_calibration or self.config.alloc == "sensitivity"
+                                  or self.config.update_steps > 0)
         self._notes: list[str] = []
 
-    def decompose(self, name: str, mod: nn.Module, stats: InputStats | None) -> Decomposition:
+    def decompose(self, name: str, mod: nn.Module, stats: InputStats | None, rank: int) -> Decomposition:
+        """The layer's decomposition; ``rank`` is its target under uniform allocation."""
         raise NotImplementedError
 
     needs_hessian = False
@@ -157,15 +184,19 @@ class _LowRank(Technique):
             for name, mod in linears.items():
                 out_f, in_f = linear_shape(mod)
                 check_rank(cfg.rank, in_f, out_f, name)
-        else:
+            target: dict[str, int | None] = {n: cfg.rank for n in linears}
+        elif cfg.alloc == "uniform":
+            target = rank_alloc.uniform(linears, cfg.reduction)
+        else:  # the final ranks come later; searches target the layer's uniform share
             rank_alloc.check_budget(linears, cfg.reduction)
+            target = {n: rank_alloc.rank_for_ratio(m, 1 - cfg.reduction) for n, m in linears.items()}
         stats = (calibration_stats(model, linears, calibration, hessian=self.needs_hessian)
                  if type(self).needs_calibration else {})
-        decomps = {n: self.decompose(n, m, stats.get(n)) for n, m in linears.items()}
-        if cfg.rank is not None:
-            ranks: dict[str, int | None] = {n: cfg.rank for n in linears}
-        elif cfg.alloc == "uniform":
-            ranks = rank_alloc.uniform(linears, cfg.reduction)
+        targets = (tune.capture_targets(model, calibration, cfg.update_batch)
+                   if cfg.update_steps else None)
+        decomps = {n: self.decompose(n, m, stats.get(n), target[n]) for n, m in linears.items()}
+        if cfg.rank is not None or cfg.alloc == "uniform":
+            ranks = target
         elif cfg.alloc == "energy":
             ranks = rank_alloc.by_energy(linears, {n: d.energy() for n, d in decomps.items()}, cfg.reduction)
         else:
@@ -177,7 +208,22 @@ class _LowRank(Technique):
         self._notes = [(f"factorized {sum(r is not None for r in ranks.values())}/{len(linears)} block linears; "
                         f"kept {kept / total:.3f} of their weight parameters"),
                        "ranks: " + ",".join(str(r) for r in ranks.values())]
+        if cfg.update_steps:
+            self._notes.append(self._update(model, calibration, targets))
         return model
+
+    def _update(self, model: nn.Module, calibration, targets) -> str:
+        """SVD-LLM's sequential update: fine-tune every ``B``, then every ``A``."""
+        cfg = self.config
+        layers = [m for m in model.modules() if isinstance(m, LowRankLinear)]
+        first = cfg.update_steps // 2
+        kw = dict(lr=cfg.update_lr, batch=cfg.update_batch, targets=targets)
+        lb = tune.finetune(model, [m.B for m in layers], calibration, steps=first, **kw)
+        la = tune.finetune(model, [m.A for m in layers], calibration, steps=cfg.update_steps - first, seed=1, **kw)
+        losses = lb + la
+        tail = losses[-10:]
+        return (f"sequential update (B then A): {cfg.update_steps} steps on calibration windows (train split), "
+                f"self-distillation loss {losses[0]:.4g} -> {sum(tail) / len(tail):.4g}")
 
     def notes(self) -> list[str]:
         return list(self._notes)
@@ -189,7 +235,7 @@ class SVD(_LowRank):
     suite_specs = ("svd:reduction=0.4",)
     description = "truncated SVD of each block linear into two thin matmuls (LowRankLinear)"
 
-    def decompose(self, name, mod, stats):
+    def decompose(self, name, mod, stats, rank):
         return Decomposition(linear_weight(mod))
 
 
@@ -201,9 +247,38 @@ class ASVD(_LowRank):
     suite_specs = ("asvd:reduction=0.4",)
     description = "activation-aware SVD: scale input channels by mean|x|^alpha before truncating"
 
-    def decompose(self, name, mod, stats):
-        s = stats.abs_mean.clamp(min=1e-6) ** self.config.alpha
-        return Decomposition(linear_weight(mod), s / s.mean(), kind="diag")
+    def __init__(self, config=None) -> None:
+        super().__init__(config)
+        self.needs_hessian = self.config.search
+        self._alphas: list[float] = []
+
+    def apply(self, model, calibration=None):
+        self._alphas = []
+        out = super().apply(model, calibration)
+        if self.config.search:
+            counts = {a: self._alphas.count(a) for a in ALPHAS if a in self._alphas}
+            self._notes.insert(2, "alpha per layer (searched by output error): "
+                               + ", ".join(f"{a:g} x{c}" for a, c in counts.items()))
+        return out
+
+    def decompose(self, name, mod, stats, rank):
+        W = linear_weight(mod)
+        if not self.config.search:
+            return self._scaled(W, stats, self.config.alpha)
+        best: tuple[float, float, Decomposition] | None = None
+        for alpha in ALPHAS:
+            dec = self._scaled(W, stats, alpha)
+            err = output_error(W, *dec.factors(rank), stats.H)
+            if best is None or err < best[0]:
+                best = (err, alpha, dec)
+        assert best is not None
+        self._alphas.append(best[1])
+        return best[2]
+
+    @staticmethod
+    def _scaled(W: torch.Tensor, stats: InputStats, alpha: float) -> Decomposition:
+        s = stats.abs_mean.clamp(min=1e-6) ** alpha
+        return Decomposition(W, s / s.mean(), kind="diag")
 
 
 @register
@@ -215,7 +290,7 @@ class SVDLLM(_LowRank):
     suite_specs = ("svd-llm:reduction=0.4",)
     description = "SVD-LLM: truncation-aware whitening by the Cholesky factor of E[x x^T]"
 
-    def decompose(self, name, mod, stats):
+    def decompose(self, name, mod, stats, rank):
         return Decomposition(linear_weight(mod), whitening(stats.H, self.config.damp), kind="chol")
 
 
@@ -240,10 +315,12 @@ __all__ = [
     "ASVD",
     "SVD",
     "SVDLLM",
+    "ALPHAS",
     "Decomposition",
     "LowRankConfig",
     "block_linears",
     "calibration_stats",
+    "output_error",
     "replace_lowrank",
     "whitening",
 ]

@@ -2,6 +2,8 @@
 the whitening ordering on harness-tiny, one-line errors for impossible budgets."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import FAMILIES, ids, random_llama
@@ -63,8 +65,7 @@ def test_energy_allocation_prefers_the_layer_with_concentrated_spectrum():
     assert ranks["peaked"] >= 4 and ranks["peaked"] > ranks["flat"] - 4
 
 
-def test_svd_llm_and_asvd_beat_plain_svd_on_harness_tiny(tiny_lm, tiny_calibration):
-    import copy
+def test_svd_llm_beats_plain_svd_on_harness_tiny(tiny_lm, tiny_calibration):
 
     from harness.measure.accuracy import perplexity_window
 
@@ -92,3 +93,62 @@ def test_bad_input_is_a_one_line_error(spec, match):
 def test_sensitivity_allocation_needs_calibration_even_for_plain_svd():
     assert make("svd").needs_calibration is False
     assert make("svd:alloc=sensitivity").needs_calibration is True
+
+
+def _outlier_layer(seed: int = 0):
+    """A 64x64 layer whose inputs have 4 channels ~20x larger than the rest (as in LLMs)."""
+    from harness.calibration import InputStats
+
+    g = torch.Generator().manual_seed(seed)
+    lin = torch.nn.Linear(64, 64, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(64, 64, generator=g))
+    x = torch.randn(2048, 64, generator=g)
+    x[:, :4] *= 20
+    return lin, InputStats(hessian=x.t() @ x, abs_mean=x.abs().mean(0), n=x.shape[0])
+
+
+def test_asvd_search_takes_the_alpha_with_least_output_error():
+    from harness.techniques.lowrank.svd import ALPHAS, output_error
+
+    lin, stats = _outlier_layer()
+    W, rank = lin.weight, 16
+    per_alpha = {}
+    for a in ALPHAS:
+        dec = make(f"asvd:alpha={a}").decompose("l", lin, stats, rank)
+        per_alpha[a] = output_error(W, *dec.factors(rank), stats.H)
+    tech = make("asvd:search=true")
+    searched = output_error(W, *tech.decompose("l", lin, stats, rank).factors(rank), stats.H)
+    assert searched == pytest.approx(min(per_alpha.values()), rel=1e-9)
+    # activation-aware scaling pays on outlier channels: clearly below plain SVD (alpha=0)
+    assert per_alpha[0.5] < 0.7 * per_alpha[0.0] and tech._alphas[-1] > 0
+
+
+def test_sequential_update_lowers_the_distillation_loss():
+    import torch.nn.functional as F
+
+    calib = Calibration(ids(8, 32))
+    model = random_llama()
+    with torch.no_grad():
+        ref = F.log_softmax(model(input_ids=calib.input_ids).logits, -1)
+
+    def kl(spec):
+        m = compress(copy.deepcopy(model), spec, calib).model
+        with torch.no_grad():
+            out = F.log_softmax(m(input_ids=calib.input_ids).logits, -1)
+        return F.kl_div(out, ref, log_target=True, reduction="batchmean").item(), m
+
+
+    base, _ = kl("svd-llm:reduction=0.6")
+    tuned, m = kl("svd-llm:reduction=0.6,update_steps=30,update_lr=0.003")
+    assert tuned < 0.9 * base
+    ranks = {x.rank for x in m.modules() if isinstance(x, LowRankLinear)}
+    assert ranks == {x.rank for x in compress(copy.deepcopy(model), "svd-llm:reduction=0.6", calib).model.modules()
+                     if isinstance(x, LowRankLinear)}
+
+
+@pytest.mark.parametrize("spec,match", [("svd:update_steps=-1", "update_steps=-1"),
+                                        ("svd-llm:update_lr=0", "update_lr=0")])
+def test_bad_update_options(spec, match):
+    with pytest.raises(SpecError, match=match):
+        make(spec)
