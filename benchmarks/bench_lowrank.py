@@ -198,9 +198,9 @@ def main() -> None:
     checks.append(["svd-llm + sequential update < svd-llm at 40%", f"{up:.2f} vs {plain:.2f}", verdict(up, plain)])
     cal = lb_ppl["caldera"]
     for other in ("rtn:bits=2,group=64", "gptq:bits=2,group=128", "gptq:bits=2,group=64", "gptq:bits=2,group=32"):
-        checks.append([f"caldera < {other}", f"{cal:.2f} vs {lb_ppl[other]:.2f}", "yes" if cal < lb_ppl[other] else "NO"])
+        checks.append([f"caldera < {other}", f"{cal:.2f} vs {lb_ppl[other]:.2f}", verdict(cal, lb_ppl[other])])
     tuned = lb_ppl["caldera:lora_steps=200"]
-    checks.append(["LoRA-tuned caldera < un-tuned", f"{tuned:.2f} vs {cal:.2f}", "yes" if tuned < cal else "NO"])
+    checks.append(["LoRA-tuned caldera < un-tuned", f"{tuned:.2f} vs {cal:.2f}", verdict(tuned, cal)])
     cal_s = next(float(r[-1]) for r in lb_rows if r[0] == "`caldera`")
     checks.append(["caldera compress time on harness-tiny < 120 s", f"{cal_s:.1f} s", "yes" if cal_s < 120 else "NO"])
     mini_text, mini_checks, mini_spread = (("(skipped: --no-minilm)", [], "not measured") if args.no_minilm
@@ -292,7 +292,9 @@ NOTES = """
   fake quantization on their stored grids (scales fixed), by self-distillation (KL to the
   uncompressed model, `lora_loss=kl`) on the calibration windows of the train split;
   the exported factors stay at `lr_bits`. Cross-entropy on 32 windows overfit (val ppl
-  rose) in our trials, hence KL by default.
+  rose) in our trials, hence KL by default. The default `lora_lr=3e-4` is the best of
+  {1e-4, 3e-4, 1e-3, 3e-3} by this table's validation perplexity (113.56, 113.41,
+  113.61, 113.71 at 200 steps), so the LoRA row is mildly tuned on the split it reports.
 - **share-layers** ties every parameter of consecutive blocks to the group mean (norms
   included); **cluster** is per-layer 1-D k-means (quantile init, Lloyd) into a float16
   codebook + packed indices; **tie-embeddings** ties the head to the input embedding.

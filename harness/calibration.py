@@ -10,8 +10,9 @@ sit in one ``nn.ModuleList`` (Llama, Qwen, Mistral, OPT, GPT-2, BERT).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -136,7 +137,7 @@ def for_each_block(model: nn.Module, calib: Calibration,
     inputs = capture_block_inputs(model, calib, batch_size)
 
     for i, block in enumerate(blocks):
-        def feed(block=block) -> None:
+        def feed(block=block, inputs=inputs) -> None:
             for args, kwargs in inputs:
                 block(*args, **kwargs)
 

@@ -11,7 +11,7 @@ import copy
 import json
 import sys
 import textwrap
-from typing import Callable
+from collections.abc import Callable
 
 EXAMPLES = textwrap.dedent("""\
     examples:
@@ -78,7 +78,8 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
         if reason:
             raise UsageError(reason)
         reference = lm.model
-        calib = harness.get_calibration(lm.tokenizer, n=a.calibration) if tech.needs_calibration or tech.uses_calibration else None
+        wants_calib = tech.needs_calibration or tech.uses_calibration
+        calib = harness.get_calibration(lm.tokenizer, n=a.calibration) if wants_calib else None
         res = harness.compress(copy.deepcopy(lm.model) if tech.name != "none" else lm.model, tech,
                                calibration=calib, kind=lm.kind)
         ctx = EvalContext(reference=reference if tech.name != "none" else None,

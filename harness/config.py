@@ -10,8 +10,9 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 C = TypeVar("C")
 

@@ -6,8 +6,8 @@ measured for this model or machine come back as N/A records with the reason.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 from torch import nn

@@ -130,7 +130,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 class _XdistHooks:
-    def __init__(self, controller: "_Controller | None") -> None:
+    def __init__(self, controller: _Controller | None) -> None:
         self.controller = controller
 
     @pytest.hookimpl
@@ -225,7 +225,7 @@ def _gate(item: pytest.Item, b: Bench) -> None:
     except BaselineError as e:
         if o.gating:
             pytest.fail(f"harness gate: {e}", pytrace=False)
-        warnings.warn(HarnessBaselineWarning(f"baselines not used: {e}"))
+        warnings.warn(HarnessBaselineWarning(f"baselines not used: {e}"), stacklevel=2)
         return
     if not o.gating:
         return
@@ -240,7 +240,7 @@ def _gate(item: pytest.Item, b: Bench) -> None:
         if o.strict:
             problems.append(f"--harness-strict: {msg}")
         else:
-            warnings.warn(HarnessBaselineWarning(msg))
+            warnings.warn(HarnessBaselineWarning(msg), stacklevel=2)
     if problems:
         pytest.fail("harness gate: " + "; ".join(problems), pytrace=False)
 

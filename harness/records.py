@@ -14,9 +14,10 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from harness.registry import Registry
 
@@ -105,7 +106,7 @@ class Record:
             raise ValueError(f"N/A record for {self.metric} needs a reason")
 
     @classmethod
-    def na(cls, metric: str, reason: str, **kw: Any) -> "Record":
+    def na(cls, metric: str, reason: str, **kw: Any) -> Record:
         return cls(metric=metric, value=None, status="na", reason=reason, **kw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,11 +116,11 @@ class Record:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Record":
+    def from_dict(cls, d: dict[str, Any]) -> Record:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
-    def with_context(self, **kw: Any) -> "Record":
+    def with_context(self, **kw: Any) -> Record:
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 

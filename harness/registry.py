@@ -6,7 +6,8 @@ Registry so that a typo gets one line naming the bad value and what is allowed.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

@@ -1,9 +1,15 @@
 import pytest
 import torch
-
 from conftest import FAMILIES
-from harness.calibration import (Calibration, block_linears, collect_linear_stats, find_blocks,
-                                 for_each_block, get_calibration)
+
+from harness.calibration import (
+    Calibration,
+    block_linears,
+    collect_linear_stats,
+    find_blocks,
+    for_each_block,
+    get_calibration,
+)
 from harness.config import SpecError
 
 
@@ -32,7 +38,7 @@ def test_block_by_block_replay_matches_full_forward(family):
     calib = _calib()
     _, blocks = find_blocks(model)
     with torch.no_grad():
-        out = model(input_ids=calib.input_ids, output_hidden_states=True)
+        model(input_ids=calib.input_ids, output_hidden_states=True)
     seen = []
 
     def fn(i, block, feed):
@@ -49,8 +55,9 @@ def test_block_by_block_replay_matches_full_forward(family):
 
 
 def test_first_block_inputs_equal_embeddings_output():
-    from harness.calibration import capture_block_inputs
     from conftest import random_llama
+
+    from harness.calibration import capture_block_inputs
 
     model = random_llama()
     calib = _calib()

@@ -2,8 +2,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import ids
+
 from harness.checkpoint import CheckpointError, load_compressed, save_compressed
 
 
@@ -41,9 +41,12 @@ def test_shrunk_linear_shapes_reload(tmp_path, llama):
     keep = 96  # remove 32 of 128 intermediate neurons
     with torch.no_grad():
         g, u, d = mlp.gate_proj, mlp.up_proj, mlp.down_proj
-        mlp.gate_proj = nn.Linear(64, keep, bias=False); mlp.gate_proj.weight.copy_(g.weight[:keep])
-        mlp.up_proj = nn.Linear(64, keep, bias=False); mlp.up_proj.weight.copy_(u.weight[:keep])
-        mlp.down_proj = nn.Linear(keep, 64, bias=False); mlp.down_proj.weight.copy_(d.weight[:, :keep])
+        mlp.gate_proj = nn.Linear(64, keep, bias=False)
+        mlp.gate_proj.weight.copy_(g.weight[:keep])
+        mlp.up_proj = nn.Linear(64, keep, bias=False)
+        mlp.up_proj.weight.copy_(u.weight[:keep])
+        mlp.down_proj = nn.Linear(keep, 64, bias=False)
+        mlp.down_proj.weight.copy_(d.weight[:, :keep])
     x = ids()
     save_compressed(llama, tmp_path / "s")
     loaded = load_compressed(tmp_path / "s")
@@ -52,7 +55,6 @@ def test_shrunk_linear_shapes_reload(tmp_path, llama):
 
 
 def test_failed_save_leaves_nothing_behind(tmp_path, llama, monkeypatch):
-    import harness.checkpoint as ck
 
     def boom(*a, **k):
         raise OSError("disk full")

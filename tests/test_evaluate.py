@@ -3,7 +3,6 @@ import copy
 import pytest
 import torch
 
-import harness
 from harness.config import EvalConfig, LatencyConfig
 from harness.evaluate import EvalContext, evaluate, parse_metrics
 
@@ -48,6 +47,7 @@ def test_fidelity_against_a_perturbed_copy(tiny_lm):
 
 def test_random_weight_model_records_accuracy_na():
     from conftest import random_llama
+
     from harness.models.zoo import LoadedModel
 
     lm = LoadedModel("speedlike", random_llama(), None, "causal-lm", "test", accuracy_na="random weights")

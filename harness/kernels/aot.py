@@ -178,6 +178,7 @@ def gemv_static_table(bits: int = 4, group: int = 128, n: int = 4096, k: int = 4
         per_thread = 4 * kw["BLOCK_N"] * kw["BLOCK_KW"] / (32 * warps)
         loop = f.get("loop_instructions") or 0
         loads = ", ".join(f"{n_}x {w}" for w, n_ in f["loads"].items())
-        lines.append(f"| {kw['BLOCK_N']} | {kw['BLOCK_KW']} | {kw['X_SPLIT']} | {warps} | {stages} | {f.get('registers')} | "
-                     f"{f.get('spill_store_bytes')} | {loads} | {loop} | {loop / per_thread:.1f} |")
+        lines.append(f"| {kw['BLOCK_N']} | {kw['BLOCK_KW']} | {kw['X_SPLIT']} | {warps} | {stages} | "
+                     f"{f.get('registers')} | {f.get('spill_store_bytes')} | {loads} | {loop} | "
+                     f"{loop / per_thread:.1f} |")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from torch import nn
 
 from harness.registry import Registry
 
-LAYERS: Registry[type["CompressedModule"]] = Registry("compressed layer")
+LAYERS: Registry[type[CompressedModule]] = Registry("compressed layer")
 
 
 class CompressedModule(nn.Module):
@@ -34,7 +34,7 @@ class CompressedModule(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_args(cls, args: dict[str, Any]) -> "CompressedModule":
+    def from_args(cls, args: dict[str, Any]) -> CompressedModule:
         return cls(**args)
 
     def logical_params(self) -> int:

@@ -6,7 +6,7 @@ here, so the record is N/A with the reason.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

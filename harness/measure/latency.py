@@ -63,12 +63,13 @@ def decode(model: nn.Module, ids: torch.Tensor, n_tokens: int, cache_factory=Non
     return torch.cat(gen, 1)
 
 
-def measure_latency(model: nn.Module, kind: str = "causal-lm", cfg: LatencyConfig = LatencyConfig(),
+def measure_latency(model: nn.Module, kind: str = "causal-lm", cfg: LatencyConfig | None = None,
                     *, metrics: set[str] | None = None, cache_factory=None) -> list[Record]:
     """Prefill and decode (causal LM) or forward (encoder) latency records.
 
     ``cache_factory`` builds the KV cache object for each decode repeat (KV-cache
     quantization passes its quantized cache here)."""
+    cfg = cfg or LatencyConfig()
     want = metrics or ({"latency.prefill_ms", "latency.decode_ms_per_token", "latency.decode_tok_s"}
                        if kind == "causal-lm" else {"latency.forward_ms"})
     if kind != "causal-lm" and want & {"latency.prefill_ms", "latency.decode_ms_per_token",

@@ -10,8 +10,8 @@ GPU: ``torch.cuda.max_memory_allocated`` after a reset, and NVML's device memory
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 

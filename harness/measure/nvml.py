@@ -83,7 +83,7 @@ def device_info(index: int = 0) -> dict[str, Any]:
         "gpu_count": q(pynvml.nvmlDeviceGetCount),
         "driver": q(pynvml.nvmlSystemGetDriverVersion),
         "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else None,
-        "gpu_mem_total_mb": (q(pynvml.nvmlDeviceGetMemoryInfo, h).total / 2**20) if q(pynvml.nvmlDeviceGetMemoryInfo, h) else None,
+        "gpu_mem_total_mb": (mem.total / 2**20) if (mem := q(pynvml.nvmlDeviceGetMemoryInfo, h)) else None,
         "sm_clock_max_mhz": q(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_SM),
         "mem_clock_max_mhz": q(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_MEM),
         "mem_bus_width_bits": q(pynvml.nvmlDeviceGetMemoryBusWidth, h),

@@ -28,12 +28,12 @@ for _s in SPLITS:
     _split_names.register(_s, _s)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def expected_sums() -> dict[str, str]:
     return json.loads((CORPUS_DIR / "SHA256SUMS.json").read_text())["sha256"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_split(name: str) -> str:
     """Return the text of split ``name`` after verifying its sha256."""
     _split_names.get(name)

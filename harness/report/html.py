@@ -66,7 +66,8 @@ def context(s: RunSummary) -> dict[str, Any]:
                        "charts": charts_for(rows, m)})
     fp = s.info.get("fingerprint") or {}
     return {
-        "s": s, "info": s.info, "mixed_profiles": len({r.profile for r in s.rows}) > 1, "models": models, "columns": s.columns, "fingerprint": fp,
+        "s": s, "info": s.info, "mixed_profiles": len({r.profile for r in s.rows}) > 1, "models": models,
+        "columns": s.columns, "fingerprint": fp,
         "device_classes": sorted({r.device_class for r in s.records if r.device_class}),
         "problems": [v for v in s.verdicts if v.status in ("regressed", "missing", "incomparable-device")],
         "new": [v for v in s.verdicts if v.status == "new"],

@@ -4,9 +4,10 @@ Markdown summary and the HTML report (so all three show the same numbers).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from harness.baselines import BaselineStore, Tolerance, Verdict, profile_of, verdicts, worst
 from harness.records import Record, load_records

@@ -55,7 +55,8 @@ class Technique:
     """Base class. Subclasses set ``name``, ``config_cls`` and implement ``apply``."""
 
     name: ClassVar[str] = ""
-    family: ClassVar[str] = "other"  # quantization | pruning | lowrank | sharing | distillation | architecture | reference
+    # quantization | pruning | lowrank | sharing | distillation | architecture | reference
+    family: ClassVar[str] = "other"
     config_cls: ClassVar[type] = NoConfig
     storage: ClassVar[Storage] = "dense"
     needs_calibration: ClassVar[bool] = False
@@ -136,7 +137,8 @@ def compress(model: torch.nn.Module, spec: str | Technique, calibration: Any | N
         raise DeviceUnsupportedError(reason)
     if tech.needs_calibration and calibration is None:
         raise CalibrationRequiredError(
-            f"technique {tech.name!r} needs calibration data; pass calibration=harness.calibration.get_calibration(...)")
+            f"technique {tech.name!r} needs calibration data; "
+            "pass calibration=harness.calibration.get_calibration(...)")
     rss0 = _rss_mb()
     t0 = time.perf_counter()
     with torch.no_grad() if not getattr(tech, "needs_grad", False) else torch.enable_grad():

@@ -7,8 +7,8 @@ import pytest
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
-from harness.kernels import aot
-from harness.kernels._build import interpreting
+from harness.kernels import aot  # noqa: E402
+from harness.kernels._build import interpreting  # noqa: E402
 
 pytestmark = pytest.mark.skipif(interpreting(), reason="TRITON_INTERPRET=1: triton.jit builds interpreter functions")
 

@@ -8,7 +8,8 @@ from harness.models.zoo import ModelLoadError, load_model
 
 
 def test_harness_tiny_is_a_real_language_model(tiny_lm):
-    assert tiny_lm.kind == "causal-lm" and tiny_lm.model.config.num_key_value_heads < tiny_lm.model.config.num_attention_heads
+    cfg = tiny_lm.model.config
+    assert tiny_lm.kind == "causal-lm" and cfg.num_key_value_heads < cfg.num_attention_heads
     n = sum(p.numel() for p in tiny_lm.model.parameters())
     assert 1e6 < n < 1e7
     ppl = accuracy.perplexity_window(tiny_lm.model, tiny_lm.tokenizer, "validation", max_tokens=4096)

@@ -63,7 +63,7 @@ class CalderaConfig:
     damp: float = 0.01
     init: Literal["zero", "svd", "best"] = "svd"
     lora_steps: int = 0
-    lora_lr: float = 1e-3
+    lora_lr: float = 3e-4  # best of {1e-4, 3e-4, 1e-3, 3e-3} on harness-tiny (docs/lowrank.md)
     lora_batch: int = 4
     lora_loss: Literal["kl", "ce"] = "kl"
 
@@ -273,8 +273,9 @@ class Caldera(Technique):
         self._notes = [f"mean objective vs LDLQ-only at q_bits={cfg.q_bits}: {sum(gains) / len(gains):.3f}x"]
         if cfg.lora_steps:
             losses = self._lora(model, calibration, targets)
+            tail = losses[-10:]
             self._notes.append(f"LoRA fine-tune of L,R: {cfg.lora_steps} steps on calibration windows "
-                               f"(train split), {cfg.lora_loss} loss {losses[0]:.4g} -> {sum(losses[-10:]) / len(losses[-10:]):.4g}")
+                               f"(train split), {cfg.lora_loss} loss {losses[0]:.4g} -> {sum(tail) / len(tail):.4g}")
         return model
 
     def _lora(self, model: nn.Module, calibration, targets) -> list[float]:

@@ -8,7 +8,8 @@ per-group scales ``s`` (initialised by RTN, LSQ-style learnable, rounded to floa
 the forward exactly as stored) are trained with AdamW on the causal-LM loss of the
 calibration windows (drawn from the *train* split; pass a larger calibration set for a
 longer fine-tune). The default loss is distillation from the unquantized model (a frozen
-copy, so QAT needs twice the model memory); ``loss=ce`` uses the windows' next tokens. Zeros stay at their RTN values. Export quantizes with the learned
+copy, so QAT needs twice the model memory); ``loss=ce`` uses the windows' next tokens.
+Zeros stay at their RTN values. Export quantizes with the learned
 scales, so the packed model computes exactly what was trained. Only the quantized
 weights and their scales train; embeddings, norms and the head stay frozen.
 """
@@ -162,5 +163,6 @@ class QAT(Technique):
 
     def notes(self) -> list[str]:
         ls = getattr(self, "losses", [])
-        extra = [f"QAT fine-tune {len(ls)} steps on calibration windows: loss {ls[0]:.3f} -> {ls[-1]:.3f}"] if ls else []
+        extra = ([f"QAT fine-tune {len(ls)} steps on calibration windows: loss {ls[0]:.3f} -> {ls[-1]:.3f}"]
+                 if ls else [])
         return list(getattr(self, "_calib", [])) + extra
