@@ -8,15 +8,49 @@ log-likelihoods, counting tokens with the same tokenizer, so it is comparable wi
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import logging
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 TASK_DIR = Path(__file__).resolve().parent.parent / "tasks"
+# lm-eval modules that draw progress bars with a module-level ``tqdm`` and no way to turn
+# them off from simple_evaluate (TQDM_DISABLE only works if set before tqdm is imported)
+_TQDM_USERS = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.api.metrics", "lm_eval.models.huggingface",
+               "lm_eval.evaluator")
+
+
+def _silent(orig):
+    @functools.wraps(orig)
+    def make(*args, **kwargs):
+        return orig(*args, **{**kwargs, "disable": True})  # callers pass disable= themselves
+    return make
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """Silence lm-eval's progress bars for the duration of one evaluation."""
+    saved = []
+    for name in _TQDM_USERS:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(mod, "tqdm"):
+            saved.append((mod, mod.tqdm))
+            mod.tqdm = _silent(mod.tqdm)
+    try:
+        yield
+    finally:
+        for mod, orig in saved:
+            mod.tqdm = orig
 
 
 def perplexity_lm_eval(model: torch.nn.Module, tokenizer, split: str = "validation", *,
@@ -43,8 +77,9 @@ def perplexity_lm_eval(model: torch.nn.Module, tokenizer, split: str = "validati
               device=str(next(model.parameters()).device))
     tm = TaskManager(include_path=str(TASK_DIR), include_defaults=False)
     task = f"harness_corpus_{split}"
-    out = simple_evaluate(model=lm, tasks=[task], task_manager=tm, log_samples=True, limit=limit,
-                          verbosity="ERROR", bootstrap_iters=0)
+    with _quiet_progress_bars():
+        out = simple_evaluate(model=lm, tasks=[task], task_manager=tm, log_samples=True, limit=limit,
+                              verbosity="ERROR", bootstrap_iters=0)
     res = out["results"][task]
     samples = out["samples"][task]
     total_ll, tokens = 0.0, 0

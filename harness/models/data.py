@@ -58,7 +58,11 @@ def token_ids(tokenizer, text: str) -> torch.Tensor:
     """Encode ``text`` to a 1-D LongTensor without special tokens."""
     if not text or not text.strip():
         raise ValueError("evaluation text is empty; give a non-empty split or file")
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    from transformers import PreTrainedTokenizerBase
+
+    # verbose=False: a corpus is meant to exceed model_max_length; it is windowed afterwards
+    quiet = {"verbose": False} if isinstance(tokenizer, PreTrainedTokenizerBase) else {}
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False, **quiet)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
 
