@@ -104,7 +104,7 @@ def calibration_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]],
     return total / max(len(batches), 1)
 
 
-def _batches(model: nn.Module, calibration, n: int = 8) -> list[dict[str, torch.Tensor]]:
+def _batches(model: nn.Module, calibration, n: int = 32) -> list[dict[str, torch.Tensor]]:
     dev = next(model.parameters()).device
     ids = calibration.input_ids[:n]
     return [{"input_ids": ids[i:i + 4].to(dev)} for i in range(0, ids.shape[0], 4)]
@@ -112,12 +112,13 @@ def _batches(model: nn.Module, calibration, n: int = 8) -> list[dict[str, torch.
 
 @torch.no_grad()
 def by_sensitivity(model: nn.Module, linears: dict[str, nn.Module], decomps: dict, reduction: float,
-                   calibration, ratios: tuple[float, ...] = RATIOS) -> dict[str, int | None]:
-    """Measured per-layer loss increase at each ratio, then a bisected loss threshold."""
+                   calibration, ratios: tuple[float, ...] = RATIOS, windows: int = 32) -> dict[str, int | None]:
+    """Measured per-layer loss increase at each ratio (on the first ``windows`` calibration
+    windows), then a bisected loss threshold."""
     from harness.layers.lowrank import LowRankLinear
 
     check_budget(linears, reduction)
-    batches = _batches(model, calibration)
+    batches = _batches(model, calibration, windows)
     encoder = getattr(model(**batches[0]), "logits", None) is None
     ref = [model(**b).last_hidden_state.float() for b in batches] if encoder else None
     base = calibration_loss(model, batches, ref)

@@ -83,6 +83,7 @@ def test_svd_llm_beats_plain_svd_on_harness_tiny(tiny_lm, tiny_calibration):
     ("svd:rank=64", "rank=64"),
     ("svd:rank=0", "rank=0"),
     ("asvd:alpha=5", "alpha=5"),
+    ("svd:alloc=sensitivity,sens_windows=0", "sens_windows=0"),
 ])
 def test_bad_input_is_a_one_line_error(spec, match):
     with pytest.raises(SpecError, match=match) as e:
