@@ -23,8 +23,7 @@ import torch
 TASK_DIR = Path(__file__).resolve().parent.parent / "tasks"
 # lm-eval modules that draw progress bars with a module-level ``tqdm`` and no way to turn
 # them off from simple_evaluate (TQDM_DISABLE only works if set before tqdm is imported)
-_TQDM_USERS = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.api.metrics", "lm_eval.models.huggingface",
-               "lm_eval.evaluator")
+_TQDM_USERS = ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface", "lm_eval.evaluator")
 
 
 def _silent(orig):

@@ -55,9 +55,7 @@ def _finetune(model: nn.Module, params: list[nn.Parameter], calibration, cfg, ta
         return []
     losses = tune.finetune(model, params, calibration, steps=cfg.steps, lr=cfg.lr, batch=cfg.batch,
                            targets=targets)
-    tail = losses[-10:]
-    return [(f"fine-tuned {cfg.steps} steps on calibration windows (train split): "
-             f"loss {losses[0]:.4g} -> {sum(tail) / len(tail):.4g}")]
+    return [f"fine-tuned {cfg.steps} steps on calibration windows (train split): loss {tune.loss_summary(losses)}"]
 
 
 def share_blocks(blocks: nn.ModuleList, group: int) -> int:

@@ -35,7 +35,7 @@ from harness.layers.packing import unpack
 from harness.layers.qlr import QLRLinear
 from harness.techniques.base import Technique, register
 from harness.techniques.lowrank import tune
-from harness.techniques.lowrank.svd import block_linears, whitening
+from harness.techniques.lowrank.svd import block_linears, output_error, whitening
 from harness.techniques.quantization.uniform import (
     QUANT_BITS,
     check_quant_args,
@@ -80,10 +80,7 @@ class CalderaConfig:
         check(self.lora_batch >= 1, f"lora_batch={self.lora_batch} must be >= 1")
 
 
-def objective(W: torch.Tensor, What: torch.Tensor, H: torch.Tensor) -> float:
-    """``tr((Ŵ − W) H (Ŵ − W)ᵀ)``: the calibration output error per token."""
-    E = (What - W).double()
-    return float(((E @ H.double()) * E).sum())
+objective = output_error  # tr((Ŵ − W) H (Ŵ − W)ᵀ), the calibration output error per token
 
 
 @dataclass
@@ -273,9 +270,8 @@ class Caldera(Technique):
         self._notes = [f"mean objective vs LDLQ-only at q_bits={cfg.q_bits}: {sum(gains) / len(gains):.3f}x"]
         if cfg.lora_steps:
             losses = self._lora(model, calibration, targets)
-            tail = losses[-10:]
             self._notes.append(f"LoRA fine-tune of L,R: {cfg.lora_steps} steps on calibration windows "
-                               f"(train split), {cfg.lora_loss} loss {losses[0]:.4g} -> {sum(tail) / len(tail):.4g}")
+                               f"(train split), {cfg.lora_loss} loss {tune.loss_summary(losses)}")
         return model
 
     def _lora(self, model: nn.Module, calibration, targets) -> list[float]:

@@ -104,7 +104,7 @@ def calibration_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]],
     return total / max(len(batches), 1)
 
 
-def _batches(model: nn.Module, calibration, n: int = 32) -> list[dict[str, torch.Tensor]]:
+def _batches(model: nn.Module, calibration, n: int) -> list[dict[str, torch.Tensor]]:
     dev = next(model.parameters()).device
     ids = calibration.input_ids[:n]
     return [{"input_ids": ids[i:i + 4].to(dev)} for i in range(0, ids.shape[0], 4)]

@@ -157,10 +157,11 @@ def replace_lowrank(model: nn.Module, linears: dict[str, nn.Module], decomps: di
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def output_error(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, H: torch.Tensor) -> float:
-    """``tr(ΔW H ΔWᵀ)`` = mean squared output error ``E‖(W - B A) x‖²`` over calibration inputs."""
-    D = weight.detach().double() - B.double() @ A.double()
-    return float(torch.einsum("ij,jk,ik->", D, H.double(), D))
+def output_error(W: torch.Tensor, What: torch.Tensor, H: torch.Tensor) -> float:
+    """``tr((Ŵ − W) H (Ŵ − W)ᵀ)``: the mean squared output error ``E‖(Ŵ − W) x‖²`` per
+    calibration token (ASVD's α search, CALDERA's objective)."""
+    E = (What - W).detach().double()
+    return float(((E @ H.double()) * E).sum())
 
 
 class _LowRank(Technique):
@@ -226,10 +227,8 @@ class _LowRank(Technique):
         kw = dict(lr=cfg.update_lr, batch=cfg.update_batch, targets=targets)
         lb = tune.finetune(model, [m.B for m in layers], calibration, steps=first, **kw)
         la = tune.finetune(model, [m.A for m in layers], calibration, steps=cfg.update_steps - first, seed=1, **kw)
-        losses = lb + la
-        tail = losses[-10:]
         return (f"sequential update (B then A): {cfg.update_steps} steps on calibration windows (train split), "
-                f"self-distillation loss {losses[0]:.4g} -> {sum(tail) / len(tail):.4g}")
+                f"self-distillation loss {tune.loss_summary(lb + la)}")
 
     def notes(self) -> list[str]:
         return list(self._notes)
@@ -274,7 +273,8 @@ class ASVD(_LowRank):
         best: tuple[float, float, Decomposition] | None = None
         for alpha in ALPHAS:
             dec = self._scaled(W, stats, alpha)
-            err = output_error(W, *dec.factors(rank), stats.H)
+            A, B = dec.factors(rank)
+            err = output_error(W, B @ A, stats.H)
             if best is None or err < best[0]:
                 best = (err, alpha, dec)
         assert best is not None

@@ -86,4 +86,10 @@ def finetune(model: nn.Module, params: Iterable[nn.Parameter], calibration, *, s
     return losses
 
 
-__all__ = ["capture_targets", "finetune", "is_causal_lm"]
+def loss_summary(losses: list[float], tail: int = 10) -> str:
+    """``first -> mean of the last tail losses``: one step's loss is too noisy to report alone."""
+    last = losses[-tail:]
+    return f"{losses[0]:.4g} -> {sum(last) / len(last):.4g}"
+
+
+__all__ = ["capture_targets", "finetune", "is_causal_lm", "loss_summary"]
