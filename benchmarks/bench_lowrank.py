@@ -78,19 +78,23 @@ def block_bits(model: torch.nn.Module, names: list[str]) -> tuple[float, float]:
     return bits / logical, params / logical
 
 
-def run_specs(lm, calib, specs, base_bytes, names) -> tuple[list[list], dict[str, float]]:
-    rows, ppl = [], {}
+def run_specs(lm, calib, specs, base_bytes, names, score=None,
+              digits: int = 2) -> tuple[list[list], dict[str, float]]:
+    """One table row per spec; ``score(model)`` is the quality column (default: validation
+    perplexity of a causal LM)."""
+    score = score or (lambda m: perplexity_window(m, lm.tokenizer, "validation", window=128))
+    rows, values = [], {}
     for spec in specs:
         torch.set_num_threads(1)  # small solver ops: one thread beats two on this machine
-        res = harness.compress(copy.deepcopy(lm.model), spec, calibration=calib)
+        res = harness.compress(copy.deepcopy(lm.model), spec, calibration=calib, kind=lm.kind)
         torch.set_num_threads(THREADS)
-        ppl[spec] = perplexity_window(res.model, lm.tokenizer, "validation", window=128)
+        values[spec] = score(res.model)
         bpp, kept = block_bits(res.model, names)
         nbytes = serialized_bytes(res.model)
-        rows.append([f"`{spec}`", f"{ppl[spec]:.2f}", f"{bpp:.3f}", f"{kept:.3f}", f"{nbytes / 1e6:.3f}",
+        rows.append([f"`{spec}`", f"{values[spec]:.{digits}f}", f"{bpp:.3f}", f"{kept:.3f}", f"{nbytes / 1e6:.3f}",
                      f"{nbytes / base_bytes:.3f}", res.storage, f"{res.wall_s:.1f}"])
         print(" | ".join(rows[-1]), flush=True)
-    return rows, ppl
+    return rows, values
 
 
 def channel_spread(lm, calib) -> str:
@@ -115,17 +119,9 @@ def run_minilm(calib_n: int) -> tuple[str, list[list], str]:
     spread = channel_spread(lm, calib)
     base_bytes = serialized_bytes(lm.model)
     names = list(block_linears(lm.model))
-    rows, cos = [["none (dense fp32)", "1.0000", "32.000", "1.000", f"{base_bytes / 1e6:.3f}", "1.000", "-", "-"]], {}
-    for spec in MINILM_SPECS:
-        torch.set_num_threads(1)
-        res = harness.compress(copy.deepcopy(lm.model), spec, calibration=calib, kind="encoder")
-        torch.set_num_threads(THREADS)
-        cos[spec] = embedding_cosine(lm.model, res.model, lm.tokenizer, texts)
-        bpp, kept = block_bits(res.model, names)
-        nbytes = serialized_bytes(res.model)
-        rows.append([f"`{spec}`", f"{cos[spec]:.4f}", f"{bpp:.3f}", f"{kept:.3f}", f"{nbytes / 1e6:.3f}",
-                     f"{nbytes / base_bytes:.3f}", res.storage, f"{res.wall_s:.1f}"])
-        print(" | ".join(rows[-1]), flush=True)
+    rows, cos = run_specs(lm, calib, MINILM_SPECS, base_bytes, names, digits=4,
+                          score=lambda m: embedding_cosine(lm.model, m, lm.tokenizer, texts))
+    rows.insert(0, ["none (dense fp32)", "1.0000", "32.000", "1.000", f"{base_bytes / 1e6:.3f}", "1.000", "-", "-"])
     checks = []
     for r in (0.2, 0.4):
         s = cos[f"svd:reduction={r}"]
