@@ -42,7 +42,7 @@ def e2e_records(quick: bool) -> list[tuple[str, list]]:
     """(variant, records) for fp16, W4A16 via Triton, and W4A16 via torch dequantize."""
     import harness
     from harness.config import LatencyConfig
-    from harness.evaluate import EvalContext, evaluate
+    from harness.evaluation import EvalContext, evaluate
     from harness.layers.quant import QuantLinear
 
     lat = LatencyConfig(batch=1, prompt_len=128, decode_tokens=64, warmup=3, min_repeats=5,

@@ -16,7 +16,7 @@ import torch
 
 import harness
 from harness.config import LatencyConfig
-from harness.evaluate import EvalContext, evaluate
+from harness.evaluation import EvalContext, evaluate
 from harness.measure.environment import device_class, fingerprint
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "models.md"

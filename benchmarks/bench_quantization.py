@@ -83,7 +83,8 @@ def dynamic_speed() -> tuple[list[list], float]:
 def kv_cache_rows(prompt: int = 256) -> list[list]:
     from transformers import DynamicCache
 
-    from harness.techniques.quantization.kv_cache import QuantizedKVCache, cache_nbytes
+    from harness.measure.memory import cache_nbytes
+    from harness.techniques.quantization.kv_cache import QuantizedKVCache
 
     lm = harness.load_model("harness-tiny")
     ids = harness.get_calibration(lm.tokenizer, n=2, seq_len=prompt + 1, seed=1, split="validation").input_ids

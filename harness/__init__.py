@@ -23,7 +23,7 @@ _EXPORTS = {
     "compress": "harness.techniques.base", "make": "harness.techniques.base",
     "register": "harness.techniques.base", "Technique": "harness.techniques.base",
     "CompressionResult": "harness.techniques.base",
-    "evaluate": "harness.evaluate", "EvalContext": "harness.evaluate",
+    "evaluate": "harness.evaluation", "EvalContext": "harness.evaluation",
     "Record": "harness.records", "RecordWriter": "harness.records", "load_records": "harness.records",
     "get_calibration": "harness.calibration", "Calibration": "harness.calibration",
     "save_compressed": "harness.checkpoint", "load_compressed": "harness.checkpoint",

@@ -141,7 +141,7 @@ class Session:
 
     def eval_context(self, reference=None, cache_factory=None):
         from harness.config import EvalConfig, LatencyConfig
-        from harness.evaluate import EvalContext
+        from harness.evaluation import EvalContext
 
         if self.opts.quick:
             return EvalContext(LatencyConfig(prompt_len=64, decode_tokens=16, budget_s=1.0, min_repeats=3),
@@ -150,7 +150,7 @@ class Session:
 
     def reference(self, lm, metrics: Iterable[str]) -> dict[str, Record]:
         """The uncompressed model's records for ``metrics``: measured once per run."""
-        from harness.evaluate import evaluate
+        from harness.evaluation import evaluate
 
         cache = self._ref.setdefault(lm.name, {})
         missing = [m for m in metrics if m not in cache]
@@ -251,7 +251,7 @@ class Bench:
         return res
 
     def default_metrics(self, reference: bool) -> list[str]:
-        from harness.evaluate import parse_metrics
+        from harness.evaluation import parse_metrics
 
         names = parse_metrics(None, self.lm.kind)
         if self.quick and not reference:
@@ -262,7 +262,7 @@ class Bench:
     def measure(self, target=None, metrics: Iterable[str] | str | None = None) -> list[Record]:
         """Measure a CompressionResult (or a module; default: the last compressed model),
         add derived metrics against the uncompressed reference, write and return records."""
-        from harness.evaluate import evaluate, parse_metrics
+        from harness.evaluation import evaluate, parse_metrics
 
         lm = self.lm
         result = target if hasattr(target, "storage") and hasattr(target, "model") else None
@@ -297,7 +297,7 @@ class Bench:
         src, forward = DERIVED[metric]
         r = by.get(src) or (ref.get(src) if is_ref else None)
         if r is None and not is_ref:
-            from harness.evaluate import evaluate
+            from harness.evaluation import evaluate
 
             got = evaluate(lm, model, [src], self.session.eval_context(reference=lm.model))
             r = got[0] if got else None

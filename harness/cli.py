@@ -66,7 +66,7 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
         import torch
 
         import harness
-        from harness.evaluate import EvalContext, evaluate, parse_metrics
+        from harness.evaluation import EvalContext, evaluate, parse_metrics
         from harness.measure.environment import device_class, fingerprint_id
 
         if a.device.startswith("cuda") and not torch.cuda.is_available():

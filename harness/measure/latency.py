@@ -48,8 +48,8 @@ def prefill(model: nn.Module, ids: torch.Tensor):
 
 
 @torch.inference_mode()
-def decode(model: nn.Module, ids: torch.Tensor, n_tokens: int, cache_factory=None) -> torch.Tensor:
-    """Greedy decode ``n_tokens`` after prefill; returns the generated ids [batch, n]."""
+def decode_with_cache(model: nn.Module, ids: torch.Tensor, n_tokens: int, cache_factory=None):
+    """Greedy decode ``n_tokens`` after prefill; returns (generated ids [batch, n], final cache)."""
     kw = {"past_key_values": cache_factory()} if cache_factory else {}
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw)
     cache = out.past_key_values
@@ -60,7 +60,12 @@ def decode(model: nn.Module, ids: torch.Tensor, n_tokens: int, cache_factory=Non
         cache = out.past_key_values
         tok = out.logits[:, -1].argmax(-1, keepdim=True)
         gen.append(tok)
-    return torch.cat(gen, 1)
+    return torch.cat(gen, 1), cache
+
+
+def decode(model: nn.Module, ids: torch.Tensor, n_tokens: int, cache_factory=None) -> torch.Tensor:
+    """Greedy decode ``n_tokens`` after prefill; returns the generated ids [batch, n]."""
+    return decode_with_cache(model, ids, n_tokens, cache_factory)[0]
 
 
 def measure_latency(model: nn.Module, kind: str = "causal-lm", cfg: LatencyConfig | None = None,

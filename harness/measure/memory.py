@@ -78,3 +78,33 @@ def measure_gpu_memory(step: Callable[[], object], device: torch.device | str) -
     recs.append(Record("memory.nvml_used_mb", used) if reason is None else
                 Record.na("memory.nvml_used_mb", reason))
     return recs
+
+
+def cache_nbytes(cache) -> int:
+    """Bytes a KV cache really holds: its own ``nbytes()`` when it stores a compact format
+    (the quantized cache counts packed codes, scales and zeros), else the dense key/value
+    tensors of every layer (transformers' DynamicCache)."""
+    if cache is None:
+        return 0
+    if callable(getattr(cache, "nbytes", None)):
+        return int(cache.nbytes())
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+def measure_kv_cache(model: torch.nn.Module, ids: torch.Tensor, n_tokens: int, cache_factory=None) -> Record:
+    """``memory.kv_cache_mb``: bytes held by the KV cache after prefilling ``ids`` and
+    greedily decoding ``n_tokens`` (the same prompt and length as the latency step)."""
+    from harness.measure.latency import decode_with_cache
+
+    _, cache = decode_with_cache(model, ids, n_tokens, cache_factory)
+    nbytes = cache_nbytes(cache)
+    if nbytes == 0:
+        return Record.na("memory.kv_cache_mb", f"the model returned no KV cache ({type(cache).__name__})")
+    return Record("memory.kv_cache_mb", nbytes / 2**20,
+                  extra={"bytes": nbytes, "cache": type(cache).__name__, "batch": int(ids.shape[0]),
+                         "tokens": int(ids.shape[1]) + n_tokens})

@@ -31,13 +31,32 @@ from harness.techniques.quantization.uniform import (
 
 
 class QuantizedKVLayer(DynamicLayer):
-    """One attention layer's cache, stored as packed codes + float16 scales + uint8 zeros."""
+    """One attention layer's cache, stored as packed codes + float16 scales + uint8 zeros.
+
+    Everything this layer reads is its own state (set in ``lazy_initialization``): the
+    base class supplies only the public interface (``is_sliding``, ``get_mask_sizes``),
+    so a transformers release that renames DynamicLayer's private attributes cannot
+    break it. The dense ``keys``/``values`` of the base class stay empty.
+    """
+
+    is_croppable = False
 
     def __init__(self, bits: int = 8) -> None:
         super().__init__()
         self.bits = bits
         self.length = 0
         self.q: dict[str, list[torch.Tensor]] = {"k": [], "v": []}
+        self.kv_dtype: torch.dtype = torch.float32
+        self.kv_shape: tuple[int, int, int] = (0, 0, 0)  # batch, heads, head_dim
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self.kv_dtype = key_states.dtype
+        b, h, _, d = key_states.shape
+        self.kv_shape = (b, h, d)
+        self.keys = key_states.new_empty(0)
+        self.values = value_states.new_empty(0)
+        self.is_initialized = True
 
     def _quant(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, h, s, d = x.shape
@@ -47,14 +66,13 @@ class QuantizedKVLayer(DynamicLayer):
 
     def _dequant(self, which: str) -> torch.Tensor:
         packed, scales, zeros = (t.reshape(-1, t.shape[-1]) for t in self.q[which])
-        d = self.head_dim
-        w = dequantize_groupwise(unpack(packed, self.bits, d), scales, zeros, self.bits, None, self.dtype)
-        return w.reshape(self.batch, self.heads, -1, d)
+        b, h, d = self.kv_shape
+        w = dequantize_groupwise(unpack(packed, self.bits, d), scales, zeros, self.bits, None, self.kv_dtype)
+        return w.reshape(b, h, -1, d)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-            self.batch, self.heads, _, self.head_dim = key_states.shape
         first = self.length == 0
         hist = None if first else (self._dequant("k"), self._dequant("v"))
         for which, x in (("k", key_states), ("v", value_states)):
@@ -67,6 +85,16 @@ class QuantizedKVLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def reset(self) -> None:
+        self.length = 0
+        self.q = {"k": [], "v": []}
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("the quantized KV cache cannot be cropped (assisted decoding is not supported)")
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for ts in self.q.values() for t in ts)
@@ -81,18 +109,6 @@ class QuantizedKVCache(Cache):
 
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)
-
-
-def cache_nbytes(cache) -> int:
-    """Bytes held by a cache: quantized storage, or the dense K/V tensors of a DynamicCache."""
-    if isinstance(cache, QuantizedKVCache):
-        return cache.nbytes()
-    total = 0
-    for layer in getattr(cache, "layers", []):
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-            if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
-    return total
 
 
 @dataclass(frozen=True)

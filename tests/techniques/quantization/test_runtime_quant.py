@@ -12,7 +12,8 @@ from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 import harness
 from harness.techniques.base import DeviceUnsupportedError
 from harness.techniques.quantization.dynamic import DynamicInt8Linear
-from harness.techniques.quantization.kv_cache import QuantizedKVCache, cache_nbytes
+from harness.measure.memory import cache_nbytes
+from harness.techniques.quantization.kv_cache import QuantizedKVCache
 
 
 def _logits(m, x):

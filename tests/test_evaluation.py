@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from harness.config import EvalConfig, LatencyConfig
-from harness.evaluate import EvalContext, evaluate, parse_metrics
+from harness.evaluation import EvalContext, evaluate, parse_metrics
 
 FAST = EvalContext(latency=LatencyConfig(prompt_len=16, decode_tokens=4, warmup=1, min_repeats=2,
                                          max_repeats=3, budget_s=0.1),
