@@ -25,14 +25,9 @@ from typing import Any
 import pytest
 
 from harness.baselines import BaselineError, BaselineStore, Tolerance, atomic_write
-from harness.records import Record, RecordWriter
+from harness.records import DERIVED, Record, RecordWriter
 
 QUICK_ONLY_REFERENCE = {"ppl.lm_eval"}  # ~6 s per model on 2 cores: reference only in quick mode
-DERIVED = {  # derived metric -> (source metric, reference/model (False) or model/reference (True))
-    "size.compression_ratio": ("size.bytes", False),
-    "latency.speedup_prefill": ("latency.prefill_ms", False),
-    "latency.speedup_decode": ("latency.decode_tok_s", True),
-}
 
 
 @dataclass
@@ -139,14 +134,15 @@ class Session:
             self._calib[lm.name] = harness.get_calibration(lm.tokenizer, n=n, seq_len=128, seed=0)
         return self._calib[lm.name]
 
-    def eval_context(self, reference=None, cache_factory=None):
+    def eval_context(self, reference=None, cache_factory=None, compression=None):
         from harness.config import EvalConfig, LatencyConfig
         from harness.evaluation import EvalContext
 
         if self.opts.quick:
             return EvalContext(LatencyConfig(prompt_len=64, decode_tokens=16, budget_s=1.0, min_repeats=3),
-                               EvalConfig(max_tokens=8192), reference=reference, cache_factory=cache_factory)
-        return EvalContext(reference=reference, cache_factory=cache_factory)
+                               EvalConfig(max_tokens=8192), reference=reference, cache_factory=cache_factory,
+                               compression=compression)
+        return EvalContext(reference=reference, cache_factory=cache_factory, compression=compression)
 
     def reference(self, lm, metrics: Iterable[str]) -> dict[str, Record]:
         """The uncompressed model's records for ``metrics``: measured once per run."""
@@ -280,7 +276,8 @@ class Bench:
             recs = [dataclasses.replace(ref[m], record_id=uuid.uuid4().hex) for m in base if m in ref]
         else:
             cf = getattr(result, "cache_factory", None) or getattr(model, "harness_cache_factory", None)
-            recs = evaluate(lm, model, base, self.session.eval_context(reference=lm.model, cache_factory=cf))
+            recs = evaluate(lm, model, base, self.session.eval_context(reference=lm.model, cache_factory=cf,
+                                                                       compression=result))
             for r in recs:
                 rr = ref.get(r.metric)
                 if r.value is not None and rr is not None and rr.value is not None:
@@ -294,25 +291,14 @@ class Bench:
 
     def _derived(self, metric: str, by: dict[str, Record], ref: dict[str, Record], is_ref: bool,
                  lm, model, result) -> Record:
-        src, forward = DERIVED[metric]
+        from harness.evaluation import derive, evaluate
+
+        src = DERIVED[metric][0]
         r = by.get(src) or (ref.get(src) if is_ref else None)
         if r is None and not is_ref:
-            from harness.evaluation import evaluate
-
             got = evaluate(lm, model, [src], self.session.eval_context(reference=lm.model))
             r = got[0] if got else None
-        rr = ref.get(src)
-        if r is None or rr is None or r.value is None or rr.value is None or not r.value:
-            why = (r.reason if r is not None and r.reason else rr.reason if rr is not None else "") or "not measured"
-            return Record.na(metric, f"needs {src} of model and reference: {why}")
-        ratio = (r.value / rr.value) if forward else (rr.value / r.value)
-        spread = {}
-        if r.spread.get("p10") and r.spread.get("p90"):  # both bands: the ratio's worst/best case
-            lo, hi = r.spread["p10"], r.spread["p90"]
-            rlo, rhi = rr.spread.get("p10") or rr.value, rr.spread.get("p90") or rr.value
-            spread = ({"p10": lo / rhi, "p90": hi / rlo} if forward else {"p10": rlo / hi, "p90": rhi / lo})
-        return Record(metric, ratio, n=r.n, spread=spread,
-                      extra={"reference": rr.value, "model": r.value, "source": src})
+        return derive(metric, r, ref.get(src))
 
     def record(self, metric: str | Record, value: float | None = None, **fields: Any) -> Record:
         """Record a custom figure (``bench.record("ppl.window", 12.3, n=4)``) or a Record.

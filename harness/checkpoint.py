@@ -11,6 +11,8 @@ The manifest lists each compressed module (layer class + constructor args) and t
 shape of every plain Linear that differs from what the config builds (structured
 pruning), so loading rebuilds the exact module tree, then loads the tensors strictly.
 Writes go to a temporary sibling directory renamed into place: no half-written output.
+Saving never destroys what it did not write: a non-empty directory that is not a harness
+checkpoint is refused, and an existing checkpoint is replaced only with ``overwrite``.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.layers.base import LAYERS, CompressedModule, is_linear, linear_shape, set_module
+from harness.layers.base import CompressedModule, is_linear, layer_class, linear_shape, set_module
 
 FORMAT = "harness-compressed/1"
 
@@ -47,12 +49,49 @@ def manifest(model: nn.Module) -> dict[str, Any]:
     return {"layers": layers, "linears": linears, "attrs": attrs}
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """True when ``path`` is a directory written by ``save_compressed``."""
+    meta = Path(path) / "harness.json"
+    try:
+        return meta.is_file() and json.loads(meta.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_save_target(path: str | Path, *, overwrite: bool = False) -> Path:
+    """Refuse (one line) a target that saving would destroy; returns the resolved path.
+
+    Allowed: a new path, an empty directory, or a harness checkpoint with ``overwrite``."""
+    given = str(path)
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        if path.parent.exists() and not path.parent.is_dir():
+            raise CheckpointError(f"cannot save to {given!r}: {str(path.parent)!r} is not a directory")
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"cannot save to {given!r}: it is an existing file; give a new or empty directory")
+    if not any(path.iterdir()):
+        return path
+    if not is_checkpoint(path):
+        raise CheckpointError(f"refusing to save to {given!r}: a non-empty directory that is not a harness "
+                              f"checkpoint (give a new or empty directory)")
+    if not overwrite:
+        raise CheckpointError(f"{given!r} already holds a harness checkpoint; pass --overwrite "
+                              f"(overwrite=True) to replace it")
+    return path
+
+
 def save_compressed(model: nn.Module, path: str | Path, *, tokenizer: Any = None,
-                    technique: str = "none", extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (compressed or not) to directory ``path`` atomically."""
+                    technique: str = "none", extra: dict[str, Any] | None = None,
+                    overwrite: bool = False) -> Path:
+    """Write ``model`` (compressed or not) to directory ``path`` atomically.
+
+    The checkpoint is written to a temporary sibling and renamed into place, so an
+    interrupted save leaves nothing half-written; see ``check_save_target`` for what an
+    existing ``path`` may be."""
     from safetensors.torch import save_model
 
-    path = Path(path)
+    path = check_save_target(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -64,13 +103,33 @@ def save_compressed(model: nn.Module, path: str | Path, *, tokenizer: Any = None
         (tmp / "harness.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+        _swap_into_place(tmp, path, overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _swap_into_place(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``path``; an existing empty directory or (re-checked) checkpoint is
+    moved aside first and removed only after the new one is in place."""
+    if not path.exists():
+        tmp.rename(path)
+        return
+    check_save_target(path, overwrite=overwrite)  # the target may have changed while we wrote
+    if not any(path.iterdir()):
+        path.rmdir()
+        tmp.rename(path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    old.rmdir()
+    path.rename(old)
+    try:
+        tmp.rename(path)
+    except OSError:
+        old.rename(path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _empty_model(config_path: Path, model_class: str) -> nn.Module:
@@ -114,7 +173,7 @@ def load_compressed(path: str | Path, *, device: str = "cpu") -> nn.Module:
             out_f, in_f = shape
             set_module(model, name, nn.Linear(in_f, out_f, bias=getattr(mod, "bias", None) is not None))
     for name, spec in meta.get("layers", {}).items():
-        set_module(model, name, LAYERS.get(spec["layer"]).from_args(spec["args"]))
+        set_module(model, name, layer_class(spec["layer"]).from_args(spec["args"]))
     for name, attrs in meta.get("attrs", {}).items():
         mod = model.get_submodule(name)
         mod.harness_attrs = dict(attrs)

@@ -58,7 +58,10 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", "-m", default=None, help="comma-separated metric names (default: all for the kind)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--calibration", type=int, default=32, help="calibration windows (techniques that need them)")
-    p.add_argument("--save", default=None, help="save the compressed model to this directory")
+    p.add_argument("--save", default=None,
+                   help="save the compressed model to this new or empty directory (or a harness checkpoint "
+                        "with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="--save may replace an existing harness checkpoint")
     p.add_argument("--json", action="store_true", help="one JSON record per line")
     p.add_argument("--trust-remote-code", action="store_true")
 
@@ -71,28 +74,31 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
 
         if a.device.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError(f"--device {a.device}: CUDA requested but no GPU is available here")
+        if a.save:  # before any work: never measure for minutes, then refuse to save
+            from harness.checkpoint import check_save_target
+
+            check_save_target(a.save, overwrite=a.overwrite)
+        elif a.overwrite:
+            raise UsageError("--overwrite only applies together with --save DIR")
         tech = harness.make(a.technique)
         lm = harness.load_model(a.model, device=a.device, trust_remote_code=a.trust_remote_code)
         metrics = parse_metrics(a.metrics, lm.kind)
         reason = tech.unsupported_reason(a.device, lm.kind)
         if reason:
             raise UsageError(reason)
-        reference = lm.model
         wants_calib = tech.needs_calibration or tech.uses_calibration
         calib = harness.get_calibration(lm.tokenizer, n=a.calibration) if wants_calib else None
         res = harness.compress(copy.deepcopy(lm.model) if tech.name != "none" else lm.model, tech,
                                calibration=calib, kind=lm.kind)
-        ctx = EvalContext(reference=reference if tech.name != "none" else None,
-                          cache_factory=getattr(res.model, "harness_cache_factory", None))
+        ctx = EvalContext(reference=lm.model, cache_factory=getattr(res.model, "harness_cache_factory", None),
+                          compression=res if tech.name != "none" else None)
         records = evaluate(lm, res.model, metrics, ctx)
-        from harness.records import Record
-        if tech.name != "none":
-            records.append(Record("compress.wall_s", res.wall_s))
         extra = dict(technique=res.technique, spec=res.spec, config=res.config_dict, storage=res.storage,
                      device=fingerprint_id(a.device), device_class=device_class(a.device))
         records = [r.with_context(**extra) for r in records]
         if a.save:
-            harness.save_compressed(res.model, a.save, tokenizer=lm.tokenizer, technique=res.spec)
+            harness.save_compressed(res.model, a.save, tokenizer=lm.tokenizer, technique=res.spec,
+                                    overwrite=a.overwrite)
         _print_records(records, a.json)
         return 0
 

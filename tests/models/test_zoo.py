@@ -91,3 +91,35 @@ def test_two_bit_rtn_visibly_hurts_harness_tiny(tiny_lm):
     assert abs(ppl4 / base - 1) < 0.02 and ppl2 > 1.04 * base, (base, ppl4, ppl2)
     assert accuracy.fidelity(tiny_lm.model, two, tok, max_tokens=1024)["top1"] < 0.85
     assert accuracy.fidelity(tiny_lm.model, four, tok, max_tokens=1024)["top1"] > 0.9
+
+
+def test_hf_directory_with_missing_weights_is_refused(tmp_path, tiny_lm):
+    """transformers would randomly initialise missing weights; every figure would be wrong."""
+    from safetensors.torch import load_file, save_file
+
+    tiny_lm.model.save_pretrained(tmp_path)
+    tiny_lm.tokenizer.save_pretrained(tmp_path)
+    f = next(tmp_path.glob("*.safetensors"))
+    state = load_file(str(f))
+    victim = next(k for k in state if k.endswith("mlp.up_proj.weight"))
+    del state[victim]
+    save_file(state, str(f), metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="missing from the checkpoint"):
+        load_model(str(tmp_path))
+
+
+def test_harness_checkpoint_directory_loads_as_compressed(tmp_path, tiny_lm):
+    import harness
+    from harness.layers.quant import QuantLinear
+    from harness.measure.size import measure_size
+
+    res = harness.compress(tiny_lm.model, "rtn:bits=4,group=32")
+    harness.save_compressed(res.model, tmp_path / "q", tokenizer=tiny_lm.tokenizer, technique=res.spec)
+    lm = load_model(str(tmp_path / "q"))
+    assert lm.kind == "causal-lm" and lm.info["technique"].startswith("rtn")
+    assert isinstance(lm.model.model.layers[0].mlp.up_proj, QuantLinear)
+    size = {r.metric: r.value for r in measure_size(lm.model)}
+    assert size["size.bits_per_param"] < 8  # the stored (packed) size, not a dense reload
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(lm.model(x).logits, res.model(x).logits)
