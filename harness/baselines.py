@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.paths import atomic_write, inside, safe_component  # noqa: F401  (atomic_write: old import path)
 from harness.records import METRICS, Record
 
 SCHEMA = "harness-baseline/1"
@@ -201,7 +200,9 @@ def parse_baseline(data: Any, where: str) -> BaselineFile:
 
 
 def baseline_path(root: str | Path, suite: str, device_class: str) -> Path:
-    return Path(root) / suite / f"{device_class}.json"
+    """``root/<suite>/<device_class>.json``; both names come from records, so each must be a
+    plain file name and the result must stay inside ``root``."""
+    return inside(root, safe_component(suite, "suite"), safe_component(device_class, "device class") + ".json")
 
 
 def load_baseline(path: str | Path) -> BaselineFile:
@@ -235,7 +236,7 @@ class BaselineStore:
         return self._cache[key]
 
     def other_classes(self, suite: str, device_class: str) -> list[str]:
-        d = self.root / suite
+        d = inside(self.root, safe_component(suite, "suite"))
         return sorted(p.stem for p in d.glob("*.json") if p.stem != device_class) if d.is_dir() else []
 
 
@@ -353,10 +354,11 @@ def update(records: Iterable[Record], root: str | Path, *, prune: bool = False,
         ent.metrics[r.metric] = MetricBaseline(r.value, bool(r.higher_is_better), default_tolerance(r.metric),
                                                {k: float(v) for k, v in (r.spread or {}).items()
                                                 if k in ("p10", "p90")}, r.unit, r.n)
+    paths = {key: baseline_path(root, *key) for key in groups}  # every name checked before any write
+    olds = {key: load_baseline(p) if p.is_file() else BaselineFile(*key) for key, p in paths.items()}
     written = []
     for (suite, dc), ents in sorted(groups.items()):
-        path = baseline_path(root, suite, dc)
-        old = load_baseline(path) if path.is_file() else BaselineFile(suite, dc)
+        path, old = paths[(suite, dc)], olds[(suite, dc)]
         kept = 0
         for key, ent in ents.items():
             prev = old.entries.get(key)
@@ -375,15 +377,3 @@ def update(records: Iterable[Record], root: str | Path, *, prune: bool = False,
         atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
         written.append((path, len(ents), kept))
     return written
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

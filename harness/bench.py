@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from harness.baselines import BaselineError, BaselineStore, Tolerance, atomic_write
+from harness.baselines import BaselineError, BaselineStore, Tolerance
+from harness.paths import atomic_write
 from harness.records import DERIVED, Record, RecordWriter
 
 QUICK_ONLY_REFERENCE = {"ppl.lm_eval"}  # ~6 s per model on 2 cores: reference only in quick mode

@@ -27,6 +27,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="run directory (default: REPORTS/<run-id>)")
     p.add_argument("--reports", default="reports", help="where run directories go (default: reports)")
     p.add_argument("--model", action="append", default=[], help="model name or local HF dir (repeatable)")
+    p.add_argument("--technique", action="append", default=[], metavar="SPEC",
+                   help="run only these technique specs (and the reference) in the default suite (repeatable)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--gate", action="store_true", help="fail tests that regress against baselines")
     p.add_argument("--baselines", default=None, help="baselines root (default: ./baselines)")
@@ -64,11 +66,13 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
         for k in ("out", "device", "baselines"):
             setattr(a, k, getattr(b, k) or getattr(a, k))
         a.model = a.model + b.model
+        a.technique = a.technique + b.technique
         a.reports = b.reports if b.reports != "reports" else a.reports
         suites = [runner.resolve_suite(s) for s in (b.suites or ["default"])]
+        _check_names(a.model, a.technique)  # one line and exit 2 before pytest or a run directory
         run_id = runner.new_run_id()
         run_dir = Path(a.out) if a.out else Path(a.reports) / run_id
-        extra = [f"--harness-model={m}" for m in a.model]
+        extra = [f"--harness-model={m}" for m in a.model] + [f"--harness-technique={t}" for t in a.technique]
         extra += [f"--harness-device={a.device}"] if a.device else []
         extra += ["--harness-gate"] if a.gate else []
         extra += [f"--harness-baselines={a.baselines}"] if a.baselines else []
@@ -76,7 +80,9 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
         cmd = runner.pytest_command(suites, run_dir, quick=a.quick,
                                     extra=extra + [f"--harness-markdown={md}"] + pytest_args)
         print(f"harness run: {' '.join(cmd[1:])}", flush=True)
-        code = runner.run_pytest(cmd, run_id=None if a.out else run_id)
+        code, signum = runner.run_pytest(cmd, run_id=None if a.out else run_id)
+        if signum is not None:
+            return _after_signal(run_dir, signum, a)
         if code == 5:
             print("harness run: error: pytest selected no tests (exit 5); check the suite path and -k/-m "
                   "filters", file=sys.stderr)
@@ -99,6 +105,40 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
         return code
 
     p.set_defaults(handler=run)
+
+
+def _check_names(models: list[str], techniques: list[str]) -> None:
+    """Bad --model / --technique values fail here, not once per test inside pytest."""
+    if not models and not techniques:
+        return
+    import harness
+    from harness.models.zoo import check_model_name
+
+    for m in models:
+        check_model_name(m)
+    for t in techniques:
+        harness.make(t)
+
+
+def _after_signal(run_dir: Path, signum: int, a: argparse.Namespace) -> int:
+    """SIGINT/SIGTERM: the child has stopped; keep what it wrote, mark the run partial,
+    render the report of what exists, exit 128 + signal (130 / 143)."""
+    import signal
+
+    from harness import runner
+    from harness.records import record_files
+
+    name = signal.Signals(signum).name
+    runner.mark_interrupted(run_dir, signum)
+    print(f"harness run: {name}: stopped; the run is partial", file=sys.stderr)
+    if record_files(run_dir) and not a.no_report:
+        from harness.report.html import write_report
+
+        try:
+            print(f"harness run: report {write_report(run_dir, baselines=a.baselines)} (partial)")
+        except (ValueError, OSError) as e:
+            print(f"harness run: warning: no report: {str(e).splitlines()[0]}", file=sys.stderr)
+    return 128 + signum
 
 
 @command("report", "render the HTML report (and optionally Markdown) of a run directory")

@@ -43,6 +43,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="device for bench models (auto: cuda if available)")
     g.addoption("--harness-model", metavar="NAME", action="append", default=[],
                 help="model for bench (name or local HF dir); repeat to run suites on several")
+    g.addoption("--harness-technique", metavar="SPEC", action="append", default=[],
+                help="registry-driven suites run only the reference and these specs; repeatable")
     g.addoption("--harness-quick", action="store_true",
                 help="cheaper measurement settings, first suite spec per technique, skip 'slow' tests")
     g.addoption("--harness-shard", metavar="I/N", default=None,
@@ -68,6 +70,7 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def _options(config: pytest.Config) -> Options:
     from harness.baselines import parse_fail_on
+    from harness.paths import safe_component
     from harness.runner import new_run_id
 
     get = config.getoption
@@ -83,6 +86,10 @@ def _options(config: pytest.Config) -> Options:
         out, run_id = Path(wi["harness_out"]), wi["harness_run_id"]
     else:  # HARNESS_RUN_ID: set by `harness run`, so the directory name and the id agree
         run_id = os.environ.get("HARNESS_RUN_ID") or new_run_id()
+        try:
+            safe_component(run_id, "HARNESS_RUN_ID")
+        except ValueError as e:
+            raise pytest.UsageError(str(e)) from None
         out = Path(get("harness_out")) if get("harness_out") else config.rootpath / "reports" / run_id
     if get("harness_out") and not (wi and "harness_out" in wi):
         run_id = _existing_run_id(out) or run_id
@@ -119,6 +126,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                     "(use --harness-device auto or cpu)")
     config.stash[SESSION] = Session(opts)
     config.stash[STARTED] = time.time()
+    _terminate_as_interrupt()
     controller = None
     if not hasattr(config, "workerinput"):
         controller = _Controller(config)
@@ -127,6 +135,22 @@ def pytest_configure(config: pytest.Config) -> None:
             _write_run(config, status="running")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(controller), "harness-xdist")
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (CI time-outs, supervisors, ``harness run`` forwarding) ends the session the
+    way Ctrl-C does: pytest unwinds, records stay whole and run.json says partial."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, _frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 class _XdistHooks:
@@ -349,14 +373,22 @@ def _write_markdown(config: pytest.Config) -> None:
 
 
 
-def technique_params(quick: bool) -> list:
+def technique_params(quick: bool, specs: list[str] | None = None) -> list:
     """One ``pytest.param`` per suite spec of every registered technique (the reference
     first): the first spec of each technique in quick mode, all of them otherwise.
+    ``specs`` (``--harness-technique``) replaces that list: the reference, then these.
     CUDA-only techniques carry the ``gpu`` marker; techniques that declare no
     ``suite_specs`` (and family modules that failed to import) appear as skipped with the
     reason, so nothing disappears silently."""
     from harness.techniques import IMPORT_ERRORS, TECHNIQUES
 
+    if specs:
+        from harness.techniques.base import make
+
+        chosen = [make(spec) for spec in specs]  # bad spec: one-line error at collection
+        return [pytest.param("none", id="none")] + [
+            pytest.param(spec, id=spec, marks=[pytest.mark.gpu] if t.requires_cuda else [])
+            for spec, t in zip(specs, chosen) if spec != "none"]
     params = []
     names = sorted(TECHNIQUES, key=lambda n: (n != "none", TECHNIQUES.get(n).family, n))
     for name in names:

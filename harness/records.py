@@ -144,7 +144,9 @@ class RecordWriter:
     def __init__(self, directory: str | Path, worker: str | None = None) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        worker = worker or os.environ.get("PYTEST_XDIST_WORKER", "main")
+        from harness.paths import safe_component
+
+        worker = safe_component(worker or os.environ.get("PYTEST_XDIST_WORKER", "main"), "worker tag")
         self.path = self.dir / f"records-{worker}.jsonl"
         self.count = 0
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from harness.baselines import atomic_write
+from harness.paths import atomic_write, safe_component
 
 RUN_JSON = "run.json"
 
@@ -104,6 +105,7 @@ def resolve_suite(name: str) -> str:
     p = Path(name)
     if p.exists() or "::" in name:
         return name
+    safe_component(name, "suite")
     for root in (Path.cwd(), repo_root()):
         cand = root / "suites" / f"test_{name}.py"
         if cand.is_file():
@@ -121,14 +123,56 @@ def pytest_command(suites: list[str], run_dir: Path, *, quick: bool, extra: list
     return cmd + list(extra)
 
 
-def run_pytest(cmd: list[str], run_id: str | None = None) -> int:
-    """Run pytest as a child and return its exit code. Ctrl-C reaches the child through
-    the terminal's process group; the parent only waits for the child's own clean
-    shutdown (it marks run.json partial) instead of signalling it a second time."""
+def run_pytest(cmd: list[str], run_id: str | None = None) -> tuple[int, int | None]:
+    """Run pytest as a child and return ``(exit code, signal received or None)``.
+
+    The child runs in its own process group, so a terminal's Ctrl-C reaches only this
+    process; SIGINT and SIGTERM (what CI timeouts and supervisors send to the process
+    they started) are forwarded once to the child's whole group, and we wait for its
+    clean shutdown (the plugin marks run.json partial). Nothing of the group outlives us."""
     env = {**os.environ, **({"HARNESS_RUN_ID": run_id} if run_id else {})}
-    proc = subprocess.Popen(cmd, env=env)
-    while True:
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, _frame) -> None:
+        received.append(signum)
+        _signal_group(proc.pid, signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        _reap_group(proc.pid)
+    return code, (received[0] if received else None)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _reap_group(pgid: int, grace_s: float = 10.0) -> None:
+    """Wait for the rest of the child's process group (xdist workers) to exit; kill what
+    is still alive after ``grace_s`` so no orphan keeps writing into the run directory."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
         try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            continue
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
+    _signal_group(pgid, signal.SIGKILL)
+
+
+def mark_interrupted(run_dir: str | Path, signum: int) -> None:
+    """After a signal: a run.json that still says ``running`` (the child was killed before
+    it could finish) becomes ``partial`` with the reason."""
+    info = read_run_info(run_dir)
+    if Path(run_dir).is_dir() and info.get("status") in (None, "running"):
+        write_run_info(run_dir, status="partial", finished=time.time(),
+                       partial_reason=f"harness run received {signal.Signals(signum).name}; stopped before all "
+                                      f"tests ran")

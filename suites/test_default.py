@@ -9,7 +9,8 @@ from harness.plugin import technique_params
 
 def pytest_generate_tests(metafunc):
     if "spec" in metafunc.fixturenames:
-        metafunc.parametrize("spec", technique_params(metafunc.config.getoption("harness_quick")))
+        metafunc.parametrize("spec", technique_params(metafunc.config.getoption("harness_quick"),
+                                                      metafunc.config.getoption("harness_technique")))
 
 
 def test_technique(bench, harness_model, spec):

@@ -131,9 +131,114 @@ def test_run_never_passes_silently(tmp_path, capsys, monkeypatch, pytest_exit, c
     """Empty selection, or a pytest run that wrote nothing (usage error, ...), is an error."""
     from harness import runner
 
-    monkeypatch.setattr(runner, "run_pytest", lambda cmd, run_id=None: pytest_exit)
+    monkeypatch.setattr(runner, "run_pytest", lambda cmd, run_id=None: (pytest_exit, None))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "suites").mkdir()
     (tmp_path / "suites" / "test_mine.py").write_text(SUITE)
     assert main(["run", "mine", "--out", "runs/x", "--", "-k", "nothing"]) == code
     assert msg in capsys.readouterr().err
+
+
+SLOW_SUITE = """
+import time
+
+def test_a_fast(bench):
+    bench.record("ppl.window", 12.0)
+
+def test_b_slow(bench):
+    time.sleep(120)
+"""
+
+
+def _live(marker: str) -> list[int]:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(marker in str(a) for a in (p.info["cmdline"] or [])):
+                found.append(p.info["pid"])
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_to_harness_run_stops_the_child_and_keeps_a_partial_run(tmp_path, sig, code):
+    """CI time-outs signal only the process they started: it must reach pytest, leave a
+    partial run.json with what was recorded, a report, and no process behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "test_slow.py").write_text(SLOW_SUITE)
+    out = tmp_path / "runs" / f"sig-{sig}"
+    cli = "import sys; from harness.cli import main; sys.exit(main())"
+    proc = subprocess.Popen([sys.executable, "-c", cli, "run", "slow", "--out", str(out), "--",
+                             "-q", "-p", "no:cacheprovider"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:  # test_a's outcome on disk: test_b sleeps
+        if any("test_a_fast" in f.read_text() for f in out.glob("outcomes-*.jsonl")):
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("the run never started: " + proc.communicate()[1][-2000:])
+    time.sleep(0.5)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err[-2000:]
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "partial", info
+    assert [r.value for r in load_records(out)] == [12.0]
+    assert (out / "report.html").is_file()
+    assert _live(str(out)) == [], "a process of the run outlived harness run"
+    assert os.path.isdir(out)
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--technique", "rtn:bits=5"], "bits=5 is not supported"),
+    (["--technique", "nonesuch"], "unknown technique 'nonesuch'"),
+])
+def test_bad_model_or_technique_fails_before_pytest(tmp_path, capsys, monkeypatch, argv, msg):
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", "--out", "runs/bad", *argv])
+    assert code == 2 and msg in err_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_technique_option_selects_specs(tmp_path, capsys, monkeypatch):
+    from harness.plugin import technique_params
+
+    ids = [p.id for p in technique_params(True, ["rtn:bits=8", "magnitude:sparsity=0.5"])]
+    assert ids == ["none", "rtn:bits=8", "magnitude:sparsity=0.5"]
+    with pytest.raises(ValueError, match="unknown technique"):
+        technique_params(True, ["nope"])
+
+
+def test_crafted_suite_name_in_records_writes_nothing_outside_the_root(tmp_path, capsys):
+    run = tmp_path / "run"
+    ctx = dict(model="tiny", spec="none", technique="none", device_class=DC, run_id="run")
+    RecordWriter(run).write([Record("ppl.window", 1.0, suite="../../escaped", **ctx),
+                             Record("ppl.window", 1.0, suite="default", **ctx)])
+    write_run_info(run, run_id="run", status="complete")
+    root = tmp_path / "deep" / "baselines"
+    code = main(["baseline", "update", str(run), "--baselines", str(root)])
+    assert code == 2 and "not a safe file name" in err_line(capsys)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.json")) == ["run/run.json"]
+    RecordWriter(run).write([Record("ppl.window", 1.0, suite="default", **{**ctx, "device_class": "../x"})])
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "..", "", "x" * 200, "/abs"])
+def test_safe_component_refuses_path_like_names(bad):
+    from harness.paths import inside, safe_component
+
+    with pytest.raises(ValueError, match="not a safe file name"):
+        safe_component(bad, "suite")
+    with pytest.raises(ValueError, match="escapes"):
+        inside("/tmp/root", "..", "etc")

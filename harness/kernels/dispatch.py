@@ -2,7 +2,8 @@
 
 ``maybe_triton_linear`` returns None (never raises) when the Triton path does not apply:
 no triton, tensors not on CUDA (and no ``TRITON_INTERPRET=1``), or a shape/dtype/bit width
-the kernels do not cover; ``why_not`` gives the reason for records and docs.
+the kernels do not cover (e.g. 3-bit, or a group size that does not divide in_features: a
+ragged last group); ``why_not`` gives the reason for records and docs.
 ``quant_matmul`` is what ``QuantLinear.forward`` calls on CUDA: Triton when it applies,
 the torch reference (``harness.kernels.reference``) otherwise, so it always returns y.
 """

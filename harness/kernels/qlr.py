@@ -1,8 +1,10 @@
 """CALDERA's ``y = dequant(Q) x + L (R x)`` with the low-rank term fused into the Q GEMV.
 
 ``Q`` is a packed QuantLinear-format matrix (2-, 4- or 8-bit, group-wise scales, optional
-zeros); ``L`` ``[N, r]`` and ``R`` ``[r, K]`` are dense float tensors (a layer that stores
-them quantized dequantizes these two small factors first).
+zeros; the group must divide K: a ragged last group raises ``KernelUnsupported`` and
+``dispatch.qlr_matmul`` uses the torch reference); ``L`` ``[N, r]`` and ``R`` ``[r, K]``
+are dense float tensors (a layer that stores them quantized dequantizes these two small
+factors first).
 
 Decode (M <= ``GEMV_MAX_M``) runs two kernels: ``t = R x`` as split-K partials
 (``[splits, M, r]`` fp32, enough programs to fill the GPU even for r = 64), then the

@@ -3,8 +3,11 @@
 Packed format (``harness.layers.packing``, ``harness.layers.quant.QuantLinear``):
 ``qweight`` uint8 ``[N, ceil(K*bits/8)]`` packed along the input dim (little-endian;
 4-bit: element ``2j`` in the low nibble of byte ``j``; 2-bit: element ``4j+k`` at bits
-``2k..2k+1``), ``scales`` float16 ``[N, K/group]``, ``zeros`` uint8 ``[N, K/group]`` or None
-(symmetric: implicit zero ``2**(bits-1)``). ``w = (q - z) * s``; the layer computes
+``2k..2k+1``), ``scales`` float16 ``[N, ceil(K/group)]``, ``zeros`` uint8 ``[N, ceil(K/group)]``
+or None (symmetric: implicit zero ``2**(bits-1)``); input ``k`` uses group ``k // group``, so
+when ``group`` does not divide ``K`` the last group is ragged (``K % group`` inputs). The
+references handle that; the Triton kernels refuse it (``KernelUnsupported``), and
+``dispatch`` falls back to these. ``w = (q - z) * s``; the layer computes
 ``y = x @ w.T (+ bias)``. CALDERA adds a low-rank term: ``y = x @ w.T + (x @ R.T) @ L.T``.
 
 The references accumulate in float32 and return ``x.dtype``.

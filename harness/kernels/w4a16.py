@@ -18,8 +18,9 @@ on the packed ``QuantLinear`` buffers (see ``harness.kernels.reference`` for the
 
 Both are ``@triton.autotune``d over a few block configs (keyed on the shape, bits and
 group; GEMM keys on M rounded up to a power of two so every prompt length does not
-re-tune). Shapes/dtypes the kernels do not handle raise ``KernelUnsupported`` (a
-ValueError) naming the value; ``harness.kernels.dispatch`` turns that into "use torch".
+re-tune). Shapes/dtypes the kernels do not handle (3-bit codes, a group that does not
+divide K, i.e. a ragged last group, ...) raise ``KernelUnsupported`` (a ValueError) naming
+the value; ``harness.kernels.dispatch`` turns that into "use torch".
 """
 from __future__ import annotations
 
@@ -254,9 +255,14 @@ def check_quant_args(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     n = qweight.shape[0]
     g = k if group is None else int(group)
     cpw = 32 // bits
-    if g <= 0 or k % g or g % cpw:
-        raise KernelUnsupported(f"group={group} must divide in_features={k} and be a multiple of {cpw} "
-                                f"({bits}-bit codes per int32 word)")
+    if g <= 0:
+        raise KernelUnsupported(f"group={group} must be a positive integer or None")
+    if k % g:
+        raise KernelUnsupported(f"group={group} does not divide in_features={k} (a ragged last group of "
+                                f"{k % g} inputs): the Triton kernels need whole groups; the torch reference "
+                                f"runs it")
+    if g % cpw:
+        raise KernelUnsupported(f"group={group} must be a multiple of {cpw} ({bits}-bit codes per int32 word)")
     if scales.shape != (n, k // g) or not scales.dtype.is_floating_point:
         raise KernelUnsupported(f"scales must be float [{n}, {k // g}], got {scales.dtype} {tuple(scales.shape)}")
     if zeros is not None and (zeros.shape != scales.shape or zeros.dtype != torch.uint8):

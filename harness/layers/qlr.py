@@ -2,13 +2,15 @@
 
 Stored tensors (registered buffers, so ``state_dict`` is exactly what ships):
 
-- ``q_packed`` uint8 ``[out, packed(in, q_bits)]`` and ``q_scales`` float16 ``[out, in/q_group]``:
-  the backbone ``Q``, symmetric group-wise codes packed along the input dim
-  (``harness.layers.packing`` layout).
+- ``q_packed`` uint8 ``[out, packed(in, q_bits)]`` and ``q_scales`` float16
+  ``[out, ceil(in/q_group)]``: the backbone ``Q``, symmetric group-wise codes packed along
+  the input dim (``harness.layers.packing`` layout); when ``q_group`` does not divide ``in``
+  the last group is ragged (the remaining ``in % q_group`` inputs).
 - ``l_packed`` / ``l_scales``: ``L`` ``[out, rank]`` at ``lr_bits``, packed along the rank dim,
   one float16 scale per row (CALDERA rounds L with LDLQ under ``R H Rᵀ``, row by row);
 - ``r_packed`` / ``r_scales``: ``R`` ``[rank, in]`` at ``lr_bits``, packed along the input dim,
-  float16 scales per row (``lr_group=None``) or per group of ``lr_group`` inputs.
+  float16 scales per row (``lr_group=None``) or per group of ``lr_group`` inputs
+  (``[rank, ceil(in/lr_group)]``, ragged last group as for ``Q``).
 - ``bias``: optional, original dtype.
 
 Symmetric codes need no zeros (``w = (q - 2**(bits-1)) * s``). The torch reference

@@ -3,8 +3,11 @@
 Stored tensors (all registered buffers, so ``state_dict`` is exactly what is shipped):
 
 - ``qweight``  uint8 ``[out, ceil(in*bits/8)]``: integer codes packed along the input dim
-  (``harness.layers.packing`` layout: two 4-bit codes per byte, 3/2-bit dense).
-- ``scales``   float16 ``[out, n_groups]``.
+  (``harness.layers.packing`` layout: two 4-bit codes per byte, 3/2-bit dense), exactly
+  ``in`` codes per row (no padding codes beyond the packing's last byte).
+- ``scales``   float16 ``[out, n_groups]`` with ``n_groups = ceil(in / group)`` (1 for
+  ``group=None``): input ``k`` uses group ``k // group``; when ``group`` does not divide
+  ``in`` the last group is ragged and covers only the remaining ``in % group`` inputs.
 - ``zeros``    uint8 ``[out, n_groups]`` (asymmetric only; symmetric uses z = 2**(bits-1)).
 - ``bias``     optional, in the original dtype.
 - ``input_scale`` optional float16 ``[in]`` (AWQ): the layer computes ``W_q (x / input_scale)``.
@@ -12,7 +15,9 @@ Stored tensors (all registered buffers, so ``state_dict`` is exactly what is shi
 ``w = (q - z) * s`` (see ``harness.techniques.quantization.uniform``). The forward
 dequantizes to ``x.dtype`` and runs a dense matmul (torch reference). On CUDA, for 4/8 bits,
 it calls ``harness.kernels.quant_matmul(x, qweight, scales, zeros, bits, group, in_features)``
-when that module exists (fused dequant-matmul kernels), falling back to torch otherwise.
+when that module exists (fused dequant-matmul kernels), falling back to torch otherwise
+(``quant_matmul`` itself uses the torch reference for what the kernels refuse, e.g. a
+ragged last group: ``harness.kernels.why_not`` says why).
 On CPU the reference is *slower* than fp32 (it dequantizes on every call): the layer saves
 storage, not CPU time.
 """
@@ -230,7 +235,8 @@ class CodebookLinear(CompressedModule):
 
     Stored: ``qweight`` uint8 packed indices ``[out, ceil(in*bits/8)]``, ``codebook``
     float16 ``[2**bits]`` (one per layer), optional ``scales`` float16 ``[out, n_groups]``
-    (per-group absmax normalisation, as in NF4), optional ``bias``.
+    (per-group absmax normalisation, as in NF4; ``n_groups = ceil(in / group)``, the last
+    group ragged when ``group`` does not divide ``in``), optional ``bias``.
     ``w = codebook[idx] * scale``. The forward dequantizes (torch reference).
     """
 

@@ -71,5 +71,6 @@ def test_bad_arguments_are_one_line_errors():
         QLRLinear(64, 48, 64)
     with pytest.raises(SpecError, match="bits=5"):
         QLRLinear(64, 48, 4, q_bits=5)
-    with pytest.raises(SpecError, match="group=48"):
-        QLRLinear(64, 48, 4, q_group=48)
+    with pytest.raises(SpecError, match="group=0"):
+        QLRLinear(64, 48, 4, q_group=0)
+    assert QLRLinear(64, 48, 4, q_group=48).q_scales.shape == (48, 2)  # ragged last group of 16

@@ -84,7 +84,8 @@ def test_gpt2_conv1d_save_load(tmp_path):
 
 def test_bad_group_and_bits():
     lin = torch.nn.Linear(30, 4)
-    with pytest.raises(SpecError, match="group=8 does not divide in_features=30"):
-        QuantLinear.from_linear(lin, bits=4, group=8)
+    with pytest.raises(SpecError, match="group=0 must be a positive integer"):
+        QuantLinear.from_linear(lin, bits=4, group=0)
+    assert QuantLinear.from_linear(lin, bits=4, group=8).scales.shape == (4, 4)  # ragged last group of 6
     with pytest.raises(SpecError, match="bits=5"):
         QuantLinear.from_linear(lin, bits=5, group=None)

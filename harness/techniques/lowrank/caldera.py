@@ -47,7 +47,8 @@ from harness.techniques.quantization.uniform import (
 
 @dataclass(frozen=True)
 class CalderaConfig:
-    """q_bits/q_group: backbone Q precision and group size; rank, lr_bits, lr_group: the
+    """q_bits/q_group: backbone Q precision and group size (any size: a group that does not
+    divide a layer's inputs leaves a ragged last group); rank, lr_bits, lr_group: the
     factors; iters: outer alternations; lplr_iters: inner L/R rounds; damp: Hessian damping;
     lora_steps/lora_lr/lora_batch/lora_loss: optional fine-tune of L and R (0 = none) by
     self-distillation (kl) or next-token cross-entropy (ce) on the calibration windows.
@@ -71,6 +72,9 @@ class CalderaConfig:
         allowed = ", ".join(map(str, QUANT_BITS))
         check(self.q_bits in QUANT_BITS, f"q_bits={self.q_bits} is not supported; choose one of {allowed}")
         check(self.lr_bits in QUANT_BITS, f"lr_bits={self.lr_bits} is not supported; choose one of {allowed}")
+        for name in ("q_group", "lr_group"):  # any positive group works (a ragged last group is fine)
+            g = getattr(self, name)
+            check(g is None or g >= 1, f"{name}={g} must be a positive integer or none (per output channel)")
         check(self.rank >= 1, f"rank={self.rank} must be >= 1")
         check(self.iters >= 1, f"iters={self.iters} must be >= 1")
         check(self.lplr_iters >= 1, f"lplr_iters={self.lplr_iters} must be >= 1")

@@ -27,7 +27,13 @@ from harness.techniques.quantization.common import (
     to_quant_linear,
 )
 from harness.techniques.quantization.sequential import quantize_sequential
-from harness.techniques.quantization.uniform import quantize_groupwise, rtn_fake_quant
+from harness.techniques.quantization.uniform import (
+    group_width,
+    n_groups,
+    pad_to_groups,
+    quantize_groupwise,
+    rtn_fake_quant,
+)
 
 
 @dataclass(frozen=True)
@@ -72,23 +78,28 @@ def search_scale(weights: list[torch.Tensor], x: torch.Tensor, x_mean: torch.Ten
 def search_clip(w: torch.Tensor, x: torch.Tensor, bits: int, group: int | None, sym: bool,
                 ratios: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
                 ) -> torch.Tensor:
-    """Clip each weight group to the ratio of its range that minimises its output error."""
+    """Clip each weight group to the ratio of its range that minimises its output error.
+
+    A ragged last group (``group`` not dividing ``in``) is searched like the others: weights
+    and inputs are zero-padded to whole groups (padded inputs contribute nothing to the
+    error) and the padding is dropped from the result."""
     out_f, in_f = w.shape
-    g = in_f if group is None else group
-    wg = w.reshape(out_f, in_f // g, g)
-    xg = x.float().reshape(-1, in_f // g, g)  # [tokens, ng, g]
+    g, ng = group_width(in_f, group), n_groups(in_f, group)
+    wg = pad_to_groups(w, group).reshape(out_f, ng, g)
+    xg = pad_to_groups(x.float(), group).reshape(-1, ng, g)  # [tokens, ng, g]
     ref = torch.einsum("tng,ong->ton", xg, wg)
-    best = torch.full((out_f, in_f // g), float("inf"))
+    best = torch.full((out_f, ng), float("inf"), device=w.device)
     best_w = wg.clone()
     hi0, lo0 = wg.amax(-1, keepdim=True), wg.amin(-1, keepdim=True)
     for r in ratios:
-        wc = torch.maximum(torch.minimum(wg, hi0 * r), lo0 * r).reshape(out_f, in_f)
-        q = rtn_fake_quant(wc, bits, group, sym).reshape(out_f, in_f // g, g)
+        wc = torch.maximum(torch.minimum(wg, hi0 * r), lo0 * r)
+        q = rtn_fake_quant(wc.reshape(out_f, ng * g)[:, :in_f], bits, group, sym)
+        q = pad_to_groups(q, group).reshape(out_f, ng, g)
         err = (torch.einsum("tng,ong->ton", xg, q) - ref).pow(2).mean(0)  # [out, ng]
         better = err < best
         best = torch.where(better, err, best)
-        best_w = torch.where(better.unsqueeze(-1), wc.reshape(out_f, in_f // g, g), best_w)
-    return best_w.reshape(out_f, in_f)
+        best_w = torch.where(better.unsqueeze(-1), wc, best_w)
+    return best_w.reshape(out_f, ng * g)[:, :in_f]
 
 
 @register

@@ -1,5 +1,5 @@
 """Shared pieces of the weight-only quantization techniques: the config, which layers
-are quantized, shape checks and the swap to QuantLinear.
+are quantized, argument checks and the swap to QuantLinear.
 
 Only the linears inside the transformer blocks are quantized (as in GPTQ, AWQ and
 SmoothQuant): embeddings, the output head and poolers stay in their original precision.
@@ -13,7 +13,7 @@ from torch import nn
 
 from harness.calibration import find_blocks
 from harness.config import SpecError, check
-from harness.layers.base import is_linear, linear_shape, linear_weight, set_module
+from harness.layers.base import is_linear, linear_weight, set_module
 from harness.techniques.quantization.uniform import QUANT_BITS, check_quant_args
 
 
@@ -40,14 +40,15 @@ def block_linears_by_name(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def check_groups(linears: dict[str, nn.Module], group: int | None) -> None:
-    """Fail before touching the model if ``group`` does not divide some layer's inputs."""
-    if group is None:
-        return
-    for name, mod in linears.items():
-        in_f = linear_shape(mod)[1]
-        if in_f % group:
-            raise SpecError(f"group={group} does not divide in_features={in_f} of layer {name}; "
-                            f"choose a divisor of {in_f} or group=none")
+    """Fail before touching the model on a group size no layer can use (``group < 1``).
+
+    Any positive group works for every layer: a group that does not divide a layer's
+    ``in_features`` leaves a ragged last group of ``in_features % group`` inputs, and a group
+    wider than the layer is one group per row (see ``uniform``). ``linears`` is kept for
+    callers that validate per layer.
+    """
+    if group is not None and group < 1:
+        raise SpecError(f"group={group} must be a positive integer or none (per output channel)")
 
 
 def check_config(linears: dict[str, nn.Module], bits: int, group: int | None) -> None:

@@ -6,7 +6,9 @@ scaled by the Cholesky factor of ``H^-1``, is pushed onto the not-yet-quantized 
 (lazy updates inside blocks of ``blocksize`` columns, one matmul per block for the rest).
 ``act_order`` processes columns by decreasing ``diag(H)``; group parameters are then
 computed up front from the original weight ("static groups") so groups stay contiguous
-in the stored layout. Layers are processed block by block and, inside a block, input
+in the stored layout. A group size that does not divide ``in`` leaves a ragged last group
+(``ceil(in / group)`` groups; the last one's parameters come from its remaining columns
+only, as in ``uniform``). Layers are processed block by block and, inside a block, input
 group by input group (``sequential.quantize_sequential``), so peak memory is one block's
 activations. The result is the same packed QuantLinear as RTN.
 """
@@ -28,7 +30,7 @@ from harness.techniques.quantization.common import (
     to_quant_linear,
 )
 from harness.techniques.quantization.sequential import quantize_sequential
-from harness.techniques.quantization.uniform import check_quant_args, qparams
+from harness.techniques.quantization.uniform import check_quant_args, group_width, n_groups, qparams
 
 
 @dataclass(frozen=True)
@@ -53,13 +55,14 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group: int |
     """GPTQ-quantize ``weight`` ``[out, in]`` given ``H`` ``[in, in]`` (sum or mean of x x^T).
 
     Returns ``(codes uint8 [out, in], scales float16 [out, n_groups], zeros uint8 or None)``
-    in the layout of ``uniform.quantize_groupwise`` (original column order).
+    in the layout of ``uniform.quantize_groupwise`` (original column order), with
+    ``n_groups = ceil(in / group)``: the last group may hold fewer than ``group`` columns.
     """
     W = weight.detach().float().clone()
     rows, cols = W.shape
     check_quant_args(bits, group, cols)
-    g = cols if group is None else group
-    ng = cols // g
+    g = group_width(cols, group)
+    ng = n_groups(cols, group)  # the last group may be partial (ragged)
     H = H.detach().float().clone().to(W.device)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
@@ -68,7 +71,7 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group: int |
     zeros = torch.zeros(rows, ng, device=W.device)
     static = act_order or group is None
     if static:  # parameters from the original weight, one per group
-        for j in range(ng):
+        for j in range(ng):  # the slice of a ragged last group is just its remaining columns
             scales[:, j], zeros[:, j] = qparams(W[:, j * g:(j + 1) * g], bits, sym)
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols, device=W.device)
     W, H = W[:, perm], H[perm][:, perm]
@@ -87,6 +90,7 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group: int |
         for i in range(i2 - i1):
             col = i1 + i
             if not static and col % g == 0:  # dynamic groups: params from the updated weights
+                # (the group's columns, fewer than g for a ragged last group)
                 ahead = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g]
                 sj, zj = qparams(ahead, bits, sym)
                 scales[:, col // g], zeros[:, col // g] = sj, zj

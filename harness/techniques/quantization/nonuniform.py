@@ -3,7 +3,8 @@
 Both store packed indices into a per-layer codebook (``CodebookLinear``):
 
 - ``nf4:group=64``: weights are divided by their group's absmax (float16 scale per
-  group) and rounded to the nearest of the 16 NormalFloat-4 levels (quantiles of a normal
+  group; ``ceil(in / group)`` groups per row, the last one ragged when ``group`` does not
+  divide ``in``) and rounded to the nearest of the 16 NormalFloat-4 levels (quantiles of a normal
   distribution, Dettmers et al. 2023), the codebook stored with the layer.
 - ``kmeans:bits=4[,group=G]``: a 1-D k-means codebook with ``2**bits`` centroids learned per
   layer (Lloyd's algorithm initialised at quantiles; deterministic). Without ``group`` the
@@ -26,7 +27,13 @@ from harness.techniques.quantization.common import (
     check_groups,
     replace,
 )
-from harness.techniques.quantization.uniform import QUANT_BITS, expand_groups
+from harness.techniques.quantization.uniform import (
+    QUANT_BITS,
+    expand_groups,
+    group_width,
+    n_groups,
+    pad_to_groups,
+)
 
 NF4_LEVELS = torch.tensor([
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -39,14 +46,15 @@ def nearest(values: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the nearest codebook entry for each value (codebook need not be sorted)."""
     sorted_cb, order = torch.sort(codebook.float())
     mids = (sorted_cb[1:] + sorted_cb[:-1]) / 2
-    return order[torch.bucketize(values.float(), mids)]
+    return order[torch.bucketize(values.float().contiguous(), mids)]
 
 
 def group_absmax(w: torch.Tensor, group: int | None) -> torch.Tensor:
-    """float16-exact absmax scale per (row, group): [out, n_groups]."""
+    """float16-exact absmax scale per (row, group): [out, ceil(in / group)]. A ragged last
+    group is zero-padded, which does not change its absmax."""
     out_f, in_f = w.shape
-    g = in_f if group is None else group
-    s = w.float().abs().reshape(out_f, in_f // g, g).amax(-1).clamp(min=1e-6)
+    g, ng = group_width(in_f, group), n_groups(in_f, group)
+    s = pad_to_groups(w.float().abs(), group).reshape(out_f, ng, g).amax(-1).clamp(min=1e-6)
     r = s.to(torch.float16)
     up = torch.nextafter(r, torch.full_like(r, float("inf")))
     return torch.where(r.float() < s, up, r).float()  # round up so |w/s| <= 1

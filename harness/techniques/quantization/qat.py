@@ -4,7 +4,8 @@ short fine-tune, then export to the packed QuantLinear format.
 Each block linear is wrapped in ``FakeQuantLinear``: the forward uses
 ``w_hat = (clamp(round_ste(w / s) + z, 0, 2**b - 1) - z) * s`` where ``round_ste`` rounds
 in the forward and passes gradients straight through. Both the weights and the
-per-group scales ``s`` (initialised by RTN, LSQ-style learnable, rounded to float16 in
+per-group scales ``s`` (``[out, ceil(in / group)]``, a ragged last group included;
+initialised by RTN, LSQ-style learnable, rounded to float16 in
 the forward exactly as stored) are trained with AdamW on the causal-LM loss of the
 calibration windows (drawn from the *train* split; pass a larger calibration set for a
 longer fine-tune). The default loss is distillation from the unquantized model (a frozen
@@ -35,7 +36,13 @@ from harness.techniques.quantization.common import (
     replace,
     to_quant_linear,
 )
-from harness.techniques.quantization.uniform import expand_groups, qparams
+from harness.techniques.quantization.uniform import (
+    expand_groups,
+    group_width,
+    n_groups,
+    pad_to_groups,
+    qparams,
+)
 
 
 @dataclass(frozen=True)
@@ -70,11 +77,12 @@ class FakeQuantLinear(nn.Module):
         w = linear_weight(src).detach().float()
         out_f, in_f = w.shape
         self.bits, self.group, self.sym, self.in_features = bits, group, sym, in_f
-        g = in_f if group is None else group
-        s, z = qparams(w.reshape(-1, g), bits, sym)
+        g, ng = group_width(in_f, group), n_groups(in_f, group)
+        # RTN init; a ragged last group is zero-padded, which leaves its scale/zero unchanged
+        s, z = qparams(pad_to_groups(w, group).reshape(-1, g), bits, sym)
         self.weight = nn.Parameter(w.clone())
-        self.scale = nn.Parameter(s.reshape(out_f, in_f // g))
-        self.register_buffer("zero", z.reshape(out_f, in_f // g))
+        self.scale = nn.Parameter(s.reshape(out_f, ng))  # [out, ceil(in / group)]
+        self.register_buffer("zero", z.reshape(out_f, ng))
         b = getattr(src, "bias", None)
         self.bias = None if b is None else nn.Parameter(b.detach().clone(), requires_grad=False)
         self.src = [src]  # kept out of the module tree

@@ -2,7 +2,12 @@
 
 Convention: ``w ≈ (q - z) * s`` with integer codes ``q`` in ``[0, 2**bits - 1]`` (uint8),
 one scale ``s`` and zero ``z`` per (output row, group of ``group`` consecutive inputs);
-``group=None`` means one group spanning the whole row (per output channel).
+``group=None`` means one group spanning the whole row (per output channel). A group size
+need not divide the row: there are ``ceil(in / group)`` groups and the last one holds the
+remaining ``in % group`` inputs (a "ragged" last group). Its parameters are those of its
+real inputs only: it is computed zero-padded to ``group`` columns, and zero padding
+changes neither the absmax nor the ``[min(w, 0), max(w, 0)]`` range. Codes are returned
+(and stored) for exactly ``in`` inputs; nothing padded is kept.
 
 - Symmetric (``sym=True``): the zero is implicit, ``z = 2**(bits-1)``, and
   ``s = absmax / (2**(bits-1) - 0.5)`` (the GPTQ convention: the grid ``-2**(b-1) .. 2**(b-1)-1``
@@ -18,6 +23,8 @@ quantize-dequantize error is ``|w - ŵ| <= s/2`` per element exactly (up to floa
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from harness.config import SpecError
@@ -27,19 +34,38 @@ _MIN_SCALE = 1e-6
 
 
 def check_quant_args(bits: int, group: int | None, in_features: int | None = None) -> None:
-    """One-line SpecErrors for unsupported bits or a group size that does not divide ``in``."""
+    """One-line SpecErrors for unsupported bits or a group size below 1.
+
+    Any ``group >= 1`` works with any ``in_features`` (a group wider than the row is one
+    group per row; a non-divisor leaves a ragged last group). ``in_features`` is accepted
+    for callers that validate a concrete layer; it must be positive.
+    """
     if bits not in QUANT_BITS:
         raise SpecError(f"bits={bits} is not supported; choose one of {', '.join(map(str, QUANT_BITS))}")
-    if group is not None:
-        if group < 1:
-            raise SpecError(f"group={group} must be a positive integer or none (per output channel)")
-        if in_features is not None and in_features % group:
-            raise SpecError(f"group={group} does not divide in_features={in_features}; "
-                            f"choose a divisor of {in_features} or group=none")
+    if group is not None and group < 1:
+        raise SpecError(f"group={group} must be a positive integer or none (per output channel)")
+    if in_features is not None and in_features < 1:
+        raise SpecError(f"in_features={in_features} must be >= 1")
 
 
 def n_groups(in_features: int, group: int | None) -> int:
-    return 1 if group is None else in_features // group
+    """Groups per row: ``ceil(in / group)`` (the last one may be partial), 1 for ``None``."""
+    return 1 if group is None else math.ceil(in_features / group)
+
+
+def group_width(in_features: int, group: int | None) -> int:
+    """Inputs per (full) group: ``group``, or the whole row for ``None``."""
+    return in_features if group is None else int(group)
+
+
+def pad_to_groups(w: torch.Tensor, group: int | None) -> torch.Tensor:
+    """``w`` ``[..., in]`` zero-padded on the right to ``n_groups * group`` columns (``w``
+    itself when ``group`` divides ``in``), ready to ``view(..., n_groups, group)``."""
+    in_f = w.shape[-1]
+    width = n_groups(in_f, group) * group_width(in_f, group)
+    if width == in_f:
+        return w
+    return torch.cat([w, w.new_zeros(*w.shape[:-1], width - in_f)], dim=-1)
 
 
 def qparams(w: torch.Tensor, bits: int, sym: bool, scale_dtype: torch.dtype = torch.float16
@@ -82,9 +108,10 @@ def fake_quant(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: i
 
 
 def _grouped(w: torch.Tensor, group: int | None) -> tuple[torch.Tensor, int]:
+    """``[out, in]`` -> ``[out * n_groups, g]`` rows, the ragged last group zero-padded."""
     out_f, in_f = w.shape
-    g = in_f if group is None else group
-    return w.reshape(out_f * (in_f // g), g), g
+    g = group_width(in_f, group)
+    return pad_to_groups(w, group).reshape(out_f * n_groups(in_f, group), g), g
 
 
 def quantize_groupwise(w: torch.Tensor, bits: int, group: int | None = 128, sym: bool = True, *,
@@ -93,7 +120,7 @@ def quantize_groupwise(w: torch.Tensor, bits: int, group: int | None = 128, sym:
     """Round-to-nearest group-wise quantization of ``w`` ``[out, in]``.
 
     Returns ``(codes uint8 [out, in], scales scale_dtype [out, n_groups], zeros uint8
-    [out, n_groups] or None when sym)``.
+    [out, n_groups] or None when sym)`` with ``n_groups = ceil(in / group)``.
     """
     if w.dim() != 2:
         raise SpecError(f"quantize_groupwise expects a 2-D [out, in] weight, got {tuple(w.shape)}")
@@ -102,30 +129,41 @@ def quantize_groupwise(w: torch.Tensor, bits: int, group: int | None = 128, sym:
     wg, g = _grouped(w.detach().float(), group)
     scale, zero = qparams(wg, bits, sym, scale_dtype)
     codes = quantize_to(wg, scale[:, None], zero[:, None], bits)
-    ng = in_f // g
-    codes = codes.reshape(out_f, in_f).to(torch.uint8)
+    ng = n_groups(in_f, group)
+    codes = codes.reshape(out_f, ng * g)[:, :in_f].to(torch.uint8)
     scales = scale.reshape(out_f, ng).to(scale_dtype)
     zeros = None if sym else zero.reshape(out_f, ng).to(torch.uint8)
     return codes, scales, zeros
 
 
 def expand_groups(t: torch.Tensor, group: int | None, in_features: int) -> torch.Tensor:
-    """``[out, n_groups]`` -> ``[out, in]`` by repeating each group's value."""
-    g = in_features if group is None else group
-    return t.repeat_interleave(g, dim=1) if t.shape[1] * g == in_features else t.expand(-1, in_features)
+    """``[out, n_groups]`` -> ``[out, in]`` by repeating each group's value (the ragged last
+    group's value covers only its ``in % group`` inputs). Differentiable in ``t``."""
+    ng = n_groups(in_features, group)
+    if t.shape[-1] != ng:
+        raise ValueError(f"expected {ng} groups for in_features={in_features}, group={group}; "
+                         f"got a tensor of shape {tuple(t.shape)}")
+    if group is None:
+        return t.expand(*t.shape[:-1], in_features)
+    t = t.repeat_interleave(group, dim=-1)
+    return t if t.shape[-1] == in_features else t[..., :in_features]
 
 
 def dequantize_groupwise(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, bits: int,
                          group: int | None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``(q - z) * s`` as a dense ``[out, in]`` tensor of ``dtype``."""
+    """``(q - z) * s`` as a dense ``[out, in]`` tensor of ``dtype`` (scales/zeros ``[out, n_groups]``)."""
     out_f, in_f = codes.shape
-    g = in_f if group is None else group
-    ng = in_f // g
-    q = codes.to(torch.float32).view(out_f, ng, g)
+    g = group_width(in_f, group)
+    ng = n_groups(in_f, group)
+    if scales.shape != (out_f, ng) or (zeros is not None and zeros.shape != (out_f, ng)):
+        raise ValueError(f"scales/zeros must be [{out_f}, {ng}] for in_features={in_f}, group={group}; got "
+                         f"{tuple(scales.shape)} / {None if zeros is None else tuple(zeros.shape)}")
+    q = pad_to_groups(codes.to(torch.float32), group).view(out_f, ng, g)
     z = (torch.full((out_f, ng), float(2 ** (bits - 1)), device=codes.device) if zeros is None
          else zeros.to(torch.float32))
     w = (q - z.unsqueeze(-1)) * scales.to(torch.float32).unsqueeze(-1)
-    return w.reshape(out_f, in_f).to(dtype)
+    w = w.reshape(out_f, ng * g)
+    return (w if ng * g == in_f else w[:, :in_f]).to(dtype)
 
 
 def rtn_fake_quant(w: torch.Tensor, bits: int, group: int | None, sym: bool) -> torch.Tensor:
@@ -140,7 +178,9 @@ __all__ = [
     "dequantize_groupwise",
     "expand_groups",
     "fake_quant",
+    "group_width",
     "n_groups",
+    "pad_to_groups",
     "qparams",
     "quantize_groupwise",
     "quantize_to",

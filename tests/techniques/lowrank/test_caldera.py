@@ -99,7 +99,8 @@ def test_lora_keeps_q_and_grids_and_lowers_the_distillation_loss():
     ("caldera:rank=64", "rank=64"),
     ("caldera:rank=0", "rank=0"),
     ("caldera:q_bits=5", "q_bits=5"),
-    ("caldera:q_group=48", "group=48"),
+    ("caldera:q_group=0", "q_group=0"),
+    ("caldera:lr_group=0", "lr_group=0"),
 ])
 def test_bad_input_is_a_one_line_error(spec, match):
     with pytest.raises(SpecError, match=match) as e:

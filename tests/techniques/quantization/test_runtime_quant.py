@@ -10,9 +10,9 @@ from conftest import ids, random_llama
 from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 import harness
+from harness.measure.memory import cache_nbytes
 from harness.techniques.base import DeviceUnsupportedError
 from harness.techniques.quantization.dynamic import DynamicInt8Linear
-from harness.measure.memory import cache_nbytes
 from harness.techniques.quantization.kv_cache import QuantizedKVCache
 
 
