@@ -145,13 +145,15 @@ def block_influence(model: nn.Module, calib: Calibration) -> torch.Tensor:
 
 
 def _removal_count(fraction: float, total: int, what: str) -> int:
-    k = round(fraction * total)
+    """Units to remove per layer: the nearest count, at least one (a prune request that
+    removes nothing would measure the dense model under a pruning label). The realized
+    fraction, which can exceed the request on narrow models, goes into the notes."""
+    if total < 2:
+        raise SpecError(f"the model has only {total} {what} per layer; none can be removed")
+    k = max(1, round(fraction * total))
     if k >= total:
         raise SpecError(f"fraction={fraction} would remove every one of the {total} {what} per layer; "
                         f"use a fraction below {(total - 0.5) / total:.3g}")
-    if k == 0:
-        raise SpecError(f"fraction={fraction} removes no {what} (only {total} per layer); "
-                        f"use at least {0.5 / total:.3g}")
     return k
 
 
@@ -163,9 +165,18 @@ class _Structured(Technique):
     uses_calibration = True
     used_calibration = False
 
+    removed = ""
+
     def notes(self) -> list[str]:
         how = "calibration activations" if self.used_calibration else "weights only (no calibration given)"
-        return [f"weights physically removed (smaller shapes, config updated); importance from {how}"]
+        return [f"weights physically removed (smaller shapes, config updated); importance from {how}"] + (
+            [self.removed] if self.removed else [])
+
+    def _count(self, total: int, what: str) -> int:
+        k = _removal_count(self.config.fraction, total, what)
+        self.removed = (f"removed {k} of {total} {what} per layer (fraction {k / total:.3g}; "
+                        f"requested {self.config.fraction:g})")
+        return k
 
 
 @register
@@ -178,7 +189,7 @@ class PruneNeurons(_Structured):
     def apply(self, model: nn.Module, calibration=None) -> nn.Module:
         self.used_calibration = calibration is not None
         scores = neuron_scores(model, calibration)
-        k = _removal_count(self.config.fraction, scores[0].numel(), "FFN neurons")
+        k = self._count(scores[0].numel(), "FFN neurons")
         keep = {i: torch.topk(s, s.numel() - k).indices.cpu() for i, s in enumerate(scores)}
         return remove_ffn_neurons(model, keep)
 
@@ -193,7 +204,7 @@ class PruneHeads(_Structured):
     def apply(self, model: nn.Module, calibration=None) -> nn.Module:
         self.used_calibration = calibration is not None
         scores = group_scores(model, calibration)
-        k = _removal_count(self.config.fraction, scores[0].numel(), "KV head groups")
+        k = self._count(scores[0].numel(), "KV head groups")
         keep = {i: torch.topk(s, s.numel() - k).indices.cpu() for i, s in enumerate(scores)}
         return remove_head_groups(model, keep)
 

@@ -126,7 +126,6 @@ def test_drop_layers_without_calibration_uses_probe():
 
 @pytest.mark.parametrize("spec,match", [
     ("prune-heads:fraction=0.9", "would remove every one of the 2 KV head groups"),
-    ("prune-heads:fraction=0.1", "removes no KV head groups"),
     ("drop-layers:count=2", "would remove every one of the 2 layers"),
     ("prune-neurons:fraction=1.0", r"fraction=1.0 is outside \(0, 1\)"),
     ("drop-layers:count=0", "count=0 must be >= 1"),
@@ -135,3 +134,10 @@ def test_bad_structured_requests(llama, spec, match):
     with pytest.raises(SpecError, match=match) as e:
         harness.compress(llama, spec)
     assert "\n" not in str(e.value)
+
+
+def test_small_fraction_removes_at_least_one_unit_and_says_so(llama):
+    """A request that rounds to zero would measure the dense model under a pruning label."""
+    res = harness.compress(llama, "prune-heads:fraction=0.1")
+    assert res.model.config.num_key_value_heads == 1
+    assert any("removed 1 of 2 KV head groups per layer (fraction 0.5; requested 0.1)" in n for n in res.notes)

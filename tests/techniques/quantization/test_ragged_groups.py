@@ -321,22 +321,10 @@ def test_under_the_triton_interpreter_ragged_groups_use_the_reference():
 
 # ---------------------------------------------------------------- every default spec
 MODELS = {"llama-48": odd_llama, "gpt2-64": random_gpt2}
-_XFAIL = {
-    # structured.py's _removal_count: round(0.25 * 2) == 0 KV head groups. Not a group-size
-    # issue; left to the owner of structured pruning (see the ragged-groups change report).
-    ("prune-heads", "llama-48"): "prune-heads' default fraction=0.25 removes no KV group when a layer has 2",
-}
 
 
 def _default_cases():
-    out = []
-    for name in TECHNIQUES.names():
-        for mname in MODELS:
-            marks = ()
-            if (name, mname) in _XFAIL:
-                marks = (pytest.mark.xfail(raises=SpecError, strict=True, reason=_XFAIL[name, mname]),)
-            out.append(pytest.param(name, mname, id=f"{name}-{mname}", marks=marks))
-    return out
+    return [pytest.param(name, mname, id=f"{name}-{mname}") for name in TECHNIQUES.names() for mname in MODELS]
 
 
 @pytest.mark.parametrize("name,mname", _default_cases())
