@@ -107,6 +107,18 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=run)
 
 
+def _skip_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip damaged lines inside records files (reported) instead of failing")
+
+
+def _warn_skipped(run_dir: str, skip_bad_lines: bool) -> None:
+    from harness.records import load_records
+
+    for msg in load_records(run_dir, skip_bad_lines=skip_bad_lines).skipped:
+        print(f"warning: {msg}", file=sys.stderr)
+
+
 def _check_names(models: list[str], techniques: list[str]) -> None:
     """Bad --model / --technique values fail here, not once per test inside pytest."""
     if not models and not techniques:
@@ -151,16 +163,19 @@ def _report_cmd(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", nargs="?", const="-", default=None, metavar="PATH",
                    help="also write the Markdown summary to PATH (or stdout)")
     p.add_argument("--baselines", default=None, help="baselines root for verdicts (default: the run's)")
+    _skip_option(p)
 
     def run(a: argparse.Namespace) -> int:
         from harness.report.html import write_report
         from harness.report.markdown import render_markdown
 
-        path = write_report(a.run_dir, a.output, a.baselines)
+        _warn_skipped(a.run_dir, a.skip_bad_lines)
+        path = write_report(a.run_dir, a.output, a.baselines, skip_bad_lines=a.skip_bad_lines)
         if a.markdown == "-":
-            print(render_markdown(a.run_dir, a.baselines))
+            print(render_markdown(a.run_dir, a.baselines, skip_bad_lines=a.skip_bad_lines))
         elif a.markdown:
-            Path(a.markdown).write_text(render_markdown(a.run_dir, a.baselines), encoding="utf-8")
+            Path(a.markdown).write_text(render_markdown(a.run_dir, a.baselines, skip_bad_lines=a.skip_bad_lines),
+                                        encoding="utf-8")
             print(f"markdown {a.markdown}", file=sys.stderr)
         print(f"report {path}", file=sys.stderr if a.markdown == "-" else sys.stdout)
         return 0
@@ -176,6 +191,7 @@ def _compare_cmd(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default=None, help="comma-separated metrics to show")
     p.add_argument("--html", default=None, help="also write an HTML comparison here")
     p.add_argument("--fail-on-regression", action="store_true", help="exit 1 if B regressed")
+    _skip_option(p)
 
     def run(a: argparse.Namespace) -> int:
         from harness.records import METRICS
@@ -184,7 +200,7 @@ def _compare_cmd(p: argparse.ArgumentParser) -> None:
         metrics = [m.strip() for m in a.metrics.split(",")] if a.metrics else None
         for m in metrics or []:
             METRICS.get(m)
-        deltas, warnings = compare_runs(a.run_a, a.run_b, metrics)
+        deltas, warnings = compare_runs(a.run_a, a.run_b, metrics, skip_bad_lines=a.skip_bad_lines)
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         print("\n".join(delta_lines(deltas)))
@@ -206,6 +222,7 @@ def _baseline_cmd(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baselines", default="baselines", help="baselines root (default: baselines)")
     p.add_argument("--prune", action="store_true", help="update: drop entries the run did not measure")
     p.add_argument("--allow-partial", action="store_true", help="update: accept a partial run")
+    _skip_option(p)
 
     def run(a: argparse.Namespace) -> int:
         from harness import baselines as bl
@@ -224,7 +241,9 @@ def _baseline_cmd(p: argparse.ArgumentParser) -> None:
             return 0
         if not a.run_dir:
             raise UsageError(f"'harness baseline {a.action}' needs RUN_DIR")
-        records = load_records(a.run_dir)
+        records = load_records(a.run_dir, skip_bad_lines=a.skip_bad_lines)
+        for msg in records.skipped:
+            print(f"warning: {msg}", file=sys.stderr)
         if a.action == "update":
             status, why = run_status(a.run_dir)
             if status != "complete" and not a.allow_partial:
@@ -259,6 +278,7 @@ def _leaderboard_cmd(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", default=None, help="write the leaderboard HTML here")
     p.add_argument("--top", type=int, default=20)
     p.add_argument("--no-ingest", action="store_true", help="rank what the database already holds")
+    _skip_option(p)
 
     def run(a: argparse.Namespace) -> int:
         from harness import leaderboard as lb
@@ -272,7 +292,11 @@ def _leaderboard_cmd(p: argparse.ArgumentParser) -> None:
             if not dirs:
                 raise UsageError("no run directories to ingest (give RUN_DIR or run `harness run` first)")
             for d in dirs:
-                print(f"ingested {d}: {lb.ingest(con, d)} results", file=sys.stderr)
+                skipped: list[str] = []
+                print(f"ingested {d}: {lb.ingest(con, d, skip_bad_lines=a.skip_bad_lines, skipped=skipped)} "
+                      f"results", file=sys.stderr)
+                for msg in skipped:
+                    print(f"warning: {msg}", file=sys.stderr)
         items = lb.entries(con, a.device_class)
         if not items:
             raise UsageError(f"{db} holds no results" + (f" for {a.device_class}" if a.device_class else ""))

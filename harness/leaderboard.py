@@ -48,9 +48,13 @@ def connect(db: str | Path) -> sqlite3.Connection:
     return con
 
 
-def ingest(con: sqlite3.Connection, run_dir: str | Path) -> int:
-    """Add (or refresh) one run directory; returns the number of result rows."""
-    records = load_records(run_dir)
+def ingest(con: sqlite3.Connection, run_dir: str | Path, *, skip_bad_lines: bool = False,
+           skipped: list[str] | None = None) -> int:
+    """Add (or refresh) one run directory; returns the number of result rows. Messages
+    for damaged record lines that were left out go to ``skipped``."""
+    records = load_records(run_dir, skip_bad_lines=skip_bad_lines)
+    if skipped is not None:
+        skipped.extend(records.skipped)
     info = read_run_info(run_dir)
     latest = {}
     for r in sorted(records, key=lambda r: r.timestamp):

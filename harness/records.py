@@ -167,14 +167,34 @@ class NoRecordsError(ValueError):
     """A run directory that holds no records."""
 
 
+class RecordsError(ValueError):
+    """A damaged records file: a bad line that is not a torn final line."""
+
+
+class LoadedRecords(list):
+    """The records of a run (a plain list) plus ``skipped``: one message per damaged line
+    that was left out, so every report can say how much was lost."""
+
+    skipped: list[str]
+
+
 def record_files(run_dir: str | Path) -> list[Path]:
     return sorted(Path(run_dir).glob("records-*.jsonl"))
 
 
-def load_records(run_dir: str | Path) -> list[Record]:
+def _parse_line(line: str) -> Record:
+    d = json.loads(line)
+    if not isinstance(d, dict):
+        raise ValueError("not a JSON object")
+    return Record.from_dict(d)
+
+
+def load_records(run_dir: str | Path, *, skip_bad_lines: bool = False) -> LoadedRecords:
     """All records of a run directory, merged across workers, duplicates dropped.
 
-    A torn last line (killed mid-write) is skipped, not fatal."""
+    A torn final line (a writer interrupted mid-line: the file does not end in a newline)
+    is skipped with a message in ``.skipped``. A bad line anywhere else is damage, not an
+    interruption: a RecordsError naming file and line, unless ``skip_bad_lines``."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise NoRecordsError(f"run directory {str(run_dir)!r} does not exist")
@@ -182,14 +202,25 @@ def load_records(run_dir: str | Path) -> list[Record]:
     if not files:
         raise NoRecordsError(f"run directory {str(run_dir)!r} has no records-*.jsonl files")
     seen: set[str] = set()
-    out: list[Record] = []
+    out = LoadedRecords()
+    out.skipped = []
     for f in files:
-        for line in f.read_text(encoding="utf-8").splitlines():
+        text = f.read_text(encoding="utf-8", errors="replace")
+        lines = text.split("\n")
+        for i, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                rec = Record.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError, ValueError):
+                rec = _parse_line(line)
+            except (json.JSONDecodeError, TypeError, ValueError) as e:
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                if i == len(lines):  # no newline after it: the writer was interrupted
+                    out.skipped.append(f"{f}:{i}: torn final line skipped (an interrupted write)")
+                    continue
+                if not skip_bad_lines:
+                    raise RecordsError(f"{f}:{i}: not a valid record ({why}); pass --skip-bad-lines to "
+                                       f"skip damaged lines") from None
+                out.skipped.append(f"{f}:{i}: damaged line skipped ({why})")
                 continue
             if rec.record_id not in seen:
                 seen.add(rec.record_id)

@@ -49,8 +49,25 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
         return {}
 
 
+def run_info_problem(run_dir: str | Path) -> str | None:
+    """Why an existing run.json cannot be read (None when it is fine or absent)."""
+    path = Path(run_dir) / RUN_JSON
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"{path} is corrupt ({str(e).splitlines()[0]})"
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror})"
+    return None if isinstance(info, dict) else f"{path} is corrupt (not a JSON object)"
+
+
 def run_status(run_dir: str | Path) -> tuple[str, str]:
     """(status, why) with status ``complete`` or ``partial``."""
+    problem = run_info_problem(run_dir)
+    if problem:
+        return "partial", f"{problem}: the run's status is unknown"
     info = read_run_info(run_dir)
     st = info.get("status")
     if st == "complete":

@@ -37,11 +37,12 @@ def _latest(records: list[Record]) -> dict[tuple, Record]:
     return out
 
 
-def compare_runs(run_a: str | Path, run_b: str | Path, metrics: list[str] | None = None
-                 ) -> tuple[list[Delta], list[str]]:
-    """Deltas of every metric in either run, and warnings (device classes differ, ...)."""
-    a, b = load_records(run_a), load_records(run_b)
-    warnings = []
+def compare_runs(run_a: str | Path, run_b: str | Path, metrics: list[str] | None = None, *,
+                 skip_bad_lines: bool = False) -> tuple[list[Delta], list[str]]:
+    """Deltas of every metric in either run, and warnings (device classes differ, damaged
+    record lines skipped, ...)."""
+    a, b = load_records(run_a, skip_bad_lines=skip_bad_lines), load_records(run_b, skip_bad_lines=skip_bad_lines)
+    warnings = [f"damaged records: {msg}" for msg in a.skipped + b.skipped]
     dca = sorted({r.device_class for r in a if r.device_class})
     dcb = sorted({r.device_class for r in b if r.device_class})
     if dca != dcb:

@@ -14,6 +14,8 @@ def markdown_from(s: RunSummary) -> str:
     lines = [f"## harness run {_esc(s.info.get('run_id', s.run_dir.name))}", ""]
     if s.status != "complete":
         lines += [f"> **Partial run:** {_esc(s.partial_reason)}", ""]
+    if s.skipped:
+        lines += [f"> **Damaged records:** {len(s.skipped)} line(s) skipped; first: {_esc(s.skipped[0])}", ""]
     oc = s.outcome_counts()
     if oc:
         lines += ["Tests: " + ", ".join(f"{n} {k}" for k, n in sorted(oc.items())), ""]
@@ -33,5 +35,6 @@ def markdown_from(s: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(run_dir: str | Path, baselines: str | Path | None = None) -> str:
-    return markdown_from(summarize(run_dir, baselines))
+def render_markdown(run_dir: str | Path, baselines: str | Path | None = None, *,
+                    skip_bad_lines: bool = False) -> str:
+    return markdown_from(summarize(run_dir, baselines, skip_bad_lines=skip_bad_lines))

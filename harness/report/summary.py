@@ -121,6 +121,7 @@ class RunSummary:
     verdicts: list[Verdict]
     outcomes: list[dict[str, Any]]
     unavailable: list[tuple[Column, str]] = field(default_factory=list)  # N/A in every row
+    skipped: list[str] = field(default_factory=list)  # damaged record lines left out
 
     @property
     def models(self) -> list[str]:
@@ -170,12 +171,12 @@ def run_verdicts(records: list[Record], baselines: str | Path | None,
 
 
 def summarize(run_dir: str | Path, baselines: str | Path | None = None,
-              fail_on: dict[str, Tolerance] | None = None) -> RunSummary:
+              fail_on: dict[str, Tolerance] | None = None, *, skip_bad_lines: bool = False) -> RunSummary:
     """Load a run directory (records merged across workers) into a RunSummary.
 
     ``baselines`` defaults to the directory the run used (from run.json) if it exists."""
     run_dir = Path(run_dir)
-    records = load_records(run_dir)
+    records = load_records(run_dir, skip_bad_lines=skip_bad_lines)
     info = read_run_info(run_dir)
     if baselines is None and info.get("baselines") and Path(info["baselines"]).is_dir():
         baselines = info["baselines"]
@@ -191,7 +192,8 @@ def summarize(run_dir: str | Path, baselines: str | Path | None = None,
         else:
             cols.append(c)
     status, why = run_status(run_dir)
-    return RunSummary(run_dir, info, status, why, records, rows, cols, vs, outcomes, unavailable)
+    return RunSummary(run_dir, info, status, why, records, rows, cols, vs, outcomes, unavailable,
+                      list(records.skipped))
 
 
 def table(rows: list[Row], columns: list[Column]) -> tuple[list[str], list[list[str]]]:
@@ -221,5 +223,7 @@ def summary_lines(run_dir: str | Path, baselines: str | Path | None = None,
             lines.append(f"  REGRESSED {v.line()}")
     if s.status != "complete":
         lines.append(f"PARTIAL RUN: {s.partial_reason}")
+    if s.skipped:
+        lines.append(f"DAMAGED RECORDS: {len(s.skipped)} line(s) skipped; first: {s.skipped[0]}")
     lines.append(f"{len(s.records)} records in {s.run_dir} (run {s.info.get('run_id', '?')})")
     return lines
