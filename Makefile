@@ -76,7 +76,8 @@ test-latest:
 	test -x .venv-latest/bin/python || $(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python -m pip install -q --upgrade pip
 	$(call install_torch,.venv-latest)
-	$(call PIP,.venv-latest) --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]"
+	echo "torch==$(TORCH_VERSION)" > .venv-latest/torch-pin.txt  # torch moves only through TORCH / make lock
+	$(call PIP,.venv-latest) -c .venv-latest/torch-pin.txt --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]"
 	.venv-latest/bin/python -m pip freeze --exclude-editable | grep -i -E '^(torch|transformers|lm.eval|safetensors|tokenizers)=='
 	$(call run_tests,.venv-latest)
 
