@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_kernels.py [--out docs/gpu-results.md] [--quick] [--no-e2e]
 
-1. Kernel micro-benchmark (``harness.kernels.bench``): fp16 ``torch.matmul`` vs the W4A16,
+1. Kernel micro-benchmark (``harness.measure.kernel_bench``): fp16 ``torch.matmul`` vs the W4A16,
    W8A16 and CALDERA Q(2-bit) + L R (r = 64) kernels at M = 1 on 4096x4096 and
    8192x8192 (group 128): CUDA events with a 256 MiB L2 flush per repetition, median and
    p10/p90, GB/s and % of peak bandwidth, speed-up over fp16, ``triton.testing.do_bench``
@@ -25,16 +25,16 @@ from pathlib import Path
 
 import torch
 
-from harness.kernels import bench, gpu
+from harness.measure import gpu, kernel_bench
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "gpu-results.md"
 
 
 def kernel_rows(quick: bool) -> tuple[list[dict], dict]:
     reps = 30 if quick else 100
-    rows, info = bench.run(list(bench.KERNELS), [(4096, 4096), (8192, 8192)], [1], group=128, rank=64,
-                           qlr_bits=2, reps=reps)
-    more, _ = bench.run(["fp16", "w4a16", "w8a16"], [(4096, 4096)], [16, 2048], group=128, reps=reps)
+    rows, info = kernel_bench.run(list(kernel_bench.KERNELS), [(4096, 4096), (8192, 8192)], [1], group=128,
+                                  rank=64, qlr_bits=2, reps=reps)
+    more, _ = kernel_bench.run(["fp16", "w4a16", "w8a16"], [(4096, 4096)], [16, 2048], group=128, reps=reps)
     return rows + more, info
 
 
@@ -85,7 +85,7 @@ def render(rows: list[dict], info: dict, e2e: list[tuple[str, list]] | None) -> 
          f"CUDA driver {info.get('cuda_driver')}, runtime {info.get('cuda_runtime')}, "
          f"SM clock {info.get('sm_clock_mhz')} / max {info.get('sm_clock_max_mhz')} MHz, "
          f"memory clock max {info.get('mem_clock_max_mhz')} MHz, bus {info.get('mem_bus_width_bits')} bit. "
-         f"Peak bandwidth {bench._fmt(info.get('peak_bw_gbps'), '.0f')} GB/s ({info.get('peak_bw_source')}); "
+         f"Peak bandwidth {kernel_bench._fmt(info.get('peak_bw_gbps'), '.0f')} GB/s ({info.get('peak_bw_source')}); "
          f"torch {torch.__version__}."), "",
         "## Kernel micro-benchmark", "",
         ("CUDA events around each launch, 256 MiB L2 flush before each repetition, 25 warm-up calls "
@@ -93,13 +93,13 @@ def render(rows: list[dict], info: dict, e2e: list[tuple[str, list]] | None) -> 
          "scales, low-rank factors, x and y. `x fp16` = fp16 `torch.matmul` median / kernel median on the "
          "same shape. `do_bench` = `triton.testing.do_bench` median on the same callable; `agree %` = "
          "abs(events - do_bench) / do_bench. `qlr` = CALDERA Q (2-bit, g128) + L R (r = 64), two launches."), "",
-        bench.format_table(rows), "", "Autotuned configs:", "",
+        kernel_bench.format_table(rows), "", "Autotuned configs:", "",
     ]
     for r in rows:
         if r.get("config"):
             lines.append(f"- {r['kernel']} M={r['M']} {r['N']}x{r['K']}: `{r['config']}`"
                          + (f", R x: `{r['rx_config']}`" if r.get("rx_config") else ""))
-    lines += ["", "## Targets", ""] + [f"- {v}" for v in bench.target_verdicts(rows)]
+    lines += ["", "## Targets", ""] + [f"- {v}" for v in kernel_bench.target_verdicts(rows)]
     if e2e:
         base = _val(e2e[0][1], "latency.decode_tok_s")
         lines += ["", "## harness-speed end to end (fp16 activations, batch 1, 128-token prompt, 64 decode tokens)",
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     rows, info = kernel_rows(args.quick)
-    print(bench.format_table(rows), flush=True)
+    print(kernel_bench.format_table(rows), flush=True)
     e2e = None if args.no_e2e else e2e_records(args.quick)
     text = render(rows, info, e2e)
     print(text)

@@ -17,14 +17,15 @@ import time
 from pathlib import Path
 
 import torch
+from _common import table
 
 import harness
+from harness.calibration import target_linears
 from harness.config import LatencyConfig
 from harness.layers.base import CompressedModule
 from harness.measure.accuracy import perplexity_window
 from harness.measure.latency import measure_latency
 from harness.measure.size import serialized_bytes
-from harness.techniques.lowrank.svd import block_linears
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +42,20 @@ def verdict(value: float, other: float, *, lower_is_better: bool = True, tie: fl
         return f"no: tie (gap {abs(value - other):.3f}, under {tie:.1%})"
     return "yes" if (value < other) == lower_is_better else "NO"
 
+
+def svd_checks(values: dict[str, float], *, higher_is_better: bool = False, digits: int = 2, prefix: str = "",
+               what: str = "") -> list[list[str]]:
+    """Target rows: each of asvd, asvd:search=true, svd-llm beats plain svd at 20% and 40%
+    reduction, and SVD-LLM's sequential update beats plain SVD-LLM at 40%."""
+    op, lower = (">", False) if higher_is_better else ("<", True)
+    pairs = [(f"{m} {op} svd at {int(r * 100)}% reduction{what}", _spec(m, r), f"svd:reduction={r}")
+             for r in (0.2, 0.4) for m in ("asvd", "asvd:search=true", "svd-llm")]
+    pairs.append((f"svd-llm + sequential update {op} svd-llm at 40%", "svd-llm:reduction=0.4,update_steps=200",
+                  "svd-llm:reduction=0.4"))
+    return [[prefix + label, f"{values[a]:.{digits}f} vs {values[b]:.{digits}f}",
+             verdict(values[a], values[b], lower_is_better=lower)] for label, a, b in pairs]
+
+
 SVD_METHODS = ("svd", "asvd", "asvd:search=true", "svd-llm")
 SVD_SPECS = [_spec(m, r) for r in (0.2, 0.4) for m in SVD_METHODS] + [
     "svd-llm:reduction=0.4,alloc=energy", "svd:reduction=0.4,alloc=sensitivity", "svd-llm:reduction=0.4,alloc=sensitivity",
@@ -52,12 +67,6 @@ LOWBIT_SPECS = ["rtn:bits=2,group=64", "gptq:bits=2,group=128", "gptq:bits=2,gro
                 "caldera", "caldera:rank=16,q_group=none", "caldera:lora_steps=200"]
 SHARE_SPECS = ["share-layers:group=2", "share-layers:group=2,steps=300,lr=0.001", "tie-embeddings",
                "tie-embeddings:steps=200", "cluster:clusters=16"]
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def block_bits(model: torch.nn.Module, names: list[str]) -> tuple[float, float]:
@@ -102,7 +111,7 @@ def channel_spread(lm, calib) -> str:
     per layer (ASVD's scaling only has something to correct when this is large)."""
     from harness.techniques.lowrank.svd import calibration_stats
 
-    lin = block_linears(lm.model)
+    lin = target_linears(lm.model)
     stats = calibration_stats(lm.model, lin, calib, hessian=False)
     r = torch.tensor([float(s.abs_mean.max() / s.abs_mean.median()) for s in stats.values()])
     return f"median {r.median():.1f}x, max {r.max():.1f}x over {len(r)} layers"
@@ -118,20 +127,11 @@ def run_minilm(calib_n: int) -> tuple[str, list[list], str]:
     texts = eval_sentences(n=64)
     spread = channel_spread(lm, calib)
     base_bytes = serialized_bytes(lm.model)
-    names = list(block_linears(lm.model))
+    names = list(target_linears(lm.model))
     rows, cos = run_specs(lm, calib, MINILM_SPECS, base_bytes, names, digits=4,
                           score=lambda m: embedding_cosine(lm.model, m, lm.tokenizer, texts))
     rows.insert(0, ["none (dense fp32)", "1.0000", "32.000", "1.000", f"{base_bytes / 1e6:.3f}", "1.000", "-", "-"])
-    checks = []
-    for r in (0.2, 0.4):
-        s = cos[f"svd:reduction={r}"]
-        for m in ("asvd", "asvd:search=true", "svd-llm"):
-            v = cos[_spec(m, r)]
-            checks.append([f"minilm-l6: {m} > svd at {int(r * 100)}% reduction (embedding cosine)",
-                           f"{v:.4f} vs {s:.4f}", verdict(v, s, lower_is_better=False)])
-    up, plain = cos["svd-llm:reduction=0.4,update_steps=200"], cos["svd-llm:reduction=0.4"]
-    checks.append(["minilm-l6: svd-llm + sequential update > svd-llm at 40%", f"{up:.4f} vs {plain:.4f}",
-                   verdict(up, plain, lower_is_better=False)])
+    checks = svd_checks(cos, higher_is_better=True, digits=4, prefix="minilm-l6: ", what=" (embedding cosine)")
     header = ["spec", "embedding cosine", "bits/weight (block linears)", "params kept", "MB on disk",
               "bytes ratio", "storage", "compress s"]
     return table(header, rows), checks, spread
@@ -145,7 +145,7 @@ def speed(rounds: int = 5) -> tuple[str, float]:
 
     lm = harness.load_model("harness-speed")
     cfg = LatencyConfig(batch=1, prompt_len=128, warmup=2, min_repeats=5, max_repeats=10, budget_s=6)
-    names = list(block_linears(lm.model))
+    names = list(target_linears(lm.model))
     torch.set_num_threads(1)
     res = harness.compress(copy.deepcopy(lm.model), "svd:reduction=0.5")
     torch.set_num_threads(THREADS)
@@ -186,7 +186,7 @@ def main() -> None:
     base_ppl = perplexity_window(lm.model, lm.tokenizer, "validation", window=128)
     tiny_spread = channel_spread(lm, calib)
     base_bytes = serialized_bytes(lm.model)
-    names = list(block_linears(lm.model))
+    names = list(target_linears(lm.model))
     header = ["spec", "val ppl", "bits/weight (block linears)", "params kept", "MB on disk", "bytes ratio",
               "storage", "compress s"]
     base_row = ["none (dense fp32)", f"{base_ppl:.2f}", "32.000", "1.000", f"{base_bytes / 1e6:.3f}", "1.000",
@@ -195,14 +195,7 @@ def main() -> None:
     svd_rows, svd_ppl = run_specs(lm, calib, SVD_SPECS, base_bytes, names)
     lb_rows, lb_ppl = run_specs(lm, calib, LOWBIT_SPECS, base_bytes, names)
     sh_rows, _ = run_specs(lm, calib, SHARE_SPECS, base_bytes, names)
-    checks = []
-    for r in (0.2, 0.4):
-        s = svd_ppl[f"svd:reduction={r}"]
-        for m in ("asvd", "asvd:search=true", "svd-llm"):
-            v = svd_ppl[_spec(m, r)]
-            checks.append([f"{m} < svd at {int(r * 100)}% reduction", f"{v:.2f} vs {s:.2f}", verdict(v, s)])
-    up, plain = svd_ppl["svd-llm:reduction=0.4,update_steps=200"], svd_ppl["svd-llm:reduction=0.4"]
-    checks.append(["svd-llm + sequential update < svd-llm at 40%", f"{up:.2f} vs {plain:.2f}", verdict(up, plain)])
+    checks = svd_checks(svd_ppl)
     cal = lb_ppl["caldera"]
     for other in ("rtn:bits=2,group=64", "gptq:bits=2,group=128", "gptq:bits=2,group=64", "gptq:bits=2,group=32"):
         checks.append([f"caldera < {other}", f"{cal:.2f} vs {lb_ppl[other]:.2f}", verdict(cal, lb_ppl[other])])

@@ -15,12 +15,15 @@ import time
 from pathlib import Path
 
 import torch
+from _common import table
 
 import harness
 from harness.layers.base import is_linear, linear_weight
 from harness.layers.sparse import SparseLinear
 from harness.measure.accuracy import perplexity_window
+from harness.measure.latency import greedy_decode
 from harness.measure.size import serialized_bytes
+from harness.measure.timing import cuda_timer
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCURACY_SPECS = [
@@ -32,12 +35,6 @@ ACCURACY_SPECS = [
     "prune-neurons:fraction=0.25", "prune-heads:fraction=0.25", "drop-layers:count=1",
 ]
 SPEED_SPECS = ["prune-neurons:fraction=0.25", "prune-heads:fraction=0.25", "drop-layers:count=1"]
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def accuracy(calib_n: int) -> tuple[str, dict[str, float]]:
@@ -114,19 +111,17 @@ def linear_params(model: torch.nn.Module) -> int:
     return sum(linear_weight(m).numel() for m in model.modules() if is_linear(m))
 
 
-@torch.inference_mode()
 def decode_times(model: torch.nn.Module, ids: torch.Tensor, n_tokens: int) -> tuple[float, float]:
-    """(wall ms, thread-CPU ms) per token of a greedy decode loop with KV cache, after an
-    untimed prefill. With one torch thread the matmuls run on this thread, so its CPU
-    time is the compute the decode really costs, and time slices lost to other jobs on a
-    shared machine do not count (they do count in wall time)."""
-    out = model(input_ids=ids, use_cache=True)
-    cache, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-    w0, c0 = time.perf_counter(), time.thread_time()
-    for _ in range(n_tokens):
-        out = model(input_ids=tok, past_key_values=cache, use_cache=True)
-        cache, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-    return ((time.perf_counter() - w0) * 1e3 / n_tokens, (time.thread_time() - c0) * 1e3 / n_tokens)
+    """(wall ms, thread-CPU ms) per token of the harness's greedy decode loop with KV cache
+    (``n_tokens`` cached steps), after an untimed prefill. With one torch thread the matmuls
+    run on this thread, so its CPU time is the compute the decode really costs, and time
+    slices lost to other jobs on a shared machine do not count (they do count in wall time)."""
+    def wall_and_cpu(loop) -> tuple[float, float]:
+        w0, c0 = time.perf_counter(), time.thread_time()
+        loop()
+        return (time.perf_counter() - w0) * 1e3 / n_tokens, (time.thread_time() - c0) * 1e3 / n_tokens
+
+    return greedy_decode(model, ids, n_tokens, timer=wall_and_cpu)[2]
 
 
 def speed(rounds: int) -> tuple[str, list[tuple[str, float, float]]]:
@@ -185,14 +180,11 @@ def gpu_semi_structured() -> str:
             for _ in range(10):
                 mod(x)
             torch.cuda.synchronize()
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             vals = []
             for _ in range(50):
-                s.record()
-                mod(x)
-                e.record()
-                e.synchronize()
-                vals.append(s.elapsed_time(e))
+                with cuda_timer(sync_before=False) as t:
+                    mod(x)
+                vals.append(t.ms)
             times[name] = statistics.median(vals)
         torch.testing.assert_close(sparse(x), dense(x), rtol=1e-2, atol=1e-2)
         rows.append([f"{out_f}x{in_f}", "2048", f"{times['dense']:.4f}", f"{times['2:4']:.4f}",

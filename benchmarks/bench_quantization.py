@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import table
 
 import harness
 from harness.config import LatencyConfig
@@ -28,11 +29,6 @@ GRID = [(b, g) for b in (4, 3, 2) for g in (128, 64, None)]
 
 def spec_of(name: str, bits: int, group: int | None, extra: str = "") -> str:
     return f"{name}:bits={bits}" + (f",group={group}" if group else "") + extra
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
 def accuracy_rows(specs: list[str], calib_n: int) -> tuple[list[list], dict[str, dict]]:

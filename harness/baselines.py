@@ -1,7 +1,8 @@
-"""Stored baselines, tolerances and noise-aware verdicts.
+"""Noise-aware verdicts of records against stored baselines, and ``update``.
 
-A baseline file ``baselines/<suite>/<device-class>.json`` holds, per (model, spec,
-profile), the value of every metric with its direction, tolerance and measured spread.
+A baseline file ``baselines/<suite>/<device-class>.json`` (schema and migration:
+``harness.baseline_file``) holds, per (model, resolved config, profile), the value of every
+metric with its direction, tolerance and measured spread.
 Numbers are only ever compared with a baseline of the *same* device class; a file for
 another class yields the verdict ``incomparable-device``, never a silent comparison.
 
@@ -15,54 +16,31 @@ whatever the tolerance says: it is inside the noise of the measurement.
 """
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from harness.paths import atomic_write, inside, safe_component  # noqa: F401  (atomic_write: old import path)
-from harness.records import METRICS, Record
+from harness.baseline_file import (  # noqa: F401  (re-exported: the names callers know baselines by)
+    SCHEMA,
+    SCHEMA_V1,
+    BaselineError,
+    BaselineFile,
+    Entry,
+    MetricBaseline,
+    Tolerance,
+    baseline_path,
+    dump,
+    load_baseline,
+    parse_baseline,
+    parse_tolerance,
+    resolve_spec,
+    resolved_key,
+)
+from harness.metrics import METRICS
+from harness.paths import atomic_write, inside, safe_component
+from harness.records import Record
 
-SCHEMA = "harness-baseline/1"
 VERDICTS = ("regressed", "missing", "incomparable-device", "new", "improved", "pass")
-DEFAULT_TOLERANCES = {  # metric prefix -> tolerance text (longest prefix wins)
-    "size.": "1%", "ppl.": "2%", "fidelity.kl": "0.01", "fidelity.top1": "0.01",
-    "fidelity.cosine": "0.005", "latency.": "25%", "latency.speedup": "50%", "memory.": "25%", "energy.": "15%",
-    "compress.wall_s": "200%", "compress.peak_rss_mb": "64", "": "10%",
-}
-
-
-class BaselineError(ValueError):
-    """A corrupt, hand-broken or unusable baseline file (one-line message)."""
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Allowed change in the worse direction: relative (fraction of baseline) or absolute."""
-
-    value: float
-    relative: bool
-
-    def allowed(self, baseline: float) -> float:
-        return abs(baseline) * self.value if self.relative else self.value
-
-    def __str__(self) -> str:
-        return f"{self.value * 100:g}%" if self.relative else f"{self.value:g}"
-
-
-def parse_tolerance(text: Any) -> Tolerance:
-    """``"2%"`` -> relative 0.02; ``"0.01"`` -> absolute 0.01."""
-    s = str(text).strip()
-    rel = s.endswith("%")
-    try:
-        v = float(s[:-1] if rel else s)
-    except ValueError:
-        raise ValueError(f"tolerance {text!r} is not a number or percentage (e.g. '2%' or '0.01')") from None
-    if not math.isfinite(v) or v < 0:
-        raise ValueError(f"tolerance {text!r} must be a finite number >= 0")
-    return Tolerance(v / 100 if rel else v, rel)
 
 
 def parse_fail_on(text: str) -> tuple[str, Tolerance]:
@@ -81,8 +59,8 @@ def parse_fail_on(text: str) -> tuple[str, Tolerance]:
 
 
 def default_tolerance(metric: str) -> Tolerance:
-    key = max((k for k in DEFAULT_TOLERANCES if metric.startswith(k)), key=len)
-    return parse_tolerance(DEFAULT_TOLERANCES[key])
+    """The metric's registered tolerance (``harness.metrics``)."""
+    return parse_tolerance(METRICS.get(metric).tolerance)
 
 
 def profile_of(rec: Record) -> str:
@@ -90,135 +68,23 @@ def profile_of(rec: Record) -> str:
 
 
 def entry_key(rec: Record) -> tuple[str, str, str]:
+    """(model, spec, profile): how reports group a run's records."""
     return (rec.model, rec.spec, profile_of(rec))
 
 
-def _round(v: float) -> float:
-    """7 significant digits: far below any tolerance, and reviewable diffs."""
-    return float(f"{v:.7g}")
+def resolved_of(rec: Record) -> str:
+    """The record's full resolved config + config version (``harness.baseline_file``)."""
+    if rec.config and rec.technique:
+        from harness.techniques.base import TECHNIQUES
+
+        cls = TECHNIQUES.get(rec.technique) if rec.technique in TECHNIQUES else None
+        return resolved_key(rec.technique, rec.config, int(getattr(cls, "config_version", 1)))
+    return resolve_spec(rec.spec)
 
 
-@dataclass
-class MetricBaseline:
-    value: float
-    higher_is_better: bool
-    tolerance: Tolerance
-    spread: dict[str, float] = field(default_factory=dict)
-    unit: str = ""
-    n: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        d = {"value": _round(self.value), "direction": "higher" if self.higher_is_better else "lower",
-             "tolerance": str(self.tolerance), "unit": self.unit, "n": self.n}
-        band = {k: _round(self.spread[k]) for k in ("p10", "p90") if k in self.spread}
-        if band:
-            d["spread"] = band
-        return d
-
-
-@dataclass
-class Entry:
-    model: str
-    spec: str
-    profile: str
-    technique: str = ""
-    test_id: str = ""
-    metrics: dict[str, MetricBaseline] = field(default_factory=dict)
-
-
-@dataclass
-class BaselineFile:
-    suite: str
-    device_class: str
-    entries: dict[tuple[str, str, str], Entry] = field(default_factory=dict)
-    source: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
-
-
-def _num(v: Any, where: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise BaselineError(f"{where}: {v!r} is not a finite number")
-    return float(v)
-
-
-def _parse_metric(d: Any, where: str) -> MetricBaseline:
-    if not isinstance(d, dict):
-        raise BaselineError(f"{where}: expected an object with value/direction/tolerance")
-    for k in ("value", "direction", "tolerance"):
-        if k not in d:
-            raise BaselineError(f"{where}: missing {k!r}")
-    if d["direction"] not in ("higher", "lower"):
-        raise BaselineError(f"{where}.direction: {d['direction']!r} is not 'higher' or 'lower'")
-    try:
-        tol = parse_tolerance(d["tolerance"])
-    except ValueError as e:
-        raise BaselineError(f"{where}.tolerance: {e}") from None
-    spread = d.get("spread") or {}
-    if not isinstance(spread, dict):
-        raise BaselineError(f"{where}.spread: expected an object like {{'p10': .., 'p90': ..}}")
-    spread = {k: _num(v, f"{where}.spread.{k}") for k, v in spread.items()}
-    if "p10" in spread and "p90" in spread and spread["p10"] > spread["p90"]:
-        raise BaselineError(f"{where}.spread: p10 {spread['p10']:g} > p90 {spread['p90']:g}")
-    n = d.get("n", 1)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise BaselineError(f"{where}.n: {n!r} is not a positive integer")
-    return MetricBaseline(_num(d["value"], f"{where}.value"), d["direction"] == "higher", tol, spread,
-                          str(d.get("unit", "")), n)
-
-
-def parse_baseline(data: Any, where: str) -> BaselineFile:
-    """Validate a decoded baseline JSON object; every problem is a one-line BaselineError."""
-    if not isinstance(data, dict):
-        raise BaselineError(f"{where}: top level must be a JSON object")
-    if data.get("schema") != SCHEMA:
-        raise BaselineError(f"{where}: schema {data.get('schema')!r} is not {SCHEMA!r}")
-    for k in ("suite", "device_class"):
-        if not isinstance(data.get(k), str) or not data[k]:
-            raise BaselineError(f"{where}: {k!r} must be a non-empty string")
-    entries = data.get("entries")
-    if not isinstance(entries, list):
-        raise BaselineError(f"{where}: 'entries' must be a list")
-    out = BaselineFile(data["suite"], data["device_class"], source=data.get("source") or {})
-    for i, e in enumerate(entries):
-        w = f"{where}: entries[{i}]"
-        if not isinstance(e, dict) or not all(isinstance(e.get(k), str) for k in ("model", "spec")):
-            raise BaselineError(f"{w}: needs string 'model' and 'spec'")
-        metrics = e.get("metrics")
-        if not isinstance(metrics, dict):
-            raise BaselineError(f"{w}: 'metrics' must be an object")
-        ent = Entry(e["model"], e["spec"], str(e.get("profile", "full")), str(e.get("technique", "")),
-                    str(e.get("test_id", "")))
-        for name, md in metrics.items():
-            if name not in METRICS:
-                raise BaselineError(f"{w}.metrics: {METRICS.unknown_message(name)}")
-            ent.metrics[name] = _parse_metric(md, f"{w}.metrics[{name!r}]")
-        key = (ent.model, ent.spec, ent.profile)
-        if key in out.entries:
-            raise BaselineError(f"{w}: duplicate entry for {' '.join(key)}")
-        out.entries[key] = ent
-    return out
-
-
-def baseline_path(root: str | Path, suite: str, device_class: str) -> Path:
-    """``root/<suite>/<device_class>.json``; both names come from records, so each must be a
-    plain file name and the result must stay inside ``root``."""
-    return inside(root, safe_component(suite, "suite"), safe_component(device_class, "device class") + ".json")
-
-
-def load_baseline(path: str | Path) -> BaselineFile:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise BaselineError(f"{path}: not valid JSON (line {e.lineno} col {e.colno}: {e.msg})") from None
-    except OSError as e:
-        raise BaselineError(f"{path}: cannot read ({e.strerror})") from None
-    bf = parse_baseline(data, str(path))
-    if bf.device_class != path.stem:
-        raise BaselineError(f"{path}: device_class {bf.device_class!r} does not match the file name "
-                            f"{path.stem!r}")
-    bf.path = path
-    return bf
+def baseline_key(rec: Record) -> tuple[str, str, str]:
+    """(model, resolved config, profile): what a baseline entry is matched by."""
+    return (rec.model, resolved_of(rec), profile_of(rec))
 
 
 class BaselineStore:
@@ -300,7 +166,7 @@ def verdicts(records: Iterable[Record], store: BaselineStore | None, device_clas
     for r in records:
         if r.device_class and r.device_class != device_class:
             continue
-        seen.setdefault((r.suite, *entry_key(r)), set()).add(r.metric)
+        seen.setdefault((r.suite, *baseline_key(r)), set()).add(r.metric)
         if r.status != "ok" or r.value is None:
             continue
         v = Verdict("new", r.metric, r.model, r.spec, profile_of(r), r.test_id, None, r.value)
@@ -314,7 +180,7 @@ def verdicts(records: Iterable[Record], store: BaselineStore | None, device_clas
             else:
                 v.note = f"no baseline file for suite {r.suite!r} on {device_class}"
         else:
-            ent = bf.entries.get(entry_key(r))
+            ent = bf.entries.get(baseline_key(r))
             base = ent.metrics.get(r.metric) if ent else None
             if base is None:
                 v.note = f"no baseline entry in {bf.path or bf.suite}"
@@ -322,13 +188,13 @@ def verdicts(records: Iterable[Record], store: BaselineStore | None, device_clas
                 v = compare(r, base, overrides.get(r.metric))
         out.append(v)
     if store and missing:
-        for (suite, model, spec, profile), measured in seen.items():
+        for (suite, model, resolved, profile), measured in seen.items():
             bf = store.get(suite, device_class)
-            ent = bf.entries.get((model, spec, profile)) if bf else None
+            ent = bf.entries.get((model, resolved, profile)) if bf else None
             if not ent:
                 continue
             for m in sorted(set(ent.metrics) - measured):
-                out.append(Verdict("missing", m, model, spec, profile, ent.test_id,
+                out.append(Verdict("missing", m, model, ent.spec, profile, ent.test_id,
                                    ent.metrics[m].value, None, ent.metrics[m].tolerance,
                                    "in the baseline but not measured by this run"))
     return out
@@ -350,7 +216,8 @@ def update(records: Iterable[Record], root: str | Path, *, prune: bool = False,
         if r.status != "ok" or r.value is None or not r.suite or not r.device_class:
             continue
         ents = groups.setdefault((r.suite, r.device_class), {})
-        ent = ents.setdefault(entry_key(r), Entry(r.model, r.spec, profile_of(r), r.technique, r.test_id))
+        key = baseline_key(r)
+        ent = ents.setdefault(key, Entry(r.model, r.spec, profile_of(r), r.technique, r.test_id, resolved=key[1]))
         ent.metrics[r.metric] = MetricBaseline(r.value, bool(r.higher_is_better), default_tolerance(r.metric),
                                                {k: float(v) for k, v in (r.spread or {}).items()
                                                 if k in ("p10", "p90")}, r.unit, r.n)
@@ -368,12 +235,20 @@ def update(records: Iterable[Record], root: str | Path, *, prune: bool = False,
         merged = {} if prune else {k: e for k, e in old.entries.items() if k not in ents}
         kept = len(merged)
         merged.update(ents)
-        data = {"schema": SCHEMA, "suite": suite, "device_class": dc,
-                "source": {"run_id": run_id, "note": "written by `harness baseline update`; review with git diff"},
-                "entries": [{"model": e.model, "spec": e.spec, "profile": e.profile, "technique": e.technique,
-                             "test_id": e.test_id,
-                             "metrics": {m: e.metrics[m].to_json() for m in sorted(e.metrics)}}
-                            for _, e in sorted(merged.items())]}
-        atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+        atomic_write(path, dump(BaselineFile(suite, dc, merged), run_id))
         written.append((path, len(ents), kept))
     return written
+
+
+def migrate(root: str | Path) -> list[tuple[Path, int]]:
+    """Rewrite every schema-1 file under ``root`` as schema 2 (specs resolved with today's
+    defaults, entries marked ``migrated``). Returns (path, entries) per rewritten file."""
+    out = []
+    for path in sorted(Path(root).glob("*/*.json")):
+        data = load_baseline(path)
+        raw = path.read_text(encoding="utf-8")
+        if f'"{SCHEMA_V1}"' not in raw:
+            continue
+        atomic_write(path, dump(data, str(data.source.get("run_id", ""))))
+        out.append((path, len(data.entries)))
+    return out

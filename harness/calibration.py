@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -75,6 +75,28 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     if best is None:
         raise ValueError(f"cannot find transformer blocks in {type(model).__name__}")
     return best
+
+
+def target_linears(model: nn.Module, *, scope: Literal["blocks", "all"] = "blocks", head: bool = False,
+                   also: tuple[type[nn.Module], ...] = ()) -> dict[str, nn.Module]:
+    """The layers a technique compresses, by full name, in module order: every Linear /
+    Conv1D (plus modules of the types in ``also``, e.g. an already packed SparseLinear)
+    inside the transformer blocks (``find_blocks``). Embeddings, poolers and the output
+    head stay out, as in GPTQ, AWQ, SparseGPT and Wanda.
+
+    ``scope="all"`` takes every linear of the model instead (torch's quantize_dynamic);
+    ``head=True`` adds the output head (``get_output_embeddings``) when it is a linear."""
+    def wanted(m: nn.Module) -> bool:
+        return is_linear(m) or isinstance(m, also)
+
+    out_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if scope == "all":
+        return {n: m for n, m in model.named_modules() if wanted(m) and (head or m is not out_head)}
+    prefix, blocks = find_blocks(model)
+    out = {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules() if wanted(m)}
+    if head and out_head is not None and is_linear(out_head):
+        out.update({n: m for n, m in model.named_modules() if m is out_head})
+    return out
 
 
 class _Stop(Exception):

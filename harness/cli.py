@@ -7,7 +7,6 @@ add commands (runs, reports, baselines, leaderboard, kernels) are imported lazil
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import textwrap
@@ -69,7 +68,7 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
         import torch
 
         import harness
-        from harness.evaluation import EvalContext, evaluate, parse_metrics
+        from harness.evaluation import compress_and_measure, parse_metrics
         from harness.measure.environment import device_class, fingerprint_id
 
         if a.device.startswith("cuda") and not torch.cuda.is_available():
@@ -80,19 +79,12 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
             check_save_target(a.save, overwrite=a.overwrite)
         elif a.overwrite:
             raise UsageError("--overwrite only applies together with --save DIR")
-        tech = harness.make(a.technique)
+        harness.make(a.technique)  # a bad spec fails before the model loads
         lm = harness.load_model(a.model, device=a.device, trust_remote_code=a.trust_remote_code)
         metrics = parse_metrics(a.metrics, lm.kind)
-        reason = tech.unsupported_reason(a.device, lm.kind)
-        if reason:
-            raise UsageError(reason)
-        wants_calib = tech.needs_calibration or tech.uses_calibration
-        calib = harness.get_calibration(lm.tokenizer, n=a.calibration) if wants_calib else None
-        res = harness.compress(copy.deepcopy(lm.model) if tech.name != "none" else lm.model, tech,
-                               calibration=calib, kind=lm.kind)
-        ctx = EvalContext(reference=lm.model, cache_factory=getattr(res.model, "harness_cache_factory", None),
-                          compression=res if tech.name != "none" else None)
-        records = evaluate(lm, res.model, metrics, ctx)
+        res, records = compress_and_measure(
+            lm, a.technique, metrics, device=a.device, deltas=False,
+            calibration=lambda: harness.get_calibration(lm.tokenizer, n=a.calibration))
         extra = dict(technique=res.technique, spec=res.spec, config=res.config_dict, storage=res.storage,
                      device=fingerprint_id(a.device), device_class=device_class(a.device))
         records = [r.with_context(**extra) for r in records]
@@ -142,9 +134,11 @@ def _models_cmd(p: argparse.ArgumentParser) -> None:
         if a.action == "build":
             if a.name != "harness-tiny":
                 raise UsageError(f"only 'harness-tiny' has a build recipe (got {a.name!r})")
+            from harness.measure.accuracy import perplexity_window
             from harness.models.build import build_tiny
 
-            build_tiny()
+            build_tiny(evaluate_ppl=lambda model, tok, window: perplexity_window(model, tok, "validation",
+                                                                                 window=window))
             return 0
         lm = load_model(a.name)
         n = sum(p.numel() for p in lm.model.parameters())
@@ -190,7 +184,7 @@ def _techniques_cmd(p: argparse.ArgumentParser) -> None:
 @command("kernels", "Triton kernel tools: harness kernels bench --help")
 def _kernels_cmd(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="kernels_command", metavar="ACTION", required=True)
-    from harness.kernels.bench import configure_parser
+    from harness.measure.kernel_bench import configure_parser
 
     configure_parser(sub.add_parser("bench", help="kernel micro-benchmark (CUDA GPU; --static SM needs none)"))
 

@@ -43,7 +43,7 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
                    help="suite names or files (default: default), then -- and pytest arguments")
 
     def run(a: argparse.Namespace) -> int:
-        from harness import runner
+        from harness import rundir, runner
 
         rest = list(a.args)
         if "--" in rest:
@@ -70,7 +70,7 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
         a.reports = b.reports if b.reports != "reports" else a.reports
         suites = [runner.resolve_suite(s) for s in (b.suites or ["default"])]
         _check_names(a.model, a.technique)  # one line and exit 2 before pytest or a run directory
-        run_id = runner.new_run_id()
+        run_id = rundir.new_run_id()
         run_dir = Path(a.out) if a.out else Path(a.reports) / run_id
         extra = [f"--harness-model={m}" for m in a.model] + [f"--harness-technique={t}" for t in a.technique]
         extra += [f"--harness-device={a.device}"] if a.device else []
@@ -98,7 +98,7 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
 
             path = write_report(run_dir, baselines=a.baselines)
             print(f"harness run: report {path}")
-        status, why = runner.run_status(run_dir)
+        status, why = rundir.run_status(run_dir)
         if status != "complete":
             print(f"harness run: warning: partial run: {why}", file=sys.stderr)
         print(f"harness run: records {run_dir}  (pytest exit {code})")
@@ -137,11 +137,11 @@ def _after_signal(run_dir: Path, signum: int, a: argparse.Namespace) -> int:
     render the report of what exists, exit 128 + signal (130 / 143)."""
     import signal
 
-    from harness import runner
+    from harness import rundir
     from harness.records import record_files
 
     name = signal.Signals(signum).name
-    runner.mark_interrupted(run_dir, signum)
+    rundir.mark_interrupted(run_dir, signum)
     print(f"harness run: {name}: stopped; the run is partial", file=sys.stderr)
     if record_files(run_dir) and not a.no_report:
         from harness.report.html import write_report
@@ -194,7 +194,7 @@ def _compare_cmd(p: argparse.ArgumentParser) -> None:
     _skip_option(p)
 
     def run(a: argparse.Namespace) -> int:
-        from harness.records import METRICS
+        from harness.metrics import METRICS
         from harness.report.compare import compare_runs, delta_lines, write_compare_html
 
         metrics = [m.strip() for m in a.metrics.split(",")] if a.metrics else None
@@ -216,8 +216,9 @@ def _compare_cmd(p: argparse.ArgumentParser) -> None:
 def _baseline_cmd(p: argparse.ArgumentParser) -> None:
     p.epilog = ("examples:\n  harness baseline update reports/RUN_ID      write baselines from a run; "
                 "review with git diff\n  harness baseline check reports/RUN_ID       verdicts, exit 1 on "
-                "regression\n  harness baseline show\n")
-    p.add_argument("action", choices=["update", "show", "check"])
+                "regression\n  harness baseline show\n"
+                "  harness baseline migrate                    rewrite schema-1 files as schema 2\n")
+    p.add_argument("action", choices=["update", "show", "check", "migrate"])
     p.add_argument("run_dir", nargs="?")
     p.add_argument("--baselines", default="baselines", help="baselines root (default: baselines)")
     p.add_argument("--prune", action="store_true", help="update: drop entries the run did not measure")
@@ -227,8 +228,14 @@ def _baseline_cmd(p: argparse.ArgumentParser) -> None:
     def run(a: argparse.Namespace) -> int:
         from harness import baselines as bl
         from harness.records import load_records
-        from harness.runner import read_run_info, run_status
+        from harness.rundir import read_run_info, run_status
 
+        if a.action == "migrate":
+            done = bl.migrate(a.baselines)
+            for path, n in done:
+                print(f"migrated {path}: {n} entries to {bl.SCHEMA} (specs resolved with today's defaults)")
+            print("nothing to migrate" if not done else "review the change with: git diff -- " + a.baselines)
+            return 0
         if a.action == "show":
             root = Path(a.baselines)
             files = sorted(root.glob("*/*.json"))
@@ -282,7 +289,8 @@ def _leaderboard_cmd(p: argparse.ArgumentParser) -> None:
 
     def run(a: argparse.Namespace) -> int:
         from harness import leaderboard as lb
-        from harness.records import METRICS, record_files
+        from harness.metrics import METRICS
+        from harness.records import record_files
 
         METRICS.get(a.metric)
         db = Path(a.db) if a.db else lb.DEFAULT_DB
@@ -312,7 +320,9 @@ def _leaderboard_cmd(p: argparse.ArgumentParser) -> None:
                 s = "N/A" if e.score is None else f"{e.score:.4g}"
                 print(f"  {i:3} {e.model:16} {e.spec + ' [' + e.profile + ']':44} {s:>10}  {e.score_note}")
         if a.html:
-            print(f"html {lb.write_html(con, a.html, a.metric, a.device_class)}")
+            from harness.report.leaderboard_html import write_html
+
+            print(f"html {write_html(con, a.html, a.metric, a.device_class)}")
         print(f"database {db}", file=sys.stderr)
         return 0
 

@@ -1,30 +1,33 @@
-"""Evaluate one model (optionally compressed) into Records.
+"""Evaluate one model (optionally compressed) into Records: the single path used by
+``harness eval``, the ``bench`` fixture and the benchmark scripts, so every entry point
+measures the same way.
 
-This is the single path used by ``harness eval``, the ``bench`` fixture and the
-benchmark scripts, so every entry point measures the same way. Metrics that cannot be
-measured for this model or machine come back as N/A records with the reason.
+- ``evaluate`` measures named metrics of one model. Each metric comes back exactly once,
+  measured or N/A with the reason; which code measures it is the metric's ``producer`` in
+  ``harness.metrics``, and a derived metric (a ratio against the uncompressed reference)
+  follows its ``derive`` rule.
+- ``compress_model`` / ``measure_result`` / ``compress_and_measure`` are the
+  compress-then-evaluate flow: a technique applied to a copy of the model, its figures next
+  to the reference's (deltas, derived ratios), with the reference measured once per caller.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from harness.config import EvalConfig, LatencyConfig
-from harness.measure import accuracy, energy, latency, memory, size
+from harness.measure.producers import PRODUCERS
+from harness.metrics import METRICS, defaults
 from harness.models.zoo import LoadedModel
-from harness.records import DERIVED, METRICS, Record
+from harness.records import Record
 
-CAUSAL_DEFAULT = ("size.bytes", "size.params", "size.bits_per_param", "ppl.window", "ppl.lm_eval",
-                  "fidelity.kl", "fidelity.top1", "latency.prefill_ms", "latency.decode_ms_per_token",
-                  "latency.decode_tok_s", "memory.peak_rss_mb", "memory.kv_cache_mb", "memory.gpu_peak_mb",
-                  "energy.j_per_token")
-ENCODER_DEFAULT = ("size.bytes", "size.params", "size.bits_per_param", "fidelity.cosine",
-                   "latency.forward_ms", "memory.peak_rss_mb", "memory.gpu_peak_mb")
+RefRecords = Callable[[list[str]], dict[str, Record]]  # metrics -> the reference's records
 
 
 def parse_metrics(spec: str | Iterable[str] | None, kind: str) -> list[str]:
@@ -33,7 +36,7 @@ def parse_metrics(spec: str | Iterable[str] | None, kind: str) -> list[str]:
     Unknown names and metrics that do not apply to ``kind`` are one-line errors, so a
     requested metric is never silently absent."""
     if spec is None:
-        return list(CAUSAL_DEFAULT if kind == "causal-lm" else ENCODER_DEFAULT)
+        return defaults(kind)
     names = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
     if not names:
         raise ValueError("empty metric list; give e.g. --metrics ppl.window,size.bytes")
@@ -47,9 +50,9 @@ def parse_metrics(spec: str | Iterable[str] | None, kind: str) -> list[str]:
 
 
 def derive(metric: str, model_rec: Record | None, ref_rec: Record | None) -> Record:
-    """A DERIVED ratio from the model's and the reference's source records; N/A with the
+    """A derived ratio from the model's and the reference's source records; N/A with the
     reason when either is missing. A p10-p90 band on both gives the ratio's band."""
-    src, forward = DERIVED[metric]
+    src, forward = METRICS.get(metric).derive
     r, rr = model_rec, ref_rec
     if r is None or rr is None or r.value is None or rr.value is None or not r.value or not rr.value:
         why = (r.reason if r is not None and r.reason else rr.reason if rr is not None else "") or "not measured"
@@ -69,7 +72,7 @@ class EvalContext:
 
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    reference: nn.Module | None = None  # uncompressed model for fidelity and DERIVED ratios
+    reference: nn.Module | None = None  # uncompressed model for fidelity and derived ratios
     cache_factory: Callable | None = None  # quantized KV cache, if the technique has one
     compression: Any = None  # the CompressionResult that made the model (compress.* figures)
 
@@ -77,27 +80,55 @@ class EvalContext:
 def evaluate(lm: LoadedModel, model: nn.Module | None = None, metrics: Iterable[str] | str | None = None,
              ctx: EvalContext | None = None) -> list[Record]:
     """Measure ``metrics`` of ``model`` (default: ``lm.model``). Returns one Record per
-    requested metric (a value, or N/A with the reason), with the model name filled in;
-    technique/suite context is added by the caller."""
+    requested metric (a value, or N/A with the reason) in the requested order, with the
+    model name filled in; technique/suite context is added by the caller. Derived ratios
+    measure their source metric on ``ctx.reference`` too."""
     ctx = ctx or EvalContext()
     model = model if model is not None else lm.model
     want = parse_metrics(metrics, lm.kind)
-    derived = [m for m in want if m in DERIVED]
-    sources = {DERIVED[m][0] for m in derived}
-    measured = _measure(lm, model, list(dict.fromkeys([m for m in want if m not in DERIVED] + sorted(sources))),
-                        ctx)
+    ref = ctx.reference
+    ref_fn = None if ref is None or ref is model else _reference_fn(lm, ctx)
+    return _with_derived(lm, model, want, ctx, ref_fn, is_ref=ref is model, deltas=False)
+
+
+def _reference_fn(lm: LoadedModel, ctx: EvalContext) -> RefRecords:
+    ref_ctx = dataclasses.replace(ctx, cache_factory=None, compression=None)
+    return lambda ms: {r.metric: r for r in _measure(lm, ctx.reference, ms, ref_ctx)}
+
+
+def _with_derived(lm: LoadedModel, model: nn.Module, want: list[str], ctx: EvalContext, ref_fn: RefRecords | None,
+                  *, is_ref: bool, deltas: bool) -> list[Record]:
+    """Measure ``want``; derived metrics from the model's and the reference's sources. With
+    ``deltas`` every figure is also compared with the reference's (``extra.delta_pct``)."""
+    derived = [m for m in want if METRICS.get(m).derive]
+    sources = [METRICS.get(m).derive[0] for m in derived]
+    base = [m for m in want if m not in derived]
+    need_ref = list(dict.fromkeys((base if deltas else []) + sources))
+    ref = ref_fn(need_ref) if ref_fn is not None and need_ref else {}
+    if is_ref and ref:
+        measured = [dataclasses.replace(ref[m], record_id=uuid.uuid4().hex) for m in base if m in ref]
+    else:
+        measured = _measure(lm, model, list(dict.fromkeys(base + sources)), ctx)
     by = {r.metric: r for r in measured}
-    recs = [r for r in measured if r.metric in want]
-    if derived:
-        ref = ctx.reference
-        if ref is None:
-            recs += [Record.na(m, "no reference model given") for m in derived]
-        else:
-            ref_ctx = dataclasses.replace(ctx, cache_factory=None, compression=None)
-            ref_by = by if ref is model else {r.metric: r for r in _measure(lm, ref, sorted(sources), ref_ctx)}
-            recs += [derive(m, by.get(DERIVED[m][0]), ref_by.get(DERIVED[m][0])) for m in derived]
-    got = {r.metric for r in recs}
-    lost = [m for m in want if m not in got]
+    if is_ref and not ref:  # the model is the reference: ratios of 1 against itself
+        ref = by
+    recs = [r for r in measured if r.metric in base]
+    if deltas and not is_ref:
+        for r in recs:
+            rr = ref.get(r.metric)
+            if r.value is not None and rr is not None and rr.value is not None:
+                r.extra = {**r.extra, "reference": rr.value, "delta": r.value - rr.value,
+                           **({"delta_pct": 100 * (r.value / rr.value - 1)} if rr.value else {})}
+    for m in derived:
+        src = METRICS.get(m).derive[0]
+        if ref_fn is None and not is_ref:
+            recs.append(Record.na(m, "no reference model given"))
+            continue
+        r = by.get(src) or (ref.get(src) if is_ref else None)
+        if r is None:
+            r = next(iter(_measure(lm, model, [src], ctx)), None)
+        recs.append(derive(m, r, ref.get(src)))
+    lost = [m for m in want if m not in {r.metric for r in recs}]
     if lost:  # a bug, never a silent gap in a report
         raise RuntimeError(f"internal error: metric {lost[0]!r} was accepted but not produced")
     order = {m: i for i, m in enumerate(want)}
@@ -105,96 +136,66 @@ def evaluate(lm: LoadedModel, model: nn.Module | None = None, metrics: Iterable[
 
 
 def _measure(lm: LoadedModel, model: nn.Module, want: list[str], ctx: EvalContext) -> list[Record]:
-    """Every non-derived metric of ``want`` for ``model``."""
-    dev = next(model.parameters()).device
+    """Every non-derived metric of ``want``: each producer runs once for its metrics."""
+    groups: dict[str, list[str]] = {}
+    for m in METRICS.ordered():
+        if m.name in want:
+            groups.setdefault(m.producer, []).append(m.name)
     recs: list[Record] = []
-
-    def na(metric: str, reason: str) -> None:
-        recs.append(Record.na(metric, reason))
-
-    size_metrics = [m for m in want if m.startswith("size.")]
-    if size_metrics:
-        recs += [r for r in size.measure_size(model) if r.metric in size_metrics]
-
-    for m in ("ppl.window", "ppl.lm_eval", "ppl.unigram"):
-        if m not in want:
-            continue
-        if lm.accuracy_na:
-            na(m, lm.accuracy_na)
-        elif m == "ppl.window":
-            recs.append(Record(m, accuracy.perplexity_window(
-                model, lm.tokenizer, "validation", window=ctx.eval.window,
-                max_tokens=ctx.eval.max_tokens, batch=ctx.eval.batch),
-                extra={"window": ctx.eval.window, "split": "validation",
-                       "max_tokens": ctx.eval.max_tokens}))
-        elif m == "ppl.unigram":
-            recs.append(Record(m, accuracy.unigram_perplexity(
-                lm.tokenizer, window=ctx.eval.window, max_tokens=ctx.eval.max_tokens)))
-        else:
-            from harness.measure.lm_eval_ppl import perplexity_lm_eval
-
-            res = perplexity_lm_eval(model, lm.tokenizer, "validation", max_length=ctx.eval.window,
-                                     batch_size=ctx.eval.batch)
-            recs.append(Record(m, res.pop("token_perplexity"), extra=res))
-
-    fid = [m for m in want if m.startswith("fidelity.")]
-    if fid:
-        if ctx.reference is None:
-            for m in fid:
-                na(m, "no reference model given")
-        elif lm.accuracy_na and lm.kind == "causal-lm":
-            for m in fid:
-                na(m, lm.accuracy_na)
-        elif lm.kind == "causal-lm":
-            f = accuracy.fidelity(ctx.reference, model, lm.tokenizer, window=ctx.eval.window,
-                                  max_tokens=min(ctx.eval.max_tokens or 4096, 4096))
-            recs += [Record(f"fidelity.{k}", v) for k, v in f.items() if f"fidelity.{k}" in fid]
-        else:
-            recs.append(Record("fidelity.cosine", accuracy.embedding_cosine(ctx.reference, model, lm.tokenizer)))
-
-    lat = [m for m in want if m.startswith("latency.") and m not in DERIVED]
-    if lat:
-        recs += latency.measure_latency(model, lm.kind, ctx.latency, metrics=set(lat),
-                                        cache_factory=ctx.cache_factory)
-
-    if "memory.kv_cache_mb" in want:
-        ids = latency._prompt(model, ctx.latency)
-        recs.append(memory.measure_kv_cache(model, ids, ctx.latency.decode_tokens, ctx.cache_factory))
-    step = _inference_step(model, lm.kind, ctx)
-    if "memory.peak_rss_mb" in want:
-        if dev.type == "cuda":
-            na("memory.peak_rss_mb", "model runs on CUDA; host RSS is not the model's footprint")
-        else:
-            recs.append(memory.measure_peak_rss(step))
-    gpu = [m for m in want if m in ("memory.gpu_peak_mb", "memory.nvml_used_mb")]
-    if gpu:
-        recs += [r for r in memory.measure_gpu_memory(step if dev.type == "cuda" else (lambda: None), dev)
-                 if r.metric in gpu]
-    if "energy.j_per_token" in want:
-        recs.append(energy.measure_energy(step, ctx.latency.batch * ctx.latency.decode_tokens, dev))
-    for m in (m for m in want if m.startswith("compress.")):
-        recs.append(_compress_record(m, ctx.compression))
+    for producer, names in groups.items():
+        recs += PRODUCERS[producer](lm, model, ctx, names)
     return recs
 
 
-def _compress_record(metric: str, result: Any) -> Record:
-    """``compress.*`` figures come from the CompressionResult that made the model."""
-    if result is None:
-        return Record.na(metric, "no compression step in this evaluation (pass EvalContext(compression=...))")
-    value = result.wall_s if metric == "compress.wall_s" else getattr(result, "peak_rss_mb", None)
-    if value is None:
-        return Record.na(metric, "peak RSS of the compression step could not be read on this machine")
-    return Record(metric, value)
+# -- compress, then measure next to the reference ------------------------------------------------
+def compress_model(lm: LoadedModel, spec: Any, *, calibration: Callable[[], Any] | Any = None,
+                   device: str = "cpu"):
+    """Apply ``spec`` to a copy of ``lm.model`` (the reference itself for ``none``).
+
+    ``calibration``: the windows, or a function returning them (called only when the
+    technique uses calibration). A technique that cannot run here raises a one-line
+    ``DeviceUnsupportedError`` naming why."""
+    from harness.techniques.base import DeviceUnsupportedError, compress, make
+
+    tech = make(spec)
+    reason = tech.unsupported_reason(device, lm.kind)
+    if reason:
+        raise DeviceUnsupportedError(reason)
+    calib = None
+    if tech.needs_calibration or tech.uses_calibration:
+        calib = calibration() if callable(calibration) else calibration
+    model = lm.model if tech.name == "none" else copy.deepcopy(lm.model)
+    return compress(model, tech, calibration=calib, kind=lm.kind)
 
 
-def _inference_step(model: nn.Module, kind: str, ctx: EvalContext) -> Callable[[], object]:
-    """The step whose memory/energy is measured: prefill + decode (LM) or a forward."""
-    cfg = ctx.latency
-    ids = latency._prompt(model, cfg)
-    if kind == "causal-lm":
-        return lambda: latency.decode(model, ids, cfg.decode_tokens, ctx.cache_factory)
+def cache_factory_of(result: Any) -> Callable | None:
+    """The KV-cache factory a technique returned with its result (KV-cache quantization)."""
+    return getattr(result, "cache_factory", None)
 
-    def fwd() -> None:
-        with torch.inference_mode():
-            model(input_ids=ids, attention_mask=torch.ones_like(ids))
-    return fwd
+
+def measure_result(lm: LoadedModel, result: Any, metrics: Iterable[str] | str | None = None,
+                   ctx: EvalContext | None = None, reference: RefRecords | None = None, *,
+                   deltas: bool = True) -> list[Record]:
+    """Figures of a CompressionResult (or a bare module) next to the uncompressed reference:
+    derived ratios are computed, and with ``deltas`` every base metric also carries the
+    reference's value and the change (``extra.delta_pct``; the reference is then measured
+    for every metric). ``reference`` returns the reference's records (callers cache it); by
+    default the reference is measured now with ``ctx``."""
+    ctx = ctx or EvalContext()
+    model = result.model if hasattr(result, "model") and hasattr(result, "storage") else result
+    is_ref = model is lm.model or getattr(result, "technique", None) == "none"
+    want = parse_metrics(metrics, lm.kind)
+    ctx = dataclasses.replace(ctx, reference=lm.model, cache_factory=ctx.cache_factory or cache_factory_of(result),
+                              compression=ctx.compression or (result if hasattr(result, "wall_s") else None))
+    if reference is None:
+        reference = _reference_fn(lm, ctx)
+    return _with_derived(lm, model, want, ctx, reference, is_ref=is_ref, deltas=deltas)
+
+
+def compress_and_measure(lm: LoadedModel, spec: Any, metrics: Iterable[str] | str | None = None, *,
+                         ctx: EvalContext | None = None, calibration: Callable[[], Any] | Any = None,
+                         device: str = "cpu", reference: RefRecords | None = None, deltas: bool = True):
+    """``compress_model`` then ``measure_result``: returns (CompressionResult, records)."""
+    result = compress_model(lm, spec, calibration=calibration, device=device)
+    ctx = dataclasses.replace(ctx or EvalContext(), compression=result if result.technique != "none" else None)
+    return result, measure_result(lm, result, metrics, ctx, reference, deltas=deltas)

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.baselines import entry_key
-from harness.records import METRICS, load_records
-from harness.runner import read_run_info, run_status
+from harness.metrics import METRICS
+from harness.records import load_records
+from harness.rundir import read_run_info, run_status
 
 DEFAULT_DB = Path("reports") / "leaderboard.sqlite"
 SCHEMA = """
@@ -158,20 +159,3 @@ def history(con: sqlite3.Connection, device_class: str | None = None) -> dict[tu
     for e in sorted(entries(con, device_class, latest=False), key=lambda e: (e.started, e.run_id)):
         out.setdefault(e.key, []).append(e)
     return out
-
-
-def write_html(con: sqlite3.Connection, out: str | Path, metric: str, device_class: str | None = None) -> Path:
-    from harness.report.html import environment
-
-    items = entries(con, device_class)
-    classes = sorted({e.device_class for e in items})
-    sections = [{"device_class": dc, "by_metric": rank([e for e in items if e.device_class == dc], metric),
-                 "by_score": rank([e for e in items if e.device_class == dc])} for dc in classes]
-    runs = con.execute("SELECT run_id, started, status, profile, path FROM runs ORDER BY started").fetchall()
-    html = environment().get_template("leaderboard.html.j2").render(
-        metric=metric, unit=METRICS.get(metric).unit, higher=METRICS.get(metric).higher_is_better,
-        sections=sections, history=history(con, device_class), runs=runs)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html, encoding="utf-8")
-    return path

@@ -1,5 +1,6 @@
-"""pytest plugin (entry point ``pytest11: harness``): options, markers, the ``bench``
-fixture, baseline gating, run directory bookkeeping and the terminal summary.
+"""pytest plugin (entry point ``pytest11: harness``): options and hooks only. The state
+behind them (caches, run directory, gating) is ``harness.session``; the ``bench`` fixture's
+API is ``harness.bench.Bench``.
 
 Inert for test sessions that never use ``bench``: nothing is written unless a test
 records something or ``--harness-out`` is given. Under pytest-xdist the controller picks
@@ -10,21 +11,16 @@ and merges records for the summary.
 from __future__ import annotations
 
 import os
-import time
 import warnings
 from pathlib import Path
 
 import pytest
 
-from harness.bench import Bench, Options, Session
+from harness.bench import Bench
+from harness.session import Controller, HarnessBaselineWarning, Options, Session
 
 SESSION = pytest.StashKey[Session]()
-STARTED = pytest.StashKey[float]()
 ITEM_BENCH = pytest.StashKey[Bench]()
-
-
-class HarnessBaselineWarning(UserWarning):
-    """A measured figure that could not be compared with a baseline."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -71,7 +67,7 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 def _options(config: pytest.Config) -> Options:
     from harness.baselines import parse_fail_on
     from harness.paths import safe_component
-    from harness.runner import new_run_id
+    from harness.rundir import new_run_id
 
     get = config.getoption
     fail_on = {}
@@ -109,7 +105,7 @@ def _options(config: pytest.Config) -> Options:
 
 def _existing_run_id(out: Path) -> str | None:
     """Shards of one run share the directory (and id) when they share --harness-out."""
-    from harness.runner import read_run_info
+    from harness.rundir import read_run_info
 
     return read_run_info(out).get("run_id") if out.is_dir() else None
 
@@ -124,15 +120,14 @@ def pytest_configure(config: pytest.Config) -> None:
         if not torch.cuda.is_available():
             raise pytest.UsageError("--harness-device cuda: no CUDA GPU is available here "
                                     "(use --harness-device auto or cpu)")
-    config.stash[SESSION] = Session(opts)
-    config.stash[STARTED] = time.time()
+    config.stash[SESSION] = Session(opts, list(config.invocation_params.args))
     _terminate_as_interrupt()
     controller = None
     if not hasattr(config, "workerinput"):
-        controller = _Controller(config)
+        controller = Controller(config.stash[SESSION])
         config.pluginmanager.register(controller, "harness-controller")
         if config.getoption("harness_out"):
-            _write_run(config, status="running")
+            config.stash[SESSION].write_run(status="running")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(controller), "harness-xdist")
 
@@ -154,7 +149,7 @@ def _terminate_as_interrupt() -> None:
 
 
 class _XdistHooks:
-    def __init__(self, controller: _Controller | None) -> None:
+    def __init__(self, controller: Controller | None) -> None:
         self.controller = controller
 
     @pytest.hookimpl
@@ -167,25 +162,6 @@ class _XdistHooks:
     def pytest_xdist_node_collection_finished(self, node, ids) -> None:
         if self.controller is not None and self.controller.expected is None:
             self.controller.expected = len(ids)
-
-
-def _write_run(config: pytest.Config, **fields) -> None:
-    from harness.runner import write_run_info
-
-    s = config.stash[SESSION]
-    o = s.opts
-    info = dict(run_id=o.run_id, started=config.stash[STARTED], profile=o.profile,
-                models=o.models, baselines=str(o.baselines), device=o.device,
-                shard=f"{o.shard[0]}/{o.shard[1]}" if o.shard else None,
-                args=list(config.invocation_params.args), **fields)
-    if fields.get("status") != "running":
-        try:
-            from harness.measure.environment import device_class, fingerprint
-
-            info.update(fingerprint=fingerprint(s.device), device_class=device_class(s.device))
-        except Exception as e:  # the fingerprint must never hide the run's result
-            info["fingerprint_error"] = str(e)
-    write_run_info(o.out, **info)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -234,143 +210,12 @@ def pytest_runtest_call(item: pytest.Item):
     res = yield
     b = item.stash.get(ITEM_BENCH, None)
     if b is not None and b.records:
-        _gate(item, b)
+        problems, warns = b.session.gate(b.suite, b.records)
+        for w in warns:
+            warnings.warn(HarnessBaselineWarning(w), stacklevel=2)
+        if problems:
+            pytest.fail("harness gate: " + "; ".join(problems), pytrace=False)
     return res
-
-
-def _gate(item: pytest.Item, b: Bench) -> None:
-    from harness.baselines import BaselineError, verdicts
-
-    s = b.session
-    o = s.opts
-    try:
-        s.baselines(b.suite)
-        vs = verdicts(b.records, s.store, s.device_class, overrides=o.fail_on)
-    except BaselineError as e:
-        if o.gating:
-            pytest.fail(f"harness gate: {e}", pytrace=False)
-        warnings.warn(HarnessBaselineWarning(f"baselines not used: {e}"), stacklevel=2)
-        return
-    if not o.gating:
-        return
-    gated = [v for v in vs if v.status == "regressed" and (o.gate or o.strict or v.metric in o.fail_on)]
-    unknown = [v for v in vs if v.status in ("new", "missing", "incomparable-device")
-               and (o.gate or o.strict or v.metric in o.fail_on)]
-    problems = [v.line() for v in gated]
-    if unknown:
-        kinds = sorted({v.status for v in unknown})
-        msg = (f"{len(unknown)} metric(s) not compared ({', '.join(kinds)}): "
-               f"{unknown[0].line()}{' ...' if len(unknown) > 1 else ''}")
-        if o.strict:
-            problems.append(f"--harness-strict: {msg}")
-        else:
-            warnings.warn(HarnessBaselineWarning(msg), stacklevel=2)
-    if problems:
-        pytest.fail("harness gate: " + "; ".join(problems), pytrace=False)
-
-
-class _Controller:
-    """Hooks that only the controlling process runs (outcomes, run.json, summary)."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.session = config.stash[SESSION]
-        self.pending: list[dict] = []
-        self.interrupted = False
-        self.expected: int | None = None  # tests selected to run
-        self.reported: set[str] = set()
-
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
-        if not hasattr(session.config, "workerinput") and session.items:
-            self.expected = len(session.items)
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call" and report.outcome == "passed":
-            return
-        outcome = "error" if report.when != "call" and report.outcome == "failed" else report.outcome
-        if hasattr(report, "wasxfail"):
-            outcome = "xfailed" if report.skipped else "xpassed"
-        msg = ""
-        if report.longrepr is not None and outcome != "passed":
-            crash = getattr(report.longrepr, "reprcrash", None)
-            msg = crash.message if crash is not None else (
-                report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr))
-        node = getattr(report, "node", None)
-        self.reported.add(report.nodeid)
-        self.pending.append({"nodeid": report.nodeid, "when": report.when, "outcome": outcome,
-                             "duration": round(report.duration, 4),
-                             "message": str(msg).splitlines()[0][:500] if msg else "",
-                             "worker": getattr(getattr(node, "gateway", None), "id", None)})
-        self.flush()
-
-    def flush(self) -> None:
-        from harness.runner import append_jsonl
-
-        o = self.session.opts
-        if self.pending and o.out.is_dir():
-            tag = f"shard{o.shard[0]}of{o.shard[1]}" if o.shard else "main"
-            append_jsonl(o.out / f"outcomes-{tag}.jsonl", self.pending)
-            self.pending = []
-
-    def pytest_keyboard_interrupt(self, excinfo) -> None:
-        self.interrupted = True
-
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        self.flush()
-        o = self.session.opts
-        if not o.out.is_dir():
-            return
-        reason = ""
-        if self.interrupted or exitstatus == pytest.ExitCode.INTERRUPTED:
-            reason = "interrupted (Ctrl-C or a fatal error) before all tests ran"
-        elif session.shouldstop or session.shouldfail:
-            reason = f"stopped early: {session.shouldstop or session.shouldfail}"
-        elif self.expected is not None and len(self.reported) < self.expected:
-            reason = f"only {len(self.reported)} of {self.expected} selected tests finished"
-        _write_run(self.config, status="partial" if reason else "complete", partial_reason=reason,
-                   finished=time.time(), exitstatus=int(exitstatus), tests_failed=session.testsfailed,
-                   tests_collected=session.testscollected)
-        if o.markdown:
-            _write_markdown(self.config)
-
-    def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-        o = self.session.opts
-        if not o.out.is_dir():
-            return
-        from harness.records import NoRecordsError
-        from harness.report.summary import summary_lines
-
-        tr = terminalreporter
-        try:
-            lines = summary_lines(o.out, baselines=o.baselines, fail_on=o.fail_on)
-        except NoRecordsError:
-            tr.write_sep("=", "harness", yellow=True)
-            tr.write_line(f"harness: no records were written to {o.out}")
-            return
-        except ValueError as e:  # corrupt baseline etc.: one line, never a traceback
-            tr.write_sep("=", "harness", red=True)
-            tr.write_line(f"harness: summary unavailable: {str(e).splitlines()[0]}")
-            return
-        tr.write_sep("=", "harness summary")
-        for line in lines:
-            tr.write_line(line)
-        if o.markdown:
-            tr.write_line(f"markdown summary: {o.markdown}")
-
-
-def _write_markdown(config: pytest.Config) -> None:
-    from harness.report.markdown import render_markdown
-
-    s = config.stash[SESSION]
-    try:
-        text = render_markdown(s.opts.out, baselines=s.opts.baselines)
-    except ValueError as e:
-        text = f"harness: no summary ({e})\n"
-    path = s.opts.markdown
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-
-
 
 
 def technique_params(quick: bool, specs: list[str] | None = None) -> list:

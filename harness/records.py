@@ -1,4 +1,4 @@
-"""The Record row and its JSONL storage.
+"""The Record row and its JSONL storage (metric metadata: ``harness.metrics``).
 
 Every figure the harness produces is one Record. Writers append one JSON line per record
 with a single ``write`` on an ``O_APPEND`` descriptor followed by ``fsync``, so a crash or
@@ -19,61 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.registry import Registry
+from harness.metrics import METRICS, MetricInfo
 
 Status = Literal["ok", "na", "error"]
-
-
-CAUSAL, ENCODER = ("causal-lm",), ("encoder",)
-ANY_KIND = ("causal-lm", "encoder")
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    name: str
-    unit: str
-    higher_is_better: bool
-    description: str
-    kinds: tuple[str, ...] = ANY_KIND  # model kinds the metric applies to
-
-
-METRICS: Registry[MetricInfo] = Registry("metric")
-for _m in [
-    MetricInfo("size.bytes", "B", False, "serialized bytes of the stored state (safetensors)"),
-    MetricInfo("size.params", "count", False, "stored parameter elements (shared counted once)"),
-    MetricInfo("size.bits_per_param", "bits", False,
-               "stored bits of compressible weights (incl. scales, zeros, metadata) per logical weight"),
-    MetricInfo("size.compression_ratio", "x", True, "reference bytes / compressed bytes"),
-    MetricInfo("ppl.window", "ppl", False, "perplexity, non-overlapping fixed windows", CAUSAL),
-    MetricInfo("ppl.lm_eval", "ppl", False, "token perplexity from lm-eval loglikelihood_rolling", CAUSAL),
-    MetricInfo("ppl.unigram", "ppl", False, "add-one unigram baseline on the same tokens", CAUSAL),
-    MetricInfo("fidelity.kl", "nats", False, "mean per-token KL(reference || model)", CAUSAL),
-    MetricInfo("fidelity.top1", "fraction", True, "next-token argmax agreement with the reference", CAUSAL),
-    MetricInfo("fidelity.cosine", "cosine", True, "mean embedding cosine vs the reference (encoders)", ENCODER),
-    MetricInfo("latency.prefill_ms", "ms", False, "time to first token (prompt forward)", CAUSAL),
-    MetricInfo("latency.decode_ms_per_token", "ms", False, "time per output token with KV cache", CAUSAL),
-    MetricInfo("latency.decode_tok_s", "tok/s", True, "decode throughput (batch x tokens / s)", CAUSAL),
-    MetricInfo("latency.forward_ms", "ms", False, "encoder forward latency", ENCODER),
-    MetricInfo("latency.speedup_prefill", "x", True, "reference prefill ms / model prefill ms", CAUSAL),
-    MetricInfo("latency.speedup_decode", "x", True, "model decode tok/s / reference decode tok/s", CAUSAL),
-    MetricInfo("memory.peak_rss_mb", "MiB", False, "peak resident set of the measured step"),
-    MetricInfo("memory.gpu_peak_mb", "MiB", False, "torch peak allocated CUDA memory"),
-    MetricInfo("memory.nvml_used_mb", "MiB", False, "NVML device memory used"),
-    MetricInfo("memory.kv_cache_mb", "MiB", False, "bytes held by the KV cache after decoding", CAUSAL),
-    MetricInfo("energy.j_per_token", "J/tok", False, "NVML energy counter delta per generated token", CAUSAL),
-    MetricInfo("compress.wall_s", "s", False, "wall time of the compression step"),
-    MetricInfo("compress.peak_rss_mb", "MiB", False, "RSS growth during compression"),
-]:
-    METRICS.register(_m.name, _m)
-
-
-# Ratios against the uncompressed reference: metric -> (source metric, model/reference
-# (True) or reference/model (False)). Measured here and by the bench fixture alike.
-DERIVED = {
-    "size.compression_ratio": ("size.bytes", False),
-    "latency.speedup_prefill": ("latency.prefill_ms", False),
-    "latency.speedup_decode": ("latency.decode_tok_s", True),
-}
 
 
 def metric_info(name: str) -> MetricInfo:

@@ -61,6 +61,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def ordered(self) -> list[T]:
+        """Registered objects in registration order (tables that have a natural order)."""
+        return list(self._items.values())
+
 
 def lazy(fn: Callable[[], None]) -> Callable[[], None]:
     """Run a populating function once (used to import technique modules on demand)."""

@@ -1,116 +1,15 @@
-"""Run directories, run ids, and invoking pytest on a suite.
-
-A run directory ``reports/<run-id>/`` holds everything one suite run produced:
-``records-<worker>.jsonl`` (one per pytest-xdist worker / shard), ``outcomes-<shard>.jsonl``
-(the pytest outcome of each test, written by the controller as it happens),
-``run.json`` (status, timing, environment) and, once rendered, ``report.html``.
-A run whose ``run.json`` says ``running`` (killed) or ``partial`` (Ctrl-C, ``-x``) is
-reported as partial; records already written are kept.
-"""
+"""Invoking pytest on a suite for ``harness run``: suite names, the command line, the child
+process and its signals. What a run leaves on disk is read and written by ``harness.rundir``."""
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from harness.paths import atomic_write, safe_component
-
-RUN_JSON = "run.json"
-
-
-def new_run_id() -> str:
-    """Sortable, collision-safe id: ``20261123-071502-3f9a``."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
-
-
-def write_run_info(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` into ``run.json`` (atomic replace)."""
-    path = Path(run_dir) / RUN_JSON
-    info = read_run_info(run_dir)
-    info.update(fields)
-    atomic_write(path, json.dumps(info, indent=2, default=str, sort_keys=True) + "\n")
-    return info
-
-
-def read_run_info(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / RUN_JSON
-    if not path.is_file():
-        return {}
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        return info if isinstance(info, dict) else {}
-    except (json.JSONDecodeError, OSError):
-        return {}
-
-
-def run_info_problem(run_dir: str | Path) -> str | None:
-    """Why an existing run.json cannot be read (None when it is fine or absent)."""
-    path = Path(run_dir) / RUN_JSON
-    if not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return f"{path} is corrupt ({str(e).splitlines()[0]})"
-    except OSError as e:
-        return f"{path} cannot be read ({e.strerror})"
-    return None if isinstance(info, dict) else f"{path} is corrupt (not a JSON object)"
-
-
-def run_status(run_dir: str | Path) -> tuple[str, str]:
-    """(status, why) with status ``complete`` or ``partial``."""
-    problem = run_info_problem(run_dir)
-    if problem:
-        return "partial", f"{problem}: the run's status is unknown"
-    info = read_run_info(run_dir)
-    st = info.get("status")
-    if st == "complete":
-        return "complete", ""
-    if st == "partial":
-        return "partial", str(info.get("partial_reason") or "the run stopped early")
-    if st == "running":
-        return "partial", "the run did not finish (killed or still running)"
-    return "partial", "no run.json: the run's pytest session never finished"
-
-
-def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append whole lines with one write (crash leaves whole lines only)."""
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-_SEVERITY = {"error": 4, "failed": 3, "xpassed": 2, "xfailed": 2, "skipped": 1, "passed": 0}
-
-
-def load_outcomes(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Pytest outcome per test of a run (the most severe phase wins: a passing call with
-    a failing teardown is an error)."""
-    out: dict[str, dict[str, Any]] = {}
-    for f in sorted(Path(run_dir).glob("outcomes-*.jsonl")):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(row, dict) or "nodeid" not in row:
-                continue
-            prev = out.get(row["nodeid"])
-            if prev is None or _SEVERITY.get(row.get("outcome"), 0) >= _SEVERITY.get(prev.get("outcome"), 0):
-                out[row["nodeid"]] = row
-    return list(out.values())
+from harness.paths import safe_component
 
 
 def repo_root() -> Path:
@@ -183,13 +82,3 @@ def _reap_group(pgid: int, grace_s: float = 10.0) -> None:
             return
         time.sleep(0.1)
     _signal_group(pgid, signal.SIGKILL)
-
-
-def mark_interrupted(run_dir: str | Path, signum: int) -> None:
-    """After a signal: a run.json that still says ``running`` (the child was killed before
-    it could finish) becomes ``partial`` with the reason."""
-    info = read_run_info(run_dir)
-    if Path(run_dir).is_dir() and info.get("status") in (None, "running"):
-        write_run_info(run_dir, status="partial", finished=time.time(),
-                       partial_reason=f"harness run received {signal.Signals(signum).name}; stopped before all "
-                                      f"tests ran")

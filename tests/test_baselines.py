@@ -1,6 +1,7 @@
 """Baselines: tolerance parsing, noise-aware verdicts, device classes, corrupt files, update."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -127,7 +128,7 @@ def test_update_writes_reviewable_file_and_keeps_hand_tuned_tolerance(tmp_path):
     [(path, n, kept)] = bl.update(recs, tmp_path, run_id="r1")
     assert path == tmp_path / "default" / f"{DC}.json" and n == 1 and kept == 0
     bf = bl.load_baseline(path)
-    ent = bf.entries[("m", "rtn:bits=4", "full")]
+    ent = bf.entries[("m", bl.resolve_spec("rtn:bits=4"), "full")]
     assert set(ent.metrics) == {"ppl.window", "latency.prefill_ms"}  # N/A is never a baseline
     assert ent.metrics["latency.prefill_ms"].spread == {"p10": 9.0, "p90": 11.0}
     assert str(ent.metrics["ppl.window"].tolerance) == "2%"
@@ -137,11 +138,53 @@ def test_update_writes_reviewable_file_and_keeps_hand_tuned_tolerance(tmp_path):
     other = rec("ppl.window", 30.0, spec="none")
     bl.update([rec("ppl.window", 51.0), other], tmp_path)
     bf = bl.load_baseline(path)
-    assert str(bf.entries[("m", "rtn:bits=4", "full")].metrics["ppl.window"].tolerance) == "5%"
-    assert bf.entries[("m", "rtn:bits=4", "full")].metrics["ppl.window"].value == 51.0
-    assert ("m", "none", "full") in bf.entries
+    assert str(bf.entries[("m", bl.resolve_spec("rtn:bits=4"), "full")].metrics["ppl.window"].tolerance) == "5%"
+    assert bf.entries[("m", bl.resolve_spec("rtn:bits=4"), "full")].metrics["ppl.window"].value == 51.0
+    assert ("m", bl.resolve_spec("none"), "full") in bf.entries
     # entries not in the new run are kept unless --prune
     bl.update([other], tmp_path)
     assert len(bl.load_baseline(path).entries) == 2
     bl.update([other], tmp_path, prune=True)
-    assert list(bl.load_baseline(path).entries) == [("m", "none", "full")]
+    assert list(bl.load_baseline(path).entries) == [("m", bl.resolve_spec("none"), "full")]
+
+
+# -- keys pin the full resolved config (issue 12) ------------------------------------------------
+
+def test_resolved_key_includes_defaults_and_version():
+    assert bl.resolve_spec("rtn:bits=4") == "rtn:bits=4,group=none,sym=true@v1"
+    assert bl.resolve_spec("rtn:bits=4") == bl.resolve_spec("rtn:bits=4,sym=true")  # same behaviour, same key
+    assert bl.resolve_spec("none") == "none@v1"
+
+
+def test_a_changed_default_is_never_compared_with_the_old_numbers(tmp_path):
+    """A record whose full config differs from the baseline's (a default changed between the
+    two runs) is 'new', not a silent comparison with numbers measured under the old default."""
+    r = rec("ppl.window", 50.0)
+    bl.update([r], tmp_path)
+    moved = dataclasses.replace(rec("ppl.window", 70.0), config={"bits": 4, "group": 64, "sym": True})
+    [v] = bl.verdicts([moved], bl.BaselineStore(tmp_path), DC, missing=False)
+    assert v.status == "new"
+    same = dataclasses.replace(rec("ppl.window", 51.0), config={"bits": 4, "group": None, "sym": True})
+    [v] = bl.verdicts([same], bl.BaselineStore(tmp_path), DC, missing=False)
+    assert v.status == "pass"
+
+
+def test_schema_1_file_loads_migrated_and_migrate_rewrites_it(tmp_path, capsys):
+    from harness.cli import main
+
+    old = {"schema": "harness-baseline/1", "suite": "default", "device_class": DC, "entries": [
+        {"model": "m", "spec": "rtn:bits=4", "profile": "full",
+         "metrics": {"ppl.window": {"value": 50.0, "direction": "lower", "tolerance": "2%"}}}]}
+    path = tmp_path / "default" / f"{DC}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(old))
+    ent = bl.load_baseline(path).entries[("m", bl.resolve_spec("rtn:bits=4"), "full")]
+    assert ent.migrated and ent.metrics["ppl.window"].value == 50.0
+    [v] = bl.verdicts([rec("ppl.window", 50.5)], bl.BaselineStore(tmp_path), DC, missing=False)
+    assert v.status == "pass"
+    assert main(["baseline", "migrate", "--baselines", str(tmp_path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["schema"] == "harness-baseline/2" and data["entries"][0]["resolved"] == bl.resolve_spec("rtn:bits=4")
+    assert data["entries"][0]["migrated"] is True
+    assert main(["baseline", "migrate", "--baselines", str(tmp_path)]) == 0
+    assert "nothing to migrate" in capsys.readouterr().out

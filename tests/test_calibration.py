@@ -9,6 +9,7 @@ from harness.calibration import (
     find_blocks,
     for_each_block,
     get_calibration,
+    target_linears,
 )
 from harness.config import SpecError
 
@@ -64,3 +65,33 @@ def test_first_block_inputs_equal_embeddings_output():
     args, kwargs = capture_block_inputs(model, calib, batch_size=4)[0]
     hidden = args[0] if args else kwargs["hidden_states"]
     assert torch.equal(hidden, model.model.embed_tokens(calib.input_ids))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_target_linears_are_the_block_linears_in_order(family):
+    from harness.layers.base import is_linear
+
+    model = FAMILIES[family]()
+    prefix, blocks = find_blocks(model)
+    got = target_linears(model)
+    want = [f"{prefix}.{i}.{n}" for i, b in enumerate(blocks) for n, m in b.named_modules() if is_linear(m)]
+    assert list(got) == want and all(got[n] is model.get_submodule(n) for n in got)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    every = [n for n, m in model.named_modules() if is_linear(m)]
+    assert list(target_linears(model, scope="all", head=True)) == every
+    assert list(target_linears(model, scope="all")) == [n for n in every if model.get_submodule(n) is not head]
+    if head is not None and is_linear(head):
+        with_head = target_linears(model, head=True)
+        assert list(with_head)[:-1] == want and list(with_head.values())[-1] is head
+
+
+def test_target_linears_also_takes_packed_layers():
+    from conftest import random_llama
+
+    from harness.layers.sparse import SparseLinear
+    from harness.techniques import compress
+
+    model = compress(random_llama(), "magnitude:sparsity=0.5").model
+    assert target_linears(model) == {}
+    packed = target_linears(model, also=(SparseLinear,))
+    assert len(packed) == 14 and all(isinstance(m, SparseLinear) for m in packed.values())

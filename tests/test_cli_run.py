@@ -7,7 +7,7 @@ import pytest
 
 from harness.cli import main
 from harness.records import Record, RecordWriter, load_records
-from harness.runner import write_run_info
+from harness.rundir import write_run_info
 
 DC = "cpu-test-2c"
 

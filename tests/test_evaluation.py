@@ -63,7 +63,7 @@ def test_empty_metric_list_is_an_error():
 def test_every_accepted_metric_is_produced_or_na_with_a_reason(tiny_lm):
     """A metric that parse_metrics accepts always comes back: never silently absent."""
     import harness
-    from harness.records import METRICS
+    from harness.metrics import METRICS
 
     res = harness.compress(copy.deepcopy(tiny_lm.model), "kv-cache:bits=8")
     ctx = copy.copy(FAST)

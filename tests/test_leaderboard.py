@@ -6,7 +6,7 @@ import pytest
 
 from harness import leaderboard as lb
 from harness.records import Record, RecordWriter
-from harness.runner import write_run_info
+from harness.rundir import write_run_info
 
 ROWS = [("none", 1000.0, 50.0, 10.0), ("rtn:bits=4", 300.0, 53.0, 8.0), ("magnitude:sparsity=0.5", 1000.0, 60.0, 10.5)]
 
@@ -55,7 +55,9 @@ def test_history_latest_wins_and_ingest_is_idempotent(tmp_path):
     latest = {e.spec: e for e in lb.entries(con)}
     assert latest["rtn:bits=4"].run_id == "r2"
     assert [e.spec for e in lb.rank(list(latest.values()), "ppl.window")][-1] == "rtn:bits=4"
-    html = lb.write_html(con, tmp_path / "lb.html", "ppl.window").read_text()
+    from harness.report.leaderboard_html import write_html
+
+    html = write_html(con, tmp_path / "lb.html", "ppl.window").read_text()
     assert "History per entry" in html and "r1" in html and "r2" in html
 
 

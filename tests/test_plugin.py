@@ -11,7 +11,7 @@ import pytest
 from harness.baselines import SCHEMA
 from harness.measure.environment import device_class
 from harness.records import load_records
-from harness.runner import load_outcomes, read_run_info
+from harness.rundir import load_outcomes, read_run_info
 
 pytest_plugins = ["pytester"]
 
@@ -317,17 +317,15 @@ def test_technique_params_follow_the_registry(monkeypatch):
 
 
 def test_derived_speedup_band_covers_both_measurements():
-    from harness.bench import Bench
+    from harness.evaluation import derive
     from harness.records import Record
 
-    ref = {"latency.prefill_ms": Record("latency.prefill_ms", 10.0, spread={"p10": 9.0, "p90": 12.0})}
-    got = Record("latency.prefill_ms", 5.0, spread={"p10": 4.0, "p90": 6.0})
-    r = Bench._derived(None, "latency.speedup_prefill", {"latency.prefill_ms": got}, ref, False, None, None, None)
+    ref = Record("latency.prefill_ms", 10.0, spread={"p10": 9.0, "p90": 12.0})
+    r = derive("latency.speedup_prefill", Record("latency.prefill_ms", 5.0, spread={"p10": 4.0, "p90": 6.0}), ref)
     assert r.value == 2.0 and r.spread == {"p10": 9.0 / 6.0, "p90": 12.0 / 4.0}
-    tps = {"latency.decode_tok_s": Record("latency.decode_tok_s", 100.0, spread={"p10": 90.0, "p90": 110.0})}
+    tps = Record("latency.decode_tok_s", 100.0, spread={"p10": 90.0, "p90": 110.0})
     got = Record("latency.decode_tok_s", 50.0, spread={"p10": 45.0, "p90": 55.0})
-    r = Bench._derived(None, "latency.speedup_decode", {"latency.decode_tok_s": got}, tps, False, None, None, None)
+    r = derive("latency.speedup_decode", got, tps)
     assert r.value == 0.5 and r.spread == {"p10": 45.0 / 110.0, "p90": 55.0 / 90.0}
-    na = Bench._derived(None, "latency.speedup_decode", {"latency.decode_tok_s": Record.na(
-        "latency.decode_tok_s", "boom")}, tps, False, None, None, None)
+    na = derive("latency.speedup_decode", Record.na("latency.decode_tok_s", "boom"), tps)
     assert na.status == "na" and "boom" in na.reason

@@ -103,7 +103,7 @@ def test_every_reader_reports_a_damaged_line(tmp_path, capsys):
     from harness.cli import main
     from harness.records import load_records
     from harness.report.html import write_report
-    from harness.runner import write_run_info
+    from harness.rundir import write_run_info
 
     run = tmp_path / "run"
     run.mkdir()
@@ -125,7 +125,7 @@ def test_every_reader_reports_a_damaged_line(tmp_path, capsys):
 
 
 def test_corrupt_run_json_is_named_as_corrupt(tmp_path):
-    from harness.runner import run_status
+    from harness.rundir import run_status
 
     _three(tmp_path)
     (tmp_path / "run.json").write_text('{"status": "compl')

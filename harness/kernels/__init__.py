@@ -5,8 +5,11 @@
 - ``qlr``: CALDERA ``y = dequant(Q) x + L (R x)`` with the low-rank term fused into the GEMV.
 - ``dispatch``: what the layers call (``quant_matmul``, ``maybe_triton_linear``, ...).
 - ``reference``: the torch math every kernel is tested against.
-- ``gpu``: CUDA/NVML helpers (``cuda_timer``, device info, energy, peak bandwidth).
-- ``bench``: the micro-benchmark behind ``harness kernels bench``.
+- ``_build``: lazy Triton construction (compiled or ``TRITON_INTERPRET=1``); ``aot``:
+  compiling for a GPU target without one (static PTX/SASS facts, no speed).
+
+Measuring the kernels is not done here: the micro-benchmark behind ``harness kernels
+bench`` is ``harness.measure.kernel_bench``, the CUDA/NVML helpers ``harness.measure.gpu``.
 
 Importing this package never imports triton; kernels are built on first use, as
 compiled CUDA kernels or, with ``TRITON_INTERPRET=1``, under Triton's CPU interpreter.

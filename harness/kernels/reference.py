@@ -1,6 +1,6 @@
 """Torch references for every kernel's math (the tests' ground truth, and the fallback).
 
-Packed format (``harness.layers.packing``, ``harness.layers.quant.QuantLinear``):
+Packed format (``harness.primitives.packing``, ``harness.layers.quant.QuantLinear``):
 ``qweight`` uint8 ``[N, ceil(K*bits/8)]`` packed along the input dim (little-endian;
 4-bit: element ``2j`` in the low nibble of byte ``j``; 2-bit: element ``4j+k`` at bits
 ``2k..2k+1``), ``scales`` float16 ``[N, ceil(K/group)]``, ``zeros`` uint8 ``[N, ceil(K/group)]``
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.layers.packing import unpack
-from harness.techniques.quantization.uniform import dequantize_groupwise
+from harness.primitives.packing import unpack
+from harness.primitives.quant import dequantize_groupwise
 
 
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, bits: int,

@@ -18,14 +18,21 @@ from harness.registry import Registry
 
 LAYERS: Registry[type[CompressedModule]] = Registry("compressed layer")
 
+# Dtypes a layer's JSON arguments may name (``layer_args`` stores names, never objects).
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
 # Where each saved layer class lives, so a checkpoint loads in a fresh process without the
-# caller importing techniques first (tests check this covers every registered layer).
+# caller importing anything first (tests check this covers every registered layer).
 LAYER_MODULES = {
     "quant_linear": "harness.layers.quant", "w8a8_linear": "harness.layers.quant",
     "codebook_linear": "harness.layers.quant", "sparse_linear": "harness.layers.sparse",
-    "clustered_linear": "harness.layers.clustered", "lowrank_linear": "harness.layers.lowrank",
-    "qlr_linear": "harness.layers.qlr", "fp8_linear": "harness.techniques.quantization.gpu",
-    "dynamic_int8_linear": "harness.techniques.quantization.dynamic",
+    "clustered_linear": "harness.layers.quant",  # retired name: loads as a CodebookLinear
+    "lowrank_linear": "harness.layers.lowrank", "qlr_linear": "harness.layers.qlr",
+    "fp8_linear": "harness.layers.fp8", "dynamic_int8_linear": "harness.layers.dynamic",
 }
 
 
@@ -104,25 +111,3 @@ def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
     parent = root.get_submodule(parent_path) if parent_path else root
     setattr(parent, leaf, new)
 
-
-def named_linears(model: nn.Module, *, skip_lm_head: bool = True,
-                  skip_embeddings: bool = True) -> dict[str, nn.Module]:
-    """Linear / Conv1D layers worth compressing, in forward order.
-
-    The output head is skipped by default (standard practice in GPTQ/AWQ/SparseGPT:
-    it is tied or accuracy-critical); ``skip_lm_head=False`` includes it.
-    """
-    out: dict[str, nn.Module] = {}
-    head = None
-    if skip_lm_head and hasattr(model, "get_output_embeddings"):
-        try:
-            head = model.get_output_embeddings()
-        except Exception:  # pragma: no cover
-            head = None
-    for name, mod in model.named_modules():
-        if not is_linear(mod) or mod is head:
-            continue
-        if skip_lm_head and name.split(".")[-1] in {"lm_head", "embed_out", "cls", "decoder"} and head is None:
-            continue
-        out[name] = mod
-    return out

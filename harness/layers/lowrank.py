@@ -14,14 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.config import SpecError
-from harness.layers.base import CompressedModule
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-           "float64": torch.float64}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+from harness.layers.base import DTYPES, CompressedModule, dtype_name
 
 
 def check_rank(rank: int, in_features: int, out_features: int, where: str = "") -> None:
@@ -44,7 +37,7 @@ class LowRankLinear(CompressedModule):
         if not (allow_full and rank == min(in_features, out_features)):
             check_rank(rank, in_features, out_features)
         self.in_features, self.out_features, self.rank = int(in_features), int(out_features), int(rank)
-        dt = _DTYPES[dtype]
+        dt = DTYPES[dtype]
         self.A = nn.Parameter(torch.zeros(rank, in_features, dtype=dt))
         self.B = nn.Parameter(torch.zeros(out_features, rank, dtype=dt))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dt)) if bias else None

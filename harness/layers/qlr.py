@@ -4,7 +4,7 @@ Stored tensors (registered buffers, so ``state_dict`` is exactly what ships):
 
 - ``q_packed`` uint8 ``[out, packed(in, q_bits)]`` and ``q_scales`` float16
   ``[out, ceil(in/q_group)]``: the backbone ``Q``, symmetric group-wise codes packed along
-  the input dim (``harness.layers.packing`` layout); when ``q_group`` does not divide ``in``
+  the input dim (``harness.primitives.packing`` layout); when ``q_group`` does not divide ``in``
   the last group is ragged (the remaining ``in % q_group`` inputs).
 - ``l_packed`` / ``l_scales``: ``L`` ``[out, rank]`` at ``lr_bits``, packed along the rank dim,
   one float16 scale per row (CALDERA rounds L with LDLQ under ``R H Rᵀ``, row by row);
@@ -23,15 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.layers.base import CompressedModule
-from harness.layers.lowrank import _DTYPES, check_rank, dtype_name
-from harness.layers.packing import pack, packed_width, unpack
-
-
-def _uniform():
-    from harness.techniques.quantization import uniform  # lazy: avoids an import cycle
-
-    return uniform
+from harness.layers.base import DTYPES, CompressedModule, dtype_name
+from harness.layers.lowrank import check_rank
+from harness.primitives.packing import pack, packed_width, unpack
+from harness.primitives.quant import check_quant_args, dequantize_groupwise, n_groups, quantize_groupwise
 
 
 class QLRLinear(CompressedModule):
@@ -43,24 +38,23 @@ class QLRLinear(CompressedModule):
                  q_group: int | None = 64, lr_bits: int = 4, lr_group: int | None = None,
                  bias: bool = False, bias_dtype: str = "float32") -> None:
         super().__init__()
-        u = _uniform()
         check_rank(rank, in_features, out_features)
-        u.check_quant_args(q_bits, q_group, in_features)
-        u.check_quant_args(lr_bits, lr_group, in_features)
+        check_quant_args(q_bits, q_group, in_features)
+        check_quant_args(lr_bits, lr_group, in_features)
         self.in_features, self.out_features, self.rank = int(in_features), int(out_features), int(rank)
         self.q_bits, self.q_group = int(q_bits), (None if q_group is None else int(q_group))
         self.lr_bits, self.lr_group = int(lr_bits), (None if lr_group is None else int(lr_group))
         z8 = {"dtype": torch.uint8}
         self.register_buffer("q_packed", torch.zeros(out_features, packed_width(in_features, q_bits), **z8))
-        self.register_buffer("q_scales", torch.ones(out_features, u.n_groups(in_features, q_group),
+        self.register_buffer("q_scales", torch.ones(out_features, n_groups(in_features, q_group),
                                                     dtype=torch.float16))
         self.register_buffer("l_packed", torch.zeros(out_features, packed_width(rank, lr_bits), **z8))
         self.register_buffer("l_scales", torch.ones(out_features, 1, dtype=torch.float16))
         self.register_buffer("r_packed", torch.zeros(rank, packed_width(in_features, lr_bits), **z8))
-        self.register_buffer("r_scales", torch.ones(rank, u.n_groups(in_features, lr_group),
+        self.register_buffer("r_scales", torch.ones(rank, n_groups(in_features, lr_group),
                                                     dtype=torch.float16))
         if bias:
-            self.register_buffer("bias", torch.zeros(out_features, dtype=_DTYPES[bias_dtype]))
+            self.register_buffer("bias", torch.zeros(out_features, dtype=DTYPES[bias_dtype]))
         else:
             self.bias = None
 
@@ -90,10 +84,9 @@ class QLRLinear(CompressedModule):
                    q_bits: int = 2, q_group: int | None = 64, lr_bits: int = 4,
                    lr_group: int | None = None) -> QLRLinear:
         """Round-to-nearest quantize float ``Q``, ``L``, ``R`` and pack them."""
-        u = _uniform()
-        qc, qs, _ = u.quantize_groupwise(Q, q_bits, q_group, True)
-        lc, ls, _ = u.quantize_groupwise(L, lr_bits, None, True)
-        rc, rs, _ = u.quantize_groupwise(R, lr_bits, lr_group, True)
+        qc, qs, _ = quantize_groupwise(Q, q_bits, q_group, True)
+        lc, ls, _ = quantize_groupwise(L, lr_bits, None, True)
+        rc, rs, _ = quantize_groupwise(R, lr_bits, lr_group, True)
         return cls.from_codes((qc, qs), (lc, ls), (rc, rs), bias, q_bits=q_bits, q_group=q_group,
                               lr_bits=lr_bits, lr_group=lr_group)
 
@@ -112,7 +105,7 @@ class QLRLinear(CompressedModule):
 
     # -- math -------------------------------------------------------------------------------
     def _deq(self, packed, scales, bits, group, cols, dtype) -> torch.Tensor:
-        return _uniform().dequantize_groupwise(unpack(packed, bits, cols), scales, None, bits, group, dtype)
+        return dequantize_groupwise(unpack(packed, bits, cols), scales, None, bits, group, dtype)
 
     def factors(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Dequantized ``(Q, L, R)``."""

@@ -3,7 +3,7 @@
 Stored tensors (all registered buffers, so ``state_dict`` is exactly what is shipped):
 
 - ``qweight``  uint8 ``[out, ceil(in*bits/8)]``: integer codes packed along the input dim
-  (``harness.layers.packing`` layout: two 4-bit codes per byte, 3/2-bit dense), exactly
+  (``harness.primitives.packing`` layout: two 4-bit codes per byte, 3/2-bit dense), exactly
   ``in`` codes per row (no padding codes beyond the packing's last byte).
 - ``scales``   float16 ``[out, n_groups]`` with ``n_groups = ceil(in / group)`` (1 for
   ``group=None``): input ``k`` uses group ``k // group``; when ``group`` does not divide
@@ -12,7 +12,7 @@ Stored tensors (all registered buffers, so ``state_dict`` is exactly what is shi
 - ``bias``     optional, in the original dtype.
 - ``input_scale`` optional float16 ``[in]`` (AWQ): the layer computes ``W_q (x / input_scale)``.
 
-``w = (q - z) * s`` (see ``harness.techniques.quantization.uniform``). The forward
+``w = (q - z) * s`` (see ``harness.primitives.quant``). The forward
 dequantizes to ``x.dtype`` and runs a dense matmul (torch reference). On CUDA, for 4/8 bits,
 it calls ``harness.kernels.quant_matmul(x, qweight, scales, zeros, bits, group, in_features)``
 when that module exists (fused dequant-matmul kernels), falling back to torch otherwise
@@ -29,23 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.layers.base import CompressedModule, linear_weight
-from harness.layers.packing import pack, packed_width, unpack
-
-
-def _uniform():
-    """The quantization primitives, imported lazily: ``harness.techniques`` imports this
-    module while registering techniques, so a top-level import would be circular."""
-    from harness.techniques.quantization import uniform
-
-    return uniform
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-           "float64": torch.float64}
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+from harness.layers.base import DTYPES, CompressedModule, dtype_name, linear_weight
+from harness.primitives.codebook import index_bits
+from harness.primitives.packing import pack, packed_width, unpack
+from harness.primitives.quant import check_quant_args, dequantize_groupwise, expand_groups, n_groups, quantize_groupwise
 
 
 def _kernel():
@@ -66,11 +53,10 @@ class QuantLinear(CompressedModule):
                  sym: bool = True, bias: bool = False, bias_dtype: str = "float32",
                  input_scale: bool = False) -> None:
         super().__init__()
-        u = _uniform()
-        u.check_quant_args(bits, group, in_features)
+        check_quant_args(bits, group, in_features)
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.bits, self.group, self.sym = int(bits), (None if group is None else int(group)), bool(sym)
-        ng = u.n_groups(in_features, group)
+        ng = n_groups(in_features, group)
         self.register_buffer("qweight", torch.zeros(out_features, packed_width(in_features, bits), dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, ng, dtype=torch.float16))
         if sym:
@@ -78,7 +64,7 @@ class QuantLinear(CompressedModule):
         else:
             self.register_buffer("zeros", torch.zeros(out_features, ng, dtype=torch.uint8))
         if bias:
-            self.register_buffer("bias", torch.zeros(out_features, dtype=_DTYPES[bias_dtype]))
+            self.register_buffer("bias", torch.zeros(out_features, dtype=DTYPES[bias_dtype]))
         else:
             self.bias = None
         if input_scale:
@@ -95,9 +81,9 @@ class QuantLinear(CompressedModule):
         ``codes=(codes, scales, zeros)`` (GPTQ/AWQ/QAT produce their own)."""
         out_f, in_f = weight.shape
         layer = cls(in_f, out_f, bits, group, sym, bias=bias is not None,
-                    bias_dtype=_dtype_name(bias.dtype) if bias is not None else "float32",
+                    bias_dtype=dtype_name(bias.dtype) if bias is not None else "float32",
                     input_scale=input_scale is not None)
-        q, s, z = codes if codes is not None else _uniform().quantize_groupwise(weight, bits, group, sym)
+        q, s, z = codes if codes is not None else quantize_groupwise(weight, bits, group, sym)
         dev = weight.device
         layer.to(dev)
         layer.qweight.copy_(pack(q.to(dev), bits))
@@ -122,7 +108,7 @@ class QuantLinear(CompressedModule):
     def layer_args(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,
                 "group": self.group, "sym": self.sym, "bias": self.bias is not None,
-                "bias_dtype": _dtype_name(self.bias.dtype) if self.bias is not None else "float32",
+                "bias_dtype": dtype_name(self.bias.dtype) if self.bias is not None else "float32",
                 "input_scale": self.input_scale is not None}
 
     def logical_params(self) -> int:
@@ -134,7 +120,7 @@ class QuantLinear(CompressedModule):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The dense ``[out, in]`` weight this layer applies (before ``input_scale``)."""
-        return _uniform().dequantize_groupwise(self.codes(), self.scales, self.zeros, self.bits, self.group, dtype)
+        return dequantize_groupwise(self.codes(), self.scales, self.zeros, self.bits, self.group, dtype)
 
     def effective_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Weight acting on the *unscaled* input (input_scale folded in)."""
@@ -180,7 +166,7 @@ class W8A8Linear(CompressedModule):
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("w_scales", torch.ones(out_features, dtype=torch.float16))
         if bias:
-            self.register_buffer("bias", torch.zeros(out_features, dtype=_DTYPES[bias_dtype]))
+            self.register_buffer("bias", torch.zeros(out_features, dtype=DTYPES[bias_dtype]))
         else:
             self.bias = None
         if smooth:
@@ -193,7 +179,7 @@ class W8A8Linear(CompressedModule):
                     smooth: torch.Tensor | None = None) -> W8A8Linear:
         """Quantize ``weight`` [out, in] (already multiplied by ``smooth`` if given)."""
         out_f, in_f = weight.shape
-        layer = cls(in_f, out_f, bias is not None, _dtype_name(bias.dtype) if bias is not None else "float32",
+        layer = cls(in_f, out_f, bias is not None, dtype_name(bias.dtype) if bias is not None else "float32",
                     smooth is not None).to(weight.device)
         w = weight.detach().float()
         scale = (w.abs().amax(1) / 127).clamp(min=1e-8).to(torch.float16)
@@ -207,7 +193,7 @@ class W8A8Linear(CompressedModule):
 
     def layer_args(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
-                "bias_dtype": _dtype_name(self.bias.dtype) if self.bias is not None else "float32",
+                "bias_dtype": dtype_name(self.bias.dtype) if self.bias is not None else "float32",
                 "smooth": self.smooth is not None}
 
     def logical_params(self) -> int:
@@ -231,42 +217,49 @@ class W8A8Linear(CompressedModule):
 
 
 class CodebookLinear(CompressedModule):
-    """Non-uniform weight-only layer: packed indices into a codebook (NF4, k-means).
+    """Non-uniform weight-only layer: packed indices into a codebook (NF4, k-means, weight
+    clustering).
 
     Stored: ``qweight`` uint8 packed indices ``[out, ceil(in*bits/8)]``, ``codebook``
-    float16 ``[2**bits]`` (one per layer), optional ``scales`` float16 ``[out, n_groups]``
-    (per-group absmax normalisation, as in NF4; ``n_groups = ceil(in / group)``, the last
-    group ragged when ``group`` does not divide ``in``), optional ``bias``.
+    float16 ``[entries]`` (one per layer; ``entries`` defaults to ``2**bits``, fewer when a
+    clustering asks for, say, 10 levels packed at 4 bits), optional ``scales`` float16
+    ``[out, n_groups]`` (per-group absmax normalisation, as in NF4; ``n_groups = ceil(in /
+    group)``, the last group ragged when ``group`` does not divide ``in``), optional ``bias``.
     ``w = codebook[idx] * scale``. The forward dequantizes (torch reference).
     """
 
     layer_name = "codebook_linear"
 
     def __init__(self, in_features: int, out_features: int, bits: int = 4, group: int | None = None,
-                 scaled: bool = True, bias: bool = False, bias_dtype: str = "float32") -> None:
+                 scaled: bool = True, bias: bool = False, bias_dtype: str = "float32",
+                 entries: int | None = None) -> None:
         super().__init__()
-        u = _uniform()
-        u.check_quant_args(bits, group, in_features)
+        check_quant_args(bits, group, in_features)
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.bits, self.group = int(bits), (None if group is None else int(group))
+        self.entries = 2 ** self.bits if entries is None else int(entries)
+        if not 2 <= self.entries <= 2 ** self.bits:
+            raise ValueError(f"a {self.bits}-bit codebook holds 2..{2 ** self.bits} entries, not {self.entries}")
         self.register_buffer("qweight", torch.zeros(out_features, packed_width(in_features, bits), dtype=torch.uint8))
-        self.register_buffer("codebook", torch.zeros(2 ** bits, dtype=torch.float16))
+        self.register_buffer("codebook", torch.zeros(self.entries, dtype=torch.float16))
         if scaled:
-            self.register_buffer("scales", torch.ones(out_features, u.n_groups(in_features, group),
+            self.register_buffer("scales", torch.ones(out_features, n_groups(in_features, group),
                                                       dtype=torch.float16))
         else:
             self.scales = None
         if bias:
-            self.register_buffer("bias", torch.zeros(out_features, dtype=_DTYPES[bias_dtype]))
+            self.register_buffer("bias", torch.zeros(out_features, dtype=DTYPES[bias_dtype]))
         else:
             self.bias = None
 
     @classmethod
     def from_codes(cls, idx: torch.Tensor, codebook: torch.Tensor, scales: torch.Tensor | None, bits: int,
                    group: int | None, bias: torch.Tensor | None = None) -> CodebookLinear:
+        """Wrap indices ``[out, in]`` into ``codebook`` (``2**bits`` entries or fewer)."""
         out_f, in_f = idx.shape
         layer = cls(in_f, out_f, bits, group, scales is not None, bias is not None,
-                    _dtype_name(bias.dtype) if bias is not None else "float32").to(idx.device)
+                    dtype_name(bias.dtype) if bias is not None else "float32",
+                    entries=int(codebook.numel())).to(idx.device)
         layer.qweight.copy_(pack(idx, bits))
         layer.codebook.copy_(codebook.to(torch.float16))
         if scales is not None:
@@ -276,9 +269,12 @@ class CodebookLinear(CompressedModule):
         return layer
 
     def layer_args(self) -> dict[str, Any]:
-        return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,
+        args = {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,
                 "group": self.group, "scaled": self.scales is not None, "bias": self.bias is not None,
-                "bias_dtype": _dtype_name(self.bias.dtype) if self.bias is not None else "float32"}
+                "bias_dtype": dtype_name(self.bias.dtype) if self.bias is not None else "float32"}
+        if self.entries != 2 ** self.bits:
+            args["entries"] = self.entries
+        return args
 
     def logical_params(self) -> int:
         return self.in_features * self.out_features
@@ -286,11 +282,34 @@ class CodebookLinear(CompressedModule):
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         w = self.codebook.float()[unpack(self.qweight, self.bits, self.in_features).long()]
         if self.scales is not None:
-            w = w * _uniform().expand_groups(self.scales.float(), self.group, self.in_features)
+            w = w * expand_groups(self.scales.float(), self.group, self.in_features)
         return w.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
-__all__ = ["CodebookLinear", "QuantLinear", "W8A8Linear"]
+class ClusteredLinear(CodebookLinear):
+    """Loader for checkpoints saved with the retired ``clustered_linear`` layer (weight
+    clustering before issue 12): builds the equivalent ``CodebookLinear`` (``clusters``
+    unscaled levels, indices packed at ``index_bits(clusters)``) and reads the old tensor
+    name ``indices`` as ``qweight``. Nothing is saved under this name any more."""
+
+    layer_name = "clustered_linear"
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> CodebookLinear:
+        clusters = int(args["clusters"])
+        layer = CodebookLinear(args["in_features"], args["out_features"], bits=index_bits(clusters), group=None,
+                               scaled=False, bias=bool(args.get("bias", False)),
+                               bias_dtype=args.get("bias_dtype", "float32"), entries=clusters)
+        layer._register_load_state_dict_pre_hook(_rename_indices)
+        return layer
+
+
+def _rename_indices(state_dict, prefix, *_args) -> None:
+    if prefix + "indices" in state_dict and prefix + "qweight" not in state_dict:
+        state_dict[prefix + "qweight"] = state_dict.pop(prefix + "indices")
+
+
+__all__ = ["ClusteredLinear", "CodebookLinear", "QuantLinear", "W8A8Linear"]

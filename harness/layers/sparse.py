@@ -23,17 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.config import SpecError
-from harness.layers.base import CompressedModule, is_linear, linear_weight
+from harness.layers.base import DTYPES, CompressedModule, dtype_name, is_linear, linear_weight
 
 Format = Literal["bitmask", "csr"]
 FORMATS = ("bitmask", "csr")
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-           "float64": torch.float64}
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _index_dtype(n: int) -> torch.dtype:
@@ -90,7 +84,7 @@ class SparseLinear(CompressedModule):
             raise SpecError(f"sparse format {format!r} is not allowed; choose one of {', '.join(FORMATS)}")
         self.in_features, self.out_features, self.nnz = int(in_features), int(out_features), int(nnz)
         self.format = format
-        dt = _DTYPES[dtype]
+        dt = DTYPES[dtype]
         self.register_buffer("values", torch.zeros(self.nnz, dtype=dt))
         if format == "bitmask":
             self.register_buffer("mask", torch.zeros(math.ceil(self.out_features * self.in_features / 8),
@@ -109,7 +103,7 @@ class SparseLinear(CompressedModule):
         out_f, in_f = w.shape
         nnz = int(keep.sum())
         fmt = choose_format(out_f, in_f, nnz, w.dtype) if format == "auto" else format
-        layer = cls(in_f, out_f, nnz, bias=bias is not None, format=fmt, dtype=_dtype_name(w.dtype))
+        layer = cls(in_f, out_f, nnz, bias=bias is not None, format=fmt, dtype=dtype_name(w.dtype))
         layer = layer.to(w.device)
         with torch.no_grad():
             layer.values.copy_(w[keep])
@@ -165,7 +159,7 @@ class SparseLinear(CompressedModule):
     def layer_args(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features, "nnz": self.nnz,
                 "bias": self.bias is not None, "format": self.format,
-                "dtype": _dtype_name(self.values.dtype)}
+                "dtype": dtype_name(self.values.dtype)}
 
     def logical_params(self) -> int:
         return self.out_features * self.in_features

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from harness.measure import nvml
+from harness.measure import gpu
 from harness.records import Record
 
 
@@ -21,13 +21,13 @@ def measure_energy(step: Callable[[], object], tokens: int, device: torch.device
         return Record.na("energy.j_per_token", f"NVML energy needs a CUDA GPU (measured on {dev.type})")
     if tokens <= 0:
         raise ValueError(f"tokens={tokens} must be > 0")
-    start, reason = nvml.energy_mj(dev)
+    start, reason = gpu.energy_mj(dev)
     if reason:
         return Record.na("energy.j_per_token", reason)
     torch.cuda.synchronize(dev)
     step()
     torch.cuda.synchronize(dev)
-    end, _ = nvml.energy_mj(dev)
+    end, _ = gpu.energy_mj(dev)
     delta_j = (end - start) / 1e3
     if delta_j <= 0:
         return Record.na("energy.j_per_token",

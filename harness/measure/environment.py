@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from harness.measure import nvml
+from harness.measure import gpu
 
 
 def _cpu_model() -> str:
@@ -68,7 +68,7 @@ def fingerprint(device: str = "cpu") -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         idx = dev.index or 0 if dev.type == "cuda" else 0
-        fp.update(nvml.device_info(idx))
+        fp.update(gpu.nvml_device_info(idx))
         fp["gpu_torch_name"] = torch.cuda.get_device_name(idx)
         fp["gpu_capability"] = ".".join(map(str, torch.cuda.get_device_capability(idx)))
     else:

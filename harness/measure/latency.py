@@ -9,6 +9,9 @@ The torch thread count and the timer go into each record.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -41,26 +44,41 @@ def _rec(metric: str, s: Samples, transform=None, **extra) -> Record:
 
 
 @torch.inference_mode()
-def prefill(model: nn.Module, ids: torch.Tensor):
-    """One prompt forward returning the last position's logits and the filled cache."""
-    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+def prefill(model: nn.Module, ids: torch.Tensor, cache_factory=None):
+    """One prompt forward returning the last position's logits and the filled cache
+    (``cache_factory()``'s cache object when given, else the model's default)."""
+    kw = {"past_key_values": cache_factory()} if cache_factory else {}
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw)
     return out.logits[:, -1], out.past_key_values
 
 
 @torch.inference_mode()
+def greedy_decode(model: nn.Module, ids: torch.Tensor, steps: int, cache_factory=None, *,
+                  timer: Callable[[Callable[[], None]], Any] | None = None) -> tuple[torch.Tensor, Any, Any]:
+    """The one greedy decode loop: prefill ``ids`` (one forward that fills the KV cache and
+    gives the first token), then ``steps`` cached one-token forwards, each feeding back the
+    argmax of the last. Returns (generated ids [batch, steps + 1], final cache, what
+    ``timer(loop)`` returned, or None). ``timer`` wraps only the cached steps: the prefill
+    is never inside the timed region."""
+    logits, cache = prefill(model, ids, cache_factory)
+    state = {"cache": cache, "tok": logits.argmax(-1, keepdim=True)}
+    gen = [state["tok"]]
+
+    def loop() -> None:
+        for _ in range(steps):
+            o = model(input_ids=state["tok"], past_key_values=state["cache"], use_cache=True)
+            state["cache"] = o.past_key_values
+            state["tok"] = o.logits[:, -1].argmax(-1, keepdim=True)
+            gen.append(state["tok"])
+
+    timed = timer(loop) if timer else loop()
+    return torch.cat(gen, 1), state["cache"], timed
+
+
 def decode_with_cache(model: nn.Module, ids: torch.Tensor, n_tokens: int, cache_factory=None):
     """Greedy decode ``n_tokens`` after prefill; returns (generated ids [batch, n], final cache)."""
-    kw = {"past_key_values": cache_factory()} if cache_factory else {}
-    out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw)
-    cache = out.past_key_values
-    tok = out.logits[:, -1].argmax(-1, keepdim=True)
-    gen = [tok]
-    for _ in range(n_tokens - 1):
-        out = model(input_ids=tok, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        tok = out.logits[:, -1].argmax(-1, keepdim=True)
-        gen.append(tok)
-    return torch.cat(gen, 1), cache
+    gen, cache, _ = greedy_decode(model, ids, n_tokens - 1, cache_factory)
+    return gen, cache
 
 
 def decode(model: nn.Module, ids: torch.Tensor, n_tokens: int, cache_factory=None) -> torch.Tensor:
@@ -103,20 +121,8 @@ def measure_latency(model: nn.Module, kind: str = "causal-lm", cfg: LatencyConfi
         n = cfg.decode_tokens
 
         def one() -> float:
-            # Prefill is outside the timed region: only the n-1 cached steps + first argmax.
-            kw = {"past_key_values": cache_factory()} if cache_factory else {}
-            with torch.inference_mode():
-                out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw)
-            state = {"cache": out.past_key_values, "tok": out.logits[:, -1].argmax(-1, keepdim=True)}
-
-            @torch.inference_mode()
-            def loop() -> None:
-                for _ in range(n):
-                    o = model(input_ids=state["tok"], past_key_values=state["cache"], use_cache=True)
-                    state["cache"] = o.past_key_values
-                    state["tok"] = o.logits[:, -1].argmax(-1, keepdim=True)
-
-            return timer(loop) / n
+            # Prefill is outside the timed region: only the n cached steps are timed.
+            return greedy_decode(model, ids, n, cache_factory, timer=timer)[2] / n
 
         s = sample(one, **run)
         ctx = _context(cfg, timer, decode_tokens=n)

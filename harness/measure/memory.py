@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from harness.measure import nvml
+from harness.measure import gpu
 from harness.records import Record
 
 _STATUS = Path("/proc/self/status")
@@ -74,7 +74,7 @@ def measure_gpu_memory(step: Callable[[], object], device: torch.device | str) -
     step()
     torch.cuda.synchronize(dev)
     recs = [Record("memory.gpu_peak_mb", torch.cuda.max_memory_allocated(dev) / 2**20)]
-    used, reason = nvml.memory_used_mb(dev)
+    used, reason = gpu.memory_used_mb(dev)
     recs.append(Record("memory.nvml_used_mb", used) if reason is None else
                 Record.na("memory.nvml_used_mb", reason))
     return recs

@@ -1,16 +1,57 @@
 """Timers and repeat-until-stable sampling shared by every latency measurement.
 
-CPU: ``time.perf_counter``. CUDA: CUDA events recorded on the current stream, then a
+CPU: ``time.perf_counter``. CUDA: ``cuda_timer``, the one CUDA-event timer of the
+harness: events recorded on the current stream around the block, read after a
 ``synchronize`` on the end event, so the time is the device's, not the launch's.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+
+from harness.measure.gpu import Device, require_cuda
+
+
+class CudaTiming:
+    """The events of one ``cuda_timer`` block; ``ms`` is None until the block exits, then
+    reading it waits for the end event (so many blocks can be queued and read once)."""
+
+    def __init__(self) -> None:
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
+        self.done = False
+
+    @property
+    def ms(self) -> float | None:
+        if not self.done:
+            return None
+        self.end.synchronize()
+        return float(self.start.elapsed_time(self.end))
+
+
+@contextlib.contextmanager
+def cuda_timer(device: Device = None, *, sync_before: bool = True, wait: bool = True) -> Iterator[CudaTiming]:
+    """Time the enclosed GPU work with CUDA events on the current stream of ``device``.
+
+    ``sync_before`` synchronizes first, so earlier queued work is not billed to the block;
+    ``wait`` waits on the end event when the block exits (else the first read of ``.ms``
+    does), so ``.ms`` is the device time of everything launched in the block."""
+    dev = require_cuda(device)
+    out = CudaTiming()
+    with torch.cuda.device(dev):
+        if sync_before:
+            torch.cuda.synchronize(dev)
+        out.start.record()
+        yield out
+        out.end.record()
+        out.done = True
+        if wait:
+            out.end.synchronize()
 
 
 class Timer:
@@ -22,14 +63,9 @@ class Timer:
 
     def __call__(self, fn: Callable[[], object]) -> float:
         if self.device.type == "cuda":
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(self.device)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return float(start.elapsed_time(end))
+            with cuda_timer(self.device) as t:
+                fn()
+            return t.ms
         t0 = time.perf_counter()
         fn()
         return (time.perf_counter() - t0) * 1e3

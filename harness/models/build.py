@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -66,11 +67,15 @@ def train_tokenizer(vocab_size: int, out_dir: Path):
 
 
 def build_tiny(out_dir: Path | None = None, recipe: TinyRecipe = TinyRecipe(),
-               log: Callable[[str], None] = print) -> dict:
-    """Train harness-tiny from scratch and write it atomically to ``out_dir``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+               log: Callable[[str], None] = print,
+               evaluate_ppl: Callable[[torch.nn.Module, Any, int], float] | None = None) -> dict:
+    """Train harness-tiny from scratch and write it atomically to ``out_dir``.
 
-    from harness.measure.accuracy import perplexity_window
+    ``evaluate_ppl(model, tokenizer, window)`` gives the validation perplexity recorded in
+    ``harness_recipe.json`` (``harness models build`` passes the ``ppl.window`` protocol of
+    ``harness.measure.accuracy``; measuring is a higher layer, so it is injected). Without
+    it the recipe records ``validation_ppl_window: null``; the weights are the same."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     out_dir = Path(out_dir or CHECKPOINT_DIR / "harness-tiny")
     torch.manual_seed(recipe.seed)
@@ -116,17 +121,17 @@ def build_tiny(out_dir: Path | None = None, recipe: TinyRecipe = TinyRecipe(),
                 log(f"step {step:4d}  loss {loss.item():.3f}  lr {lr_at(step):.2e}  "
                     f"{time.perf_counter() - t0:.0f}s")
         model.eval()
-        val = perplexity_window(model, tok, "validation", window=recipe.seq_len)
+        val = evaluate_ppl(model, tok, recipe.seq_len) if evaluate_ppl else None
         model.save_pretrained(tmp, safe_serialization=True)
         meta = {"recipe": dataclasses.asdict(recipe), "recipe_hash": recipe.digest(),
-                "validation_ppl_window": round(val, 4), "train_tokens": int(len(ids)),
+                "validation_ppl_window": None if val is None else round(val, 4), "train_tokens": int(len(ids)),
                 "train_seconds": round(time.perf_counter() - t0, 1),
                 "corpus_sha256": data.expected_sums()}
         (tmp / "harness_recipe.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
-        log(f"wrote {out_dir} (validation ppl {val:.2f})")
+        log(f"wrote {out_dir} (validation ppl {'not measured' if val is None else f'{val:.2f}'})")
         return meta
     finally:
         if tmp.exists():

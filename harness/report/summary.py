@@ -10,48 +10,26 @@ from pathlib import Path
 from typing import Any
 
 from harness.baselines import BaselineStore, Tolerance, Verdict, profile_of, verdicts, worst
+from harness.metrics import METRICS
 from harness.records import Record, load_records
-from harness.runner import load_outcomes, read_run_info, run_status
+from harness.rundir import load_outcomes, read_run_info, run_status
 
 SIMULATED = {"fake-quant", "mask"}
 
 
-def _mb(v: float) -> str:
-    return f"{v / 1e6:.2f} MB"
-
-
-def _g(digits: int) -> Callable[[float], str]:
-    return lambda v: f"{v:.{digits}f}"
-
-
 @dataclass(frozen=True)
 class Column:
-    header: str
+    """A report column: the registered metric and how it is shown (``harness.metrics``)."""
+
     metric: str
+    header: str
     fmt: Callable[[float], str]
     delta: bool = False  # show % change vs the reference
     terminal: bool = False  # part of the compact terminal / Markdown table
 
 
-COLUMNS = [
-    Column("size", "size.bytes", _mb, terminal=True),
-    Column("bits/w", "size.bits_per_param", _g(2), terminal=True),
-    Column("ratio", "size.compression_ratio", lambda v: f"{v:.2f}x", terminal=True),
-    Column("ppl window", "ppl.window", _g(2), delta=True, terminal=True),
-    Column("ppl lm-eval", "ppl.lm_eval", _g(2), delta=True),
-    Column("KL", "fidelity.kl", _g(4), terminal=True),
-    Column("top-1", "fidelity.top1", _g(3)),
-    Column("cosine", "fidelity.cosine", _g(4), terminal=True),
-    Column("prefill ms", "latency.prefill_ms", _g(1)),
-    Column("decode tok/s", "latency.decode_tok_s", _g(1), terminal=True),
-    Column("forward ms", "latency.forward_ms", _g(2), terminal=True),
-    Column("prefill speed-up", "latency.speedup_prefill", lambda v: f"{v:.2f}x"),
-    Column("decode speed-up", "latency.speedup_decode", lambda v: f"{v:.2f}x", terminal=True),
-    Column("RSS MiB", "memory.peak_rss_mb", _g(0)),
-    Column("GPU MiB", "memory.gpu_peak_mb", _g(1)),
-    Column("J/token", "energy.j_per_token", _g(4)),
-    Column("compress s", "compress.wall_s", _g(2), terminal=True),
-]
+COLUMNS = [Column(m.name, m.column.header, m.column.format, m.column.delta, m.column.terminal)
+           for m in METRICS.ordered() if m.column is not None]
 
 
 @dataclass

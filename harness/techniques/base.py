@@ -4,13 +4,29 @@ A technique is a frozen config dataclass plus an ``apply`` that turns a model in
 compressed model. Techniques never measure; they say honestly what their storage is
 (``storage``): "packed" (really smaller tensors), "dense" (same bytes), "fake-quant" or
 "mask" (simulated; never reported as savings), "structural" (shapes shrank).
+
+Techniques are stateless: one instance may compress any number of models.
+
+- ``apply(model, calibration) -> Applied``: the compressed model (the input may be
+  modified in place), the notes that describe this run (they go into the records), and
+  optionally a ``cache_factory`` (a callable building the KV cache the model must decode
+  with). Returning a bare ``nn.Module`` is accepted and means "no notes, no cache".
+- What a technique needs is declared, never discovered while running: ``needs_calibration``,
+  ``uses_calibration``, ``needs_grad`` and ``storage`` are class attributes, or
+  ``from_config(rule)`` when they depend on the frozen config (e.g. svd needs
+  calibration iff its config allocates ranks by measured sensitivity). On the class they
+  give the value for the default config (what ``harness techniques`` lists); on an
+  instance, the value for its config.
+- ``compress`` checks the declarations, runs ``apply`` (under ``torch.no_grad`` unless
+  ``needs_grad``) and builds the ``CompressionResult``.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 
@@ -18,6 +34,7 @@ from harness.config import SpecError, build_config, config_to_dict, config_to_sp
 from harness.registry import Registry
 
 Storage = Literal["reference", "packed", "dense", "fake-quant", "mask", "structural", "shared"]
+T = TypeVar("T")
 
 
 class CalibrationRequiredError(ValueError):
@@ -33,6 +50,29 @@ class NoConfig:
     """Config of techniques without options."""
 
 
+class from_config(Generic[T]):
+    """A technique attribute computed from the frozen config by ``rule(config)``.
+
+    ``Technique.attr`` (on the class) is the value for the default config, so listings and
+    suite generation read a plain value; ``tech.attr`` is the value for ``tech.config``."""
+
+    def __init__(self, rule: Callable[[Any], T]) -> None:
+        self.rule = rule
+
+    def __get__(self, obj: Any, owner: type) -> T:
+        return self.rule(owner.config_cls() if obj is None else obj.config)
+
+
+@dataclass
+class Applied:
+    """What ``Technique.apply`` returns: the compressed model, notes on this run, and the
+    KV-cache factory the model decodes with (None: the model's own cache)."""
+
+    model: torch.nn.Module
+    notes: list[str] = field(default_factory=list)
+    cache_factory: Callable[[], Any] | None = None
+
+
 @dataclass
 class CompressionResult:
     """What ``compress`` returns: the compressed model and how it was obtained."""
@@ -45,6 +85,9 @@ class CompressionResult:
     wall_s: float = 0.0
     peak_rss_mb: float | None = None
     notes: list[str] = field(default_factory=list)
+    # Builds the KV cache the compressed model must decode with (kv-cache quantization);
+    # None: the model's own cache.
+    cache_factory: Callable[[], Any] | None = None
 
     @property
     def config_dict(self) -> dict[str, Any]:
@@ -63,6 +106,9 @@ class Technique:
     # Optional calibration: used when given (e.g. structured pruning ranks units by
     # activations), weights-only otherwise. Suites and the CLI pass it when available.
     uses_calibration: ClassVar[bool] = False
+    # apply trains or takes gradients: compress runs it with autograd on (else under
+    # no_grad). The shared fine-tune loop also switches autograd on for itself.
+    needs_grad: ClassVar[bool] = False
     requires_cuda: ClassVar[bool] = False
     model_kinds: ClassVar[tuple[str, ...]] = ("causal-lm", "encoder")
     # Specs the default suite runs for this technique (quick mode uses the first one).
@@ -72,11 +118,9 @@ class Technique:
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.config_cls()
 
-    def apply(self, model: torch.nn.Module, calibration: Any | None = None) -> torch.nn.Module:
+    def apply(self, model: torch.nn.Module, calibration: Any | None = None) -> Applied:
+        """Compress ``model`` (in place or not) and say how; must not change ``self``."""
         raise NotImplementedError
-
-    def notes(self) -> list[str]:
-        return []
 
     def unsupported_reason(self, device: str | torch.device = "cpu", kind: str = "causal-lm") -> str | None:
         """Why this technique cannot run here, or None. Suites skip with this reason."""
@@ -141,20 +185,22 @@ def compress(model: torch.nn.Module, spec: str | Technique, calibration: Any | N
             "pass calibration=harness.calibration.get_calibration(...)")
     rss0 = _rss_mb()
     t0 = time.perf_counter()
-    with torch.no_grad() if not getattr(tech, "needs_grad", False) else torch.enable_grad():
-        out = tech.apply(model, calibration)
+    with torch.enable_grad() if tech.needs_grad else torch.no_grad():
+        applied = tech.apply(model, calibration)
     wall = time.perf_counter() - t0
     rss1 = _rss_mb()
     peak = None if rss0 is None or rss1 is None else max(rss1 - rss0, 0.0)
-    out.eval()
-    return CompressionResult(model=out, technique=tech.name, spec=canonical_spec(tech),
-                             config=tech.config, storage=tech.storage, wall_s=wall,
-                             peak_rss_mb=peak, notes=tech.notes())
+    if not isinstance(applied, Applied):  # a technique may return just the model
+        applied = Applied(applied)
+    applied.model.eval()
+    return CompressionResult(model=applied.model, technique=tech.name, spec=canonical_spec(tech),
+                             config=tech.config, storage=tech.storage, wall_s=wall, peak_rss_mb=peak,
+                             notes=list(applied.notes), cache_factory=applied.cache_factory)
 
 
 def is_spec_error(e: BaseException) -> bool:
     return isinstance(e, (SpecError, ValueError))
 
 
-__all__ = ["Technique", "TECHNIQUES", "register", "make", "compress", "CompressionResult",
-           "CalibrationRequiredError", "DeviceUnsupportedError", "NoConfig", "dataclasses"]
+__all__ = ["Applied", "Technique", "TECHNIQUES", "register", "make", "compress", "CompressionResult",
+           "CalibrationRequiredError", "DeviceUnsupportedError", "NoConfig", "dataclasses", "from_config"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.techniques.base import Technique, register
+from harness.techniques.base import Applied, Technique, register
 
 
 @register
@@ -14,5 +14,5 @@ class NoCompression(Technique):
     suite_specs = ("none",)
     description = "uncompressed reference model"
 
-    def apply(self, model: torch.nn.Module, calibration=None) -> torch.nn.Module:
-        return model
+    def apply(self, model: torch.nn.Module, calibration=None) -> Applied:
+        return Applied(model)

@@ -7,7 +7,7 @@
   re-ties them on load). Optional short fine-tune (``steps``) of the shared weights on
   the calibration windows (train split).
 - ``cluster:clusters=K``: per-layer 1-D k-means of each block linear's weights into a
-  float16 codebook of K values plus packed indices (``ClusteredLinear``).
+  float16 codebook of K values plus packed indices (an unscaled ``CodebookLinear``).
 - ``tie-embeddings``: the output head reuses the input embedding matrix (initialised
   from the mean of the two, or either one), stored once.
 """
@@ -19,13 +19,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from harness.calibration import find_blocks
+from harness.calibration import find_blocks, target_linears
 from harness.config import SpecError, check
 from harness.layers.base import linear_weight, set_module
-from harness.layers.clustered import ClusteredLinear, index_bits
-from harness.techniques.base import Technique, register
-from harness.techniques.lowrank import tune
-from harness.techniques.lowrank.svd import block_linears
+from harness.layers.quant import CodebookLinear
+from harness.primitives.codebook import assign_sorted, index_bits, kmeans_1d
+from harness.techniques import finetune
+from harness.techniques.base import Applied, Technique, from_config, register
 
 
 @dataclass(frozen=True)
@@ -45,17 +45,13 @@ class ShareConfig:
         check(self.batch >= 1, f"batch={self.batch} must be >= 1")
 
 
-def _tuned(technique: Technique) -> None:
-    """Fine-tuning variants read the calibration windows (train split)."""
-    technique.needs_calibration = type(technique).needs_calibration or technique.config.steps > 0
-
-
 def _finetune(model: nn.Module, params: list[nn.Parameter], calibration, cfg, targets) -> list[str]:
     if not cfg.steps:
         return []
-    losses = tune.finetune(model, params, calibration, steps=cfg.steps, lr=cfg.lr, batch=cfg.batch,
-                           targets=targets)
-    return [f"fine-tuned {cfg.steps} steps on calibration windows (train split): loss {tune.loss_summary(losses)}"]
+    losses = finetune.finetune(model, params, calibration, steps=cfg.steps, lr=cfg.lr, batch=cfg.batch,
+                               targets=targets)
+    return [f"fine-tuned {cfg.steps} steps on calibration windows (train split): loss "
+            f"{finetune.loss_summary(losses)}"]
 
 
 def share_blocks(blocks: nn.ModuleList, group: int) -> int:
@@ -80,32 +76,25 @@ class ShareLayers(Technique):
     family = "sharing"
     config_cls = ShareConfig
     storage = "shared"
-    needs_grad = True  # the optional fine-tune trains
+    # the optional fine-tune reads the calibration windows (train split) and trains
+    needs_calibration = from_config(lambda cfg: cfg.steps > 0)
+    needs_grad = from_config(lambda cfg: cfg.steps > 0)
     suite_specs = ("share-layers:group=2",)
     description = "ALBERT-style cross-layer sharing: groups of blocks share their mean weights"
 
-    def __init__(self, config=None) -> None:
-        super().__init__(config)
-        _tuned(self)
-        self._notes: list[str] = []
-
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
         cfg = self.config
         _, blocks = find_blocks(model)
         if len(blocks) % cfg.group:
             divisors = [d for d in range(2, len(blocks) + 1) if len(blocks) % d == 0]
             raise SpecError(f"group={cfg.group} does not divide the {len(blocks)} layers; "
                             f"choose one of {', '.join(map(str, divisors)) or 'none (too few layers)'}")
-        targets = tune.capture_targets(model, calibration) if cfg.steps else None
+        targets = finetune.capture_targets(model, calibration) if cfg.steps else None
         saved = share_blocks(blocks, cfg.group)
-        self._notes = [(f"{len(blocks) // cfg.group} shared sets for {len(blocks)} blocks; "
-                        f"{saved} parameter elements no longer stored")]
+        notes = [(f"{len(blocks) // cfg.group} shared sets for {len(blocks)} blocks; "
+                  f"{saved} parameter elements no longer stored")]
         params = list({id(p): p for p in blocks.parameters()}.values())
-        self._notes += _finetune(model, params, calibration, cfg, targets)
-        return model
-
-    def notes(self) -> list[str]:
-        return list(self._notes)
+        return Applied(model, notes + _finetune(model, params, calibration, cfg, targets))
 
 
 @dataclass(frozen=True)
@@ -121,25 +110,12 @@ class ClusterConfig:
         check(self.iters >= 1, f"iters={self.iters} must be >= 1")
 
 
-def kmeans_1d(w: torch.Tensor, k: int, iters: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codebook [k] float16-representable, indices) minimising the squared error of ``w``.
-
-    Quantile initialisation, Lloyd iterations via ``bucketize`` on the midpoints of the
-    sorted centroids (exact nearest-centroid assignment in 1-D); the final codebook is
-    rounded to float16 and the indices reassigned to it.
-    """
-    x = w.detach().float().reshape(-1)
-    c = torch.quantile(x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(0))[:100_000]],
-                       (torch.arange(k, dtype=torch.float32) + 0.5) / k)
-    for _ in range(iters):
-        c, _ = torch.sort(c)
-        idx = torch.bucketize(x, (c[1:] + c[:-1]) / 2)
-        sums = torch.zeros(k).index_add_(0, idx, x)
-        counts = torch.zeros(k).index_add_(0, idx, torch.ones_like(x))
-        c = torch.where(counts > 0, sums / counts.clamp(min=1), c)
-    c, _ = torch.sort(c.to(torch.float16).float())
-    idx = torch.bucketize(x, (c[1:] + c[:-1]) / 2)
-    return c, idx.reshape(w.shape)
+def cluster_weights(w: torch.Tensor, k: int, iters: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ascending codebook [k] float16-representable, indices shaped like ``w``) minimising
+    the squared error of ``w``: ``kmeans_1d`` initialised on a seeded random sample of
+    100 000 weights, all ``iters`` Lloyd rounds, each weight assigned its nearest level."""
+    c = kmeans_1d(w, k, iters, init_sample="random", max_sample=100_000, early_stop=False)
+    return c, assign_sorted(w.detach().float().reshape(-1), c).reshape(w.shape)
 
 
 @register
@@ -149,20 +125,17 @@ class Cluster(Technique):
     config_cls = ClusterConfig
     storage = "packed"
     suite_specs = ("cluster:clusters=16",)
-    description = "weight clustering: per-layer k-means codebook + packed indices (ClusteredLinear)"
+    description = "weight clustering: per-layer k-means codebook + packed indices (CodebookLinear)"
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
         cfg = self.config
-        index_bits(cfg.clusters)
-        for name, mod in block_linears(model).items():
-            W = linear_weight(mod)
-            c, idx = kmeans_1d(W, cfg.clusters, cfg.iters)
-            set_module(model, name, ClusteredLinear.from_assignment(idx, c, getattr(mod, "bias", None)))
-        return model
-
-    def notes(self) -> list[str]:
-        return [(f"{index_bits(self.config.clusters)}-bit packed indices + float16 codebook of "
-                 f"{self.config.clusters} per layer; reference forward decodes per call (no CPU speed-up)")]
+        bits = index_bits(cfg.clusters)
+        for name, mod in target_linears(model).items():
+            c, idx = cluster_weights(linear_weight(mod), cfg.clusters, cfg.iters)
+            set_module(model, name, CodebookLinear.from_codes(idx.to(torch.uint8), c, None, bits, None,
+                                                              getattr(mod, "bias", None)))
+        return Applied(model, [(f"{bits}-bit packed indices + float16 codebook of {cfg.clusters} per layer; "
+                                "reference forward decodes per call (no CPU speed-up)")])
 
 
 @dataclass(frozen=True)
@@ -187,17 +160,13 @@ class TieEmbeddings(Technique):
     family = "sharing"
     config_cls = TieConfig
     storage = "shared"
-    needs_grad = True
+    needs_calibration = from_config(lambda cfg: cfg.steps > 0)
+    needs_grad = from_config(lambda cfg: cfg.steps > 0)
     model_kinds = ("causal-lm",)
     suite_specs = ("tie-embeddings",)
     description = "tie the output head to the input embedding matrix (stored once)"
 
-    def __init__(self, config=None) -> None:
-        super().__init__(config)
-        _tuned(self)
-        self._notes: list[str] = []
-
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
         cfg = self.config
         emb = model.get_input_embeddings()
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -215,13 +184,9 @@ class TieEmbeddings(Technique):
                 emb.weight.copy_(head.weight)
         head.weight = emb.weight
         model.config.tie_word_embeddings = True
-        self._notes = [(f"output head tied to the input embedding ({emb.weight.numel()} elements stored once), "
-                        f"init={cfg.init}")]
-        self._notes += _finetune(model, [emb.weight], calibration, cfg, None)
-        return model
-
-    def notes(self) -> list[str]:
-        return list(self._notes)
+        notes = [(f"output head tied to the input embedding ({emb.weight.numel()} elements stored once), "
+                  f"init={cfg.init}")]
+        return Applied(model, notes + _finetune(model, [emb.weight], calibration, cfg, None))
 
 
-__all__ = ["Cluster", "ShareLayers", "TieEmbeddings", "kmeans_1d", "share_blocks"]
+__all__ = ["Cluster", "ShareLayers", "TieEmbeddings", "cluster_weights", "share_blocks"]

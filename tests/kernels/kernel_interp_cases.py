@@ -75,9 +75,9 @@ def run_case(cid: str) -> dict:
     from harness.kernels.qlr import qlr_matmul
     from harness.kernels.w4a16 import w4a16_matmul, wq_matmul
     from harness.kernels.w8a16 import w8a16_matmul
-    from harness.layers.packing import pack
     from harness.layers.quant import QuantLinear
-    from harness.techniques.quantization.uniform import quantize_groupwise
+    from harness.primitives.packing import pack
+    from harness.primitives.quant import quantize_groupwise
 
     case = CASES[cid]
     torch.manual_seed(zlib.crc32(cid.encode()))

@@ -1,4 +1,5 @@
-"""Benchmark tooling and GPU helpers that must behave on a CPU-only machine too."""
+"""Kernel benchmark tooling (``harness.measure.kernel_bench``) and GPU helpers
+(``harness.measure.gpu``, ``timing.cuda_timer``) that must behave on a CPU-only machine too."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,7 +9,9 @@ import pytest
 import torch
 
 from harness.config import SpecError
-from harness.kernels import bench, gpu
+from harness.measure import gpu
+from harness.measure import kernel_bench as bench
+from harness.measure.timing import cuda_timer
 
 NO_CUDA = gpu.cuda_available_reason() is not None
 needs_no_cuda = pytest.mark.skipif(not NO_CUDA, reason="checks the no-GPU behaviour; this machine has CUDA")
@@ -43,7 +46,7 @@ def test_cuda_requested_without_gpu_is_a_clear_error():
     assert "is_available() is False" in reason
     with pytest.raises(gpu.GPUUnavailable, match="CUDA requested but unavailable"):
         gpu.require_cuda()
-    with pytest.raises(gpu.GPUUnavailable), gpu.cuda_timer():
+    with pytest.raises(gpu.GPUUnavailable), cuda_timer():
         pass
     with pytest.raises(gpu.GPUUnavailable):
         gpu.l2_flush_buffer()
@@ -105,6 +108,16 @@ def test_cli_entry_without_gpu_exits_2_with_reason(capsys):
     assert bench.main(["--shapes", "64x64"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CUDA requested but unavailable" in err
+
+
+def test_harness_kernels_bench_help(capsys):
+    from harness.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["kernels", "bench", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: harness kernels bench" in out and "--static SM" in out and "--no-do-bench" in out
 
 
 def test_cli_entry_rejects_bad_input(capsys):

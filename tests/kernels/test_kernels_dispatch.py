@@ -10,8 +10,8 @@ import torch
 from harness.kernels import dispatch, reference
 from harness.kernels.qlr import check_lowrank
 from harness.kernels.w4a16 import KernelUnsupported, check_quant_args
-from harness.layers.packing import pack
 from harness.layers.quant import QuantLinear
+from harness.primitives.packing import pack
 
 
 def _layer(bits=4, group=32, sym=False, n=24, k=64):

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.kernels import gpu, reference
+from harness.kernels import reference
+from harness.measure import gpu
+from harness.measure.timing import cuda_timer
 
 pytestmark = pytest.mark.gpu
 
@@ -22,8 +24,8 @@ def _need_cuda():
 
 
 def _packed(n: int, k: int, bits: int, group: int | None, sym: bool):
-    from harness.layers.packing import pack
-    from harness.techniques.quantization.uniform import quantize_groupwise
+    from harness.primitives.packing import pack
+    from harness.primitives.quant import quantize_groupwise
 
     w = torch.randn(n, k, device="cuda")
     codes, scales, zeros = quantize_groupwise(w, bits, group, sym)
@@ -78,9 +80,19 @@ def test_quant_linear_runs_the_kernel_on_cuda(monkeypatch):
 
 
 def test_cuda_timer_measures_device_time():
-    with gpu.cuda_timer() as t:
+    with cuda_timer() as t:
         torch.cuda._sleep(50_000_000)  # ~25-50 ms of GPU cycles, returns at once on the host
     assert t.ms is not None and t.ms > 5
+
+
+def test_cuda_timer_blocks_can_be_queued_and_read_later():
+    timings = []
+    for _ in range(3):
+        with cuda_timer(sync_before=False, wait=False) as t:
+            torch.cuda._sleep(5_000_000)
+        timings.append(t)
+    torch.cuda.synchronize()
+    assert all(t.ms is not None and t.ms > 0.5 for t in timings)
 
 
 def test_device_info_and_peak_bandwidth():
@@ -91,9 +103,9 @@ def test_device_info_and_peak_bandwidth():
 
 
 def test_bench_rows_are_consistent():
-    from harness.kernels import bench
+    from harness.measure import kernel_bench
 
-    rows, _ = bench.run(["fp16", "w4a16"], [(2048, 2048)], [1], warmup=3, reps=10, compare_do_bench=False)
+    rows, _ = kernel_bench.run(["fp16", "w4a16"], [(2048, 2048)], [1], warmup=3, reps=10, compare_do_bench=False)
     w4 = next(r for r in rows if r["kernel"] == "w4a16")
     assert w4["max_rel_err"] < 2e-3
     assert w4["gbps"] == pytest.approx(w4["bytes"] / (w4["median_us"] * 1e-6) / 1e9)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from harness.config import SpecError
-from harness.layers.packing import pack, packed_width, unpack
+from harness.primitives.packing import pack, packed_width, unpack
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

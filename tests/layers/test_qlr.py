@@ -7,7 +7,7 @@ import torch
 from harness.checkpoint import load_compressed, save_compressed
 from harness.config import SpecError
 from harness.layers.qlr import QLRLinear
-from harness.techniques.quantization.uniform import (
+from harness.primitives.quant import (
     dequantize_groupwise,
     quantize_groupwise,
 )

@@ -11,7 +11,7 @@ from harness.checkpoint import load_compressed, save_compressed
 from harness.config import SpecError
 from harness.layers.quant import QuantLinear
 from harness.measure.size import measure_size
-from harness.techniques.quantization.uniform import (
+from harness.primitives.quant import (
     dequantize_groupwise,
     quantize_groupwise,
 )

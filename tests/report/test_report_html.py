@@ -13,7 +13,7 @@ from harness.records import NoRecordsError, Record, RecordWriter
 from harness.report.charts import Point, pareto_front, pareto_svg
 from harness.report.html import write_report
 from harness.report.markdown import render_markdown
-from harness.runner import append_jsonl, write_run_info
+from harness.rundir import append_jsonl, write_run_info
 
 DC = "cpu-test-2c"
 EVIL = "<script>alert('x')</script>"

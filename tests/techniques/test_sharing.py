@@ -1,6 +1,7 @@
 """Parameter sharing: shared tensors stored once (bytes drop by exactly the shared
 fraction), re-tied on load with identical logits; k-means clustering into packed
-indices; tied embeddings; one-line errors for impossible configs."""
+indices (a CodebookLinear; checkpoints of the retired clustered_linear still load); tied
+embeddings; one-line errors for impossible configs."""
 from __future__ import annotations
 
 import pytest
@@ -10,10 +11,10 @@ from conftest import FAMILIES, ids, random_bert, random_gpt2, random_llama
 from harness.calibration import Calibration
 from harness.checkpoint import load_compressed, save_compressed
 from harness.config import SpecError
-from harness.layers.clustered import ClusteredLinear
+from harness.layers.quant import CodebookLinear
 from harness.measure.size import serialized_bytes
 from harness.techniques import compress
-from harness.techniques.sharing import kmeans_1d
+from harness.techniques.sharing import cluster_weights
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +87,7 @@ def test_group_not_dividing_layers_is_a_one_line_error():
 def test_kmeans_beats_a_uniform_grid_with_the_same_levels():
     torch.manual_seed(0)
     w = torch.randn(64, 64)
-    c, idx = kmeans_1d(w, 16)
+    c, idx = cluster_weights(w, 16)
     km = (c[idx] - w).pow(2).mean()
     grid = torch.linspace(w.min().item(), w.max().item(), 16)
     uni = (grid[(w[..., None] - grid).abs().argmin(-1)] - w).pow(2).mean()
@@ -98,13 +99,61 @@ def test_kmeans_beats_a_uniform_grid_with_the_same_levels():
 def test_cluster_packs_indices_and_round_trips(family, tmp_path):
     model = FAMILIES[family]()
     res = compress(model, "cluster:clusters=16", kind="encoder" if family == "bert" else "causal-lm")
-    layers = [m for m in res.model.modules() if isinstance(m, ClusteredLinear)]
+    layers = [m for m in res.model.modules() if isinstance(m, CodebookLinear)]
     assert layers and res.storage == "packed"
     for m in layers:
-        assert m.indices.dtype == torch.uint8 and m.indices.numel() == m.logical_params() // 2  # 4-bit
-        assert m.dense_weight().unique().numel() <= 16
+        assert m.qweight.dtype == torch.uint8 and m.qweight.numel() == m.logical_params() // 2  # 4-bit
+        assert m.scales is None and m.codebook.numel() == 16
+        assert m.dequantize().unique().numel() <= 16
     save_compressed(res.model, tmp_path / "m")
     back = load_compressed(tmp_path / "m")
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(res.model(input_ids=x)[0], back(input_ids=x)[0])
+
+
+def test_cluster_keeps_a_codebook_of_exactly_the_requested_size(tmp_path):
+    res = compress(random_llama(), "cluster:clusters=10")
+    layers = [m for m in res.model.modules() if isinstance(m, CodebookLinear)]
+    assert layers and all(m.bits == 4 and m.codebook.numel() == 10 for m in layers)
+    save_compressed(res.model, tmp_path / "m")
+    back = load_compressed(tmp_path / "m")
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(res.model(input_ids=x)[0], back(input_ids=x)[0])
+
+
+def _as_clustered_linear_checkpoint(path) -> int:
+    """Rewrite a cluster checkpoint into the pre-issue-12 format: layer ``clustered_linear``
+    with args (in/out features, clusters, bias) and the index tensor named ``indices``."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    meta = json.loads((path / "harness.json").read_text())
+    n = 0
+    for spec in meta["layers"].values():
+        a = spec["args"]
+        spec["layer"] = "clustered_linear"
+        spec["args"] = {"in_features": a["in_features"], "out_features": a["out_features"],
+                        "clusters": a.get("entries", 2 ** a["bits"]), "bias": a["bias"],
+                        "bias_dtype": a["bias_dtype"]}
+        n += 1
+    (path / "harness.json").write_text(json.dumps(meta))
+    state = load_file(str(path / "model.safetensors"))
+    save_file({k.removesuffix(".qweight") + ".indices" if k.endswith(".qweight") else k: v
+               for k, v in state.items()}, str(path / "model.safetensors"))
+    return n
+
+
+@pytest.mark.parametrize("clusters", [16, 10])
+def test_checkpoints_saved_as_clustered_linear_still_load(clusters, tmp_path):
+    res = compress(random_llama(), f"cluster:clusters={clusters}")
+    save_compressed(res.model, tmp_path / "m")
+    assert _as_clustered_linear_checkpoint(tmp_path / "m") == 14
+    back = load_compressed(tmp_path / "m")
+    layers = [m for m in back.modules() if isinstance(m, CodebookLinear)]
+    assert len(layers) == 14 and all(m.codebook.numel() == clusters for m in layers)
     x = ids()
     with torch.no_grad():
         assert torch.equal(res.model(input_ids=x)[0], back(input_ids=x)[0])

@@ -4,5 +4,4 @@ from harness.techniques.lowrank import (  # noqa: F401  (registration on import)
     caldera,
     rank_alloc,
     svd,
-    tune,
 )

@@ -27,22 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.calibration import block_linears as _block_linears
-from harness.calibration import collect_linear_stats, find_blocks, for_each_block
+from harness.calibration import collect_linear_stats, for_each_block, target_linears
 from harness.config import check
-from harness.layers.base import linear_shape, linear_weight
+from harness.layers.base import linear_shape, linear_weight, set_module
 from harness.layers.lowrank import check_rank
-from harness.layers.packing import unpack
 from harness.layers.qlr import QLRLinear
-from harness.techniques.base import Technique, register
-from harness.techniques.lowrank import tune
-from harness.techniques.lowrank.svd import block_linears, output_error, whitening
-from harness.techniques.quantization.uniform import (
-    QUANT_BITS,
-    check_quant_args,
-    dequantize_groupwise,
-    expand_groups,
-    quantize_to,
-)
+from harness.primitives.packing import unpack
+from harness.primitives.quant import QUANT_BITS, check_quant_args, dequantize_groupwise, expand_groups, quantize_to
+from harness.techniques import finetune
+from harness.techniques.base import Applied, Technique, from_config, register
+from harness.techniques.lowrank.svd import output_error, whitening
 
 
 @dataclass(frozen=True)
@@ -238,22 +232,21 @@ class Caldera(Technique):
     config_cls = CalderaConfig
     storage = "packed"
     needs_calibration = True
-    needs_grad = True  # the optional LoRA fine-tune of L and R trains
+    needs_grad = from_config(lambda cfg: cfg.lora_steps > 0)  # the optional LoRA fine-tune of L and R
     suite_specs = ("caldera:iters=2",)
     description = "CALDERA: W ≈ Q + L R (Q 2-bit LDLQ, L/R 4-bit), calibration-weighted alternating fit"
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
         cfg = self.config
-        linears = block_linears(model)
+        linears = target_linears(model)
         for name, mod in linears.items():  # validate every layer before touching any
             out_f, in_f = linear_shape(mod)
             check_rank(cfg.rank, in_f, out_f, name)
             check_quant_args(cfg.q_bits, cfg.q_group, in_f)
             check_quant_args(cfg.lr_bits, cfg.lr_group, in_f)
-        targets = tune.capture_targets(model, calibration, cfg.lora_batch, cfg.lora_loss) if cfg.lora_steps else None
-        self.history: dict[str, list[float]] = {}
+        targets = (finetune.capture_targets(model, calibration, cfg.lora_batch, cfg.lora_loss)
+                   if cfg.lora_steps else None)
         gains: list[float] = []
-        prefix, _ = find_blocks(model)
 
         def per_block(i: int, block: nn.Module, feed) -> None:
             with torch.no_grad():
@@ -261,46 +254,33 @@ class Caldera(Technique):
                 stats = collect_linear_stats(mods, feed)
                 for name, mod in mods.items():
                     res = decompose(linear_weight(mod), stats[name].H, cfg)
-                    self.history[f"{prefix}.{i}.{name}"] = res.history
                     gains.append(min(res.history) / max(res.q_only, 1e-30))
                     new = QLRLinear.from_codes((res.q_codes, res.q_scales), res.factors.l_codes,
                                                res.factors.r_codes, getattr(mod, "bias", None),
                                                q_bits=cfg.q_bits, q_group=cfg.q_group, lr_bits=cfg.lr_bits,
                                                lr_group=cfg.lr_group)
-                    parent, _, leaf = name.rpartition(".")
-                    setattr(block.get_submodule(parent) if parent else block, leaf, new)
+                    set_module(block, name, new)
 
         for_each_block(model, calibration, per_block)
-        self._notes = [f"mean objective vs LDLQ-only at q_bits={cfg.q_bits}: {sum(gains) / len(gains):.3f}x"]
+        notes = [f"mean objective vs LDLQ-only at q_bits={cfg.q_bits}: {sum(gains) / len(gains):.3f}x"]
         if cfg.lora_steps:
             losses = self._lora(model, calibration, targets)
-            self._notes.append(f"LoRA fine-tune of L,R: {cfg.lora_steps} steps on calibration windows "
-                               f"(train split), {cfg.lora_loss} loss {tune.loss_summary(losses)}")
-        return model
+            notes.append(f"LoRA fine-tune of L,R: {cfg.lora_steps} steps on calibration windows "
+                         f"(train split), {cfg.lora_loss} loss {finetune.loss_summary(losses)}")
+        return Applied(model, notes)
 
     def _lora(self, model: nn.Module, calibration, targets) -> list[float]:
         cfg = self.config
-        wrapped = {}
-        for name, mod in list(model.named_modules()):
-            if isinstance(mod, QLRLinear):
-                wrapped[name] = _TrainQLR(mod)
+        wrapped = {name: _TrainQLR(mod) for name, mod in list(model.named_modules()) if isinstance(mod, QLRLinear)}
         for name, w in wrapped.items():
-            _set(model, name, w)
+            set_module(model, name, w)
         params = [p for w in wrapped.values() for p in (w.L, w.R)]
-        losses = tune.finetune(model, params, calibration, steps=cfg.lora_steps, lr=cfg.lora_lr,
-                               batch=cfg.lora_batch, targets=targets)
+        losses = finetune.finetune(model, params, calibration, steps=cfg.lora_steps, lr=cfg.lora_lr,
+                                   batch=cfg.lora_batch, targets=targets)
         with torch.no_grad():
             for name, w in wrapped.items():
-                _set(model, name, w.export())
+                set_module(model, name, w.export())
         return losses
-
-    def notes(self) -> list[str]:
-        return list(getattr(self, "_notes", []))
-
-
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
 __all__ = ["Caldera", "CalderaConfig", "decompose", "ldlq", "lplr", "objective"]

@@ -16,7 +16,7 @@ All three factor ``W T = U Σ Vᵀ`` for an input-side transform ``T`` and keep 
 ``update_steps > 0`` adds SVD-LLM's parameter update after truncation (any of the three
 methods): the ``B`` factors are fine-tuned first with ``A`` frozen, then ``A`` with ``B``
 frozen (the paper's *sequential* low-rank update), by self-distillation towards the
-uncompressed model on the calibration windows (``tune.finetune``). It recovers what the
+uncompressed model on the calibration windows (``harness.techniques.finetune``). It recovers what the
 per-layer objective cannot see: errors that compound across layers.
 
 Ranks come from ``rank_alloc`` (uniform, singular-value energy, or measured calibration
@@ -32,12 +32,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from harness.calibration import InputStats, collect_linear_stats
+from harness.calibration import InputStats, collect_linear_stats, target_linears
 from harness.config import check
 from harness.layers.base import linear_shape, linear_weight, set_module
 from harness.layers.lowrank import LowRankLinear, check_rank
-from harness.techniques.base import Technique, register
-from harness.techniques.lowrank import rank_alloc, tune
+from harness.techniques import finetune
+from harness.techniques.base import Applied, Technique, from_config, register
+from harness.techniques.lowrank import rank_alloc
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class Decomposition:
         self.U, self.S, self.Vh = torch.linalg.svd(M, full_matrices=False)
         self.dtype, self.device = weight.dtype, weight.device
         self.out_features, self.in_features = W.shape
+        self.alpha: float | None = None  # ASVD's scaling exponent, when it is one
 
     def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         root = self.S[:rank].sqrt()
@@ -121,13 +123,6 @@ class Decomposition:
         return self.S ** 2
 
 
-def block_linears(model: nn.Module) -> dict[str, nn.Module]:
-    """Linear / Conv1D layers inside the transformer blocks (head, embeddings, pooler excluded)."""
-    from harness.calibration import find_blocks
-    from harness.layers.base import is_linear
-
-    prefix, blocks = find_blocks(model)
-    return {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules() if is_linear(m)}
 
 
 @torch.no_grad()
@@ -169,23 +164,25 @@ class _LowRank(Technique):
     config_cls = LowRankConfig
     storage = "structural"
     model_kinds = ("causal-lm", "encoder")
-
-    def __init__(self, config=None) -> None:
-        super().__init__(config)
-        # Sensitivity allocation measures the model on calibration data, whatever the method.
-        self.needs_calibration = (type(self).needs_calibration or self.config.alloc == "sensitivity"
-                                  or self.config.update_steps > 0)
-        self._notes: list[str] = []
+    # Whether the decomposition reads calibration statistics (asvd, svd-llm); sensitivity
+    # allocation and the sequential update measure the model on calibration data whatever
+    # the method, hence ``needs_calibration`` below.
+    uses_stats: bool = False
+    needs_hessian = False
+    needs_calibration = from_config(lambda cfg: cfg.alloc == "sensitivity" or cfg.update_steps > 0)
+    needs_grad = from_config(lambda cfg: cfg.update_steps > 0)
 
     def decompose(self, name: str, mod: nn.Module, stats: InputStats | None, rank: int) -> Decomposition:
         """The layer's decomposition; ``rank`` is its target under uniform allocation."""
         raise NotImplementedError
 
-    needs_hessian = False
+    def extra_notes(self, decomps: dict[str, Decomposition]) -> list[str]:
+        """Method-specific notes (after the rank notes)."""
+        return []
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
         cfg = self.config
-        linears = block_linears(model)
+        linears = target_linears(model)
         if cfg.rank is not None:
             for name, mod in linears.items():
                 out_f, in_f = linear_shape(mod)
@@ -197,8 +194,8 @@ class _LowRank(Technique):
             rank_alloc.check_budget(linears, cfg.reduction)
             target = {n: rank_alloc.rank_for_ratio(m, 1 - cfg.reduction) for n, m in linears.items()}
         stats = (calibration_stats(model, linears, calibration, hessian=self.needs_hessian)
-                 if type(self).needs_calibration else {})
-        targets = (tune.capture_targets(model, calibration, cfg.update_batch)
+                 if self.uses_stats else {})
+        targets = (finetune.capture_targets(model, calibration, cfg.update_batch)
                    if cfg.update_steps else None)
         decomps = {n: self.decompose(n, m, stats.get(n), target[n]) for n, m in linears.items()}
         if cfg.rank is not None or cfg.alloc == "uniform":
@@ -212,12 +209,12 @@ class _LowRank(Technique):
         kept = sum(r * sum(linear_shape(linears[n])) if r else linears[n].weight.numel()
                    for n, r in ranks.items())
         total = sum(m.weight.numel() for m in linears.values())
-        self._notes = [(f"factorized {sum(r is not None for r in ranks.values())}/{len(linears)} block linears; "
-                        f"kept {kept / total:.3f} of their weight parameters"),
-                       "ranks: " + ",".join(str(r) for r in ranks.values())]
+        notes = [(f"factorized {sum(r is not None for r in ranks.values())}/{len(linears)} block linears; "
+                  f"kept {kept / total:.3f} of their weight parameters"),
+                 "ranks: " + ",".join(str(r) for r in ranks.values()), *self.extra_notes(decomps)]
         if cfg.update_steps:
-            self._notes.append(self._update(model, calibration, targets))
-        return model
+            notes.append(self._update(model, calibration, targets))
+        return Applied(model, notes)
 
     def _update(self, model: nn.Module, calibration, targets) -> str:
         """SVD-LLM's sequential update: fine-tune every ``B``, then every ``A``."""
@@ -225,13 +222,11 @@ class _LowRank(Technique):
         layers = [m for m in model.modules() if isinstance(m, LowRankLinear)]
         first = cfg.update_steps // 2
         kw = dict(lr=cfg.update_lr, batch=cfg.update_batch, targets=targets)
-        lb = tune.finetune(model, [m.B for m in layers], calibration, steps=first, **kw)
-        la = tune.finetune(model, [m.A for m in layers], calibration, steps=cfg.update_steps - first, seed=1, **kw)
+        lb = finetune.finetune(model, [m.B for m in layers], calibration, steps=first, **kw)
+        la = finetune.finetune(model, [m.A for m in layers], calibration, steps=cfg.update_steps - first,
+                               seed=1, **kw)
         return (f"sequential update (B then A): {cfg.update_steps} steps on calibration windows (train split), "
-                f"self-distillation loss {tune.loss_summary(lb + la)}")
-
-    def notes(self) -> list[str]:
-        return list(self._notes)
+                f"self-distillation loss {finetune.loss_summary(lb + la)}")
 
 
 @register
@@ -249,42 +244,38 @@ class ASVD(_LowRank):
     name = "asvd"
     config_cls = ASVDConfig
     needs_calibration = True
+    uses_stats = True
+    needs_hessian = from_config(lambda cfg: cfg.search)  # the alpha search scores by output error
     suite_specs = ("asvd:reduction=0.4",)
     description = "activation-aware SVD: scale input channels by mean|x|^alpha before truncating"
 
-    def __init__(self, config=None) -> None:
-        super().__init__(config)
-        self.needs_hessian = self.config.search
-        self._alphas: list[float] = []
-
-    def apply(self, model, calibration=None):
-        self._alphas = []
-        out = super().apply(model, calibration)
-        if self.config.search:
-            counts = {a: self._alphas.count(a) for a in ALPHAS if a in self._alphas}
-            self._notes.insert(2, "alpha per layer (searched by output error): "
-                               + ", ".join(f"{a:g} x{c}" for a, c in counts.items()))
-        return out
+    def extra_notes(self, decomps):
+        if not self.config.search:
+            return []
+        alphas = [d.alpha for d in decomps.values()]
+        counts = {a: alphas.count(a) for a in ALPHAS if a in alphas}
+        return ["alpha per layer (searched by output error): " + ", ".join(f"{a:g} x{c}" for a, c in counts.items())]
 
     def decompose(self, name, mod, stats, rank):
         W = linear_weight(mod)
         if not self.config.search:
             return self._scaled(W, stats, self.config.alpha)
-        best: tuple[float, float, Decomposition] | None = None
+        best: tuple[float, Decomposition] | None = None
         for alpha in ALPHAS:
             dec = self._scaled(W, stats, alpha)
             A, B = dec.factors(rank)
             err = output_error(W, B @ A, stats.H)
             if best is None or err < best[0]:
-                best = (err, alpha, dec)
+                best = (err, dec)
         assert best is not None
-        self._alphas.append(best[1])
-        return best[2]
+        return best[1]
 
     @staticmethod
     def _scaled(W: torch.Tensor, stats: InputStats, alpha: float) -> Decomposition:
         s = stats.abs_mean.clamp(min=1e-6) ** alpha
-        return Decomposition(W, s / s.mean(), kind="diag")
+        dec = Decomposition(W, s / s.mean(), kind="diag")
+        dec.alpha = alpha
+        return dec
 
 
 @register
@@ -292,6 +283,7 @@ class SVDLLM(_LowRank):
     name = "svd-llm"
     config_cls = SVDLLMConfig
     needs_calibration = True
+    uses_stats = True
     needs_hessian = True
     suite_specs = ("svd-llm:reduction=0.4",)
     description = "SVD-LLM: truncation-aware whitening by the Cholesky factor of E[x x^T]"
@@ -324,7 +316,6 @@ __all__ = [
     "ALPHAS",
     "Decomposition",
     "LowRankConfig",
-    "block_linears",
     "calibration_stats",
     "output_error",
     "replace_lowrank",

@@ -16,17 +16,18 @@ Storage is unchanged by this stage ("dense": same bytes as its input).
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
+from harness.calibration import target_linears
 from harness.config import check
-from harness.layers.base import is_linear, linear_weight, set_module
+from harness.layers.base import linear_weight, set_module
 from harness.layers.sparse import SparseLinear
-from harness.techniques.base import Technique, register
+from harness.techniques.base import Applied, Technique, register
+from harness.techniques.finetune import cycled_windows, train
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class _Trainable(nn.Module):
 
 def recover(model: nn.Module, calibration, cfg: RecoveryConfig) -> list[float]:
     """Fine-tune ``model`` in place; returns the loss of every step."""
-    targets = _targets(model)
+    targets = target_linears(model, also=(SparseLinear,))  # packed sparse layers train too
     saved = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in saved:
         p.requires_grad_(False)
@@ -97,42 +98,20 @@ def recover(model: nn.Module, calibration, cfg: RecoveryConfig) -> list[float]:
     for n, w in wrappers.items():
         set_module(model, n, w)
     params = [p for w in wrappers.values() for p in w.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     dev = next(iter(params)).device
-    losses: list[float] = []
-    batches = itertools.cycle(list(calibration.batches(cfg.batch)))
-    try:
-        with torch.enable_grad():
-            for _ in range(cfg.steps):
-                ids = next(batches)["input_ids"].to(dev)
-                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
+
+    def loss(ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.to(dev)
+        return model(input_ids=ids, labels=ids, use_cache=False).loss
+
+    try:  # in the model's current mode, as pruning leaves it (eval: no dropout)
+        return train(model, params, cycled_windows(calibration, cfg.batch), loss, steps=cfg.steps, lr=cfg.lr,
+                     train_mode=False)
     finally:
         for n, w in wrappers.items():
             set_module(model, n, w.merged())
         for p, flag in saved:
             p.requires_grad_(flag)
-    return losses
-
-
-def _targets(model: nn.Module) -> dict[str, nn.Module]:
-    """Block linears, including ones already packed as SparseLinear (which
-    ``calibration.find_blocks`` does not count as linears)."""
-    def lin(m: nn.Module) -> bool:
-        return is_linear(m) or isinstance(m, SparseLinear)
-
-    best: tuple[str, nn.ModuleList] | None = None
-    for name, mod in model.named_modules():
-        if (isinstance(mod, nn.ModuleList) and len(mod) and any(lin(m) for m in mod[0].modules())
-                and (best is None or len(mod) > len(best[1]))):
-            best = (name, mod)
-    if best is None:
-        raise ValueError(f"cannot find transformer blocks in {type(model).__name__}")
-    prefix, blocks = best
-    return {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules() if lin(m)}
 
 
 @register
@@ -146,11 +125,7 @@ class Recover(Technique):
     model_kinds = ("causal-lm",)
     description = "short LoRA or full fine-tune after pruning; keeps pruned weights at zero"
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
-        self.losses = recover(model, calibration, self.config)
-        return model
-
-    def notes(self) -> list[str]:
-        ls = getattr(self, "losses", [])
-        return [f"recovery fine-tune ({self.config.mode}, {len(ls)} steps): train loss "
-                f"{ls[0]:.3f} -> {ls[-1]:.3f}" if ls else "recovery fine-tune"]
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
+        ls = recover(model, calibration, self.config)
+        return Applied(model, [f"recovery fine-tune ({self.config.mode}, {len(ls)} steps): train loss "
+                               f"{ls[0]:.3f} -> {ls[-1]:.3f}" if ls else "recovery fine-tune"])

@@ -16,7 +16,7 @@ from torch import nn
 
 from harness.config import check
 from harness.layers.base import linear_weight
-from harness.techniques.base import register
+from harness.techniques.base import Applied, register
 from harness.techniques.pruning import nm
 from harness.techniques.pruning.unstructured import (
     SparsityConfig,
@@ -93,7 +93,7 @@ class SparseGPT(UnstructuredPruning):
     suite_specs = ("sparsegpt:sparsity=0.5", "sparsegpt:pattern=2:4")
     description = "SparseGPT: OBS-style one-shot pruning with weight update, block-sequential"
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
         cfg = self.config
 
         def prune_layer(mod: nn.Module, stats) -> torch.Tensor:
@@ -103,4 +103,4 @@ class SparseGPT(UnstructuredPruning):
                 linear_weight(mod).copy_(W * keep)
             return keep
 
-        return prune_block_sequential(model, calibration, cfg, prune_layer, hessian=True)
+        return self.finished(prune_block_sequential(model, calibration, cfg, prune_layer, hessian=True))

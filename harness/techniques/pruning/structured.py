@@ -19,7 +19,7 @@ from torch import nn
 from harness.calibration import Calibration, collect_linear_stats, find_blocks
 from harness.config import SpecError, check
 from harness.layers.base import linear_weight
-from harness.techniques.base import Technique, register
+from harness.techniques.base import Applied, Technique, register
 from harness.techniques.pruning.surgery import (
     attn_of,
     ffn_of,
@@ -163,20 +163,18 @@ class _Structured(Technique):
     storage = "structural"
     needs_calibration = False
     uses_calibration = True
-    used_calibration = False
 
-    removed = ""
-
-    def notes(self) -> list[str]:
-        how = "calibration activations" if self.used_calibration else "weights only (no calibration given)"
-        return [f"weights physically removed (smaller shapes, config updated); importance from {how}"] + (
-            [self.removed] if self.removed else [])
-
-    def _count(self, total: int, what: str) -> int:
+    def _count(self, total: int, what: str) -> tuple[int, str]:
+        """Units to remove per layer and the note saying how many."""
         k = _removal_count(self.config.fraction, total, what)
-        self.removed = (f"removed {k} of {total} {what} per layer (fraction {k / total:.3g}; "
-                        f"requested {self.config.fraction:g})")
-        return k
+        return k, (f"removed {k} of {total} {what} per layer (fraction {k / total:.3g}; "
+                   f"requested {self.config.fraction:g})")
+
+
+def _applied(model: nn.Module, calibration, *extra: str) -> Applied:
+    how = "calibration activations" if calibration is not None else "weights only (no calibration given)"
+    return Applied(model, [f"weights physically removed (smaller shapes, config updated); importance from {how}",
+                           *extra])
 
 
 @register
@@ -186,12 +184,11 @@ class PruneNeurons(_Structured):
     suite_specs = ("prune-neurons:fraction=0.25",)
     description = "remove FFN neurons (rows of up/gate, columns of down) in every layer"
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
-        self.used_calibration = calibration is not None
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
         scores = neuron_scores(model, calibration)
-        k = self._count(scores[0].numel(), "FFN neurons")
+        k, removed = self._count(scores[0].numel(), "FFN neurons")
         keep = {i: torch.topk(s, s.numel() - k).indices.cpu() for i, s in enumerate(scores)}
-        return remove_ffn_neurons(model, keep)
+        return _applied(remove_ffn_neurons(model, keep), calibration, removed)
 
 
 @register
@@ -201,12 +198,11 @@ class PruneHeads(_Structured):
     suite_specs = ("prune-heads:fraction=0.25",)
     description = "remove attention heads by whole KV groups (GQA-aware) in every layer"
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
-        self.used_calibration = calibration is not None
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
         scores = group_scores(model, calibration)
-        k = self._count(scores[0].numel(), "KV head groups")
+        k, removed = self._count(scores[0].numel(), "KV head groups")
         keep = {i: torch.topk(s, s.numel() - k).indices.cpu() for i, s in enumerate(scores)}
-        return remove_head_groups(model, keep)
+        return _applied(remove_head_groups(model, keep), calibration, removed)
 
 
 @register
@@ -216,8 +212,7 @@ class DropLayers(_Structured):
     suite_specs = ("drop-layers:count=1",)
     description = "remove whole transformer blocks with the lowest Block Influence (ShortGPT)"
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
-        self.used_calibration = calibration is not None
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
         _, blocks = find_blocks(model)
         n = len(blocks)
         if self.config.count >= n:
@@ -225,8 +220,4 @@ class DropLayers(_Structured):
                             f"at most {n - 1}")
         bi = block_influence(model, calibration if calibration is not None else probe(model))
         drop = torch.topk(bi, self.config.count, largest=False).indices.tolist()
-        self.dropped = sorted(drop)
-        return remove_layers(model, drop)
-
-    def notes(self) -> list[str]:
-        return super().notes() + [f"dropped blocks {getattr(self, 'dropped', [])}"]
+        return _applied(remove_layers(model, drop), calibration, f"dropped blocks {sorted(drop)}")

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from harness.calibration import find_blocks
+from harness.calibration import block_linears, collect_linear_stats, find_blocks, for_each_block, target_linears
 from harness.config import check
-from harness.layers.base import is_linear, linear_shape, set_module
+from harness.layers.base import linear_shape, set_module
 from harness.layers.sparse import SparseLinear
-from harness.techniques.base import Technique, register
+from harness.techniques.base import Applied, Technique, from_config, register
 from harness.techniques.pruning import importance, nm
 
 StorageFormat = Literal["auto", "bitmask", "csr", "dense"]
@@ -78,12 +78,6 @@ class GradientSparsityConfig(ScopedSparsityConfig):
     scope: Literal["layer", "row", "global"] = "row"
 
 
-def prunable_linears(model: nn.Module) -> dict[str, nn.Module]:
-    """Linear/Conv1D layers inside the transformer blocks, by full name, in order."""
-    prefix, blocks = find_blocks(model)
-    return {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules() if is_linear(m)}
-
-
 def check_nm(linears: dict[str, nn.Module], pattern: tuple[int, int] | None) -> None:
     if pattern is not None:
         for name, mod in linears.items():
@@ -116,9 +110,7 @@ def prune_block_sequential(model: nn.Module, calibration, cfg, prune_layer, *, h
     """Calibrated pruning one block at a time (Wanda, SparseGPT): ``prune_layer(module,
     stats)`` zeroes the pruned weights in place and returns the keep mask; later blocks
     see the pruned outputs; masks are finalized into ``cfg.format`` at the end."""
-    from harness.calibration import block_linears, collect_linear_stats, for_each_block
-
-    linears = prunable_linears(model)
+    linears = target_linears(model)
     check_nm(linears, cfg.nm)
     prefix, _ = find_blocks(model)
     masks: dict[str, torch.Tensor] = {}
@@ -138,13 +130,9 @@ class UnstructuredPruning(Technique):
 
     family = "pruning"
     config_cls = ScopedSparsityConfig
-    storage = "packed"
+    # format=dense keeps the zeros in a dense tensor: a mask, no size saving
+    storage = from_config(lambda cfg: "mask" if cfg.format == "dense" else "packed")
     per_row = False
-
-    def __init__(self, config=None) -> None:
-        super().__init__(config)
-        if self.config.format == "dense":
-            self.storage = "mask"  # zeros in a dense tensor: no size saving
 
     def scores(self, model: nn.Module, linears: dict[str, nn.Module], calibration) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -158,16 +146,19 @@ class UnstructuredPruning(Technique):
         per_row = self.per_row or scope == "row"
         return {n: nm.select(s, cfg.target, cfg.nm, per_row=per_row) for n, s in scores.items()}
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
-        linears = prunable_linears(model)
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
+        linears = target_linears(model)
         check_nm(linears, self.config.nm)
         masks = self.masks(model, linears, calibration)
-        return finalize(model, linears, masks, self.config.format)
+        return self.finished(finalize(model, linears, masks, self.config.format))
 
-    def notes(self) -> list[str]:
+    def finished(self, model: nn.Module) -> Applied:
+        """The pruned model with the storage note for this config."""
         if self.config.format == "dense":
-            return ["format=dense: pruned weights are zeros in dense tensors (a mask); no size or speed saving"]
-        return ["packed sparse storage (values + bitmask/CSR indices); forward decompresses, so no CPU speed-up"]
+            return Applied(model, ["format=dense: pruned weights are zeros in dense tensors (a mask); "
+                                   "no size or speed saving"])
+        return Applied(model, ["packed sparse storage (values + bitmask/CSR indices); forward decompresses, "
+                               "so no CPU speed-up"])
 
 
 @register

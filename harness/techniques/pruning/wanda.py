@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from harness.layers.base import linear_weight
-from harness.techniques.base import register
+from harness.techniques.base import Applied, register
 from harness.techniques.pruning import nm
 from harness.techniques.pruning.unstructured import (
     SparsityConfig,
@@ -40,7 +40,7 @@ class Wanda(UnstructuredPruning):
     suite_specs = ("wanda:sparsity=0.5", "wanda:pattern=2:4")
     description = "Wanda: |W| * ||X|| per output row, block-sequential, no weight update"
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
         cfg = self.config
 
         def prune_layer(mod: nn.Module, stats) -> torch.Tensor:
@@ -48,4 +48,4 @@ class Wanda(UnstructuredPruning):
             apply_mask_inplace(mod, keep)  # later blocks see pruned outputs
             return keep
 
-        return prune_block_sequential(model, calibration, cfg, prune_layer, hessian=False)
+        return self.finished(prune_block_sequential(model, calibration, cfg, prune_layer, hessian=False))

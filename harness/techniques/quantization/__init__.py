@@ -1,6 +1,7 @@
 """Quantization: RTN, GPTQ, AWQ, SmoothQuant, NF4 / k-means, QAT, dynamic int8,
 KV-cache quantization and GPU-only bitsandbytes / fp8. Importing this package
-registers every quantization technique."""
+registers every quantization technique. The arithmetic (group-wise uniform quantization,
+packing, codebooks, scale searches) is in ``harness.primitives``."""
 from harness.techniques.quantization import (  # noqa: F401  (registration on import)
     awq,
     common,
@@ -12,5 +13,4 @@ from harness.techniques.quantization import (  # noqa: F401  (registration on im
     qat,
     rtn,
     smoothquant,
-    uniform,
 )

@@ -1,8 +1,9 @@
-"""Shared pieces of the weight-only quantization techniques: the config, which layers
-are quantized, argument checks and the swap to QuantLinear.
+"""Shared pieces of the weight-only quantization techniques: the config, argument checks
+and the swap to QuantLinear.
 
 Only the linears inside the transformer blocks are quantized (as in GPTQ, AWQ and
-SmoothQuant): embeddings, the output head and poolers stay in their original precision.
+SmoothQuant; ``harness.calibration.target_linears``): embeddings, the output head and
+poolers stay in their original precision.
 """
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.calibration import find_blocks
 from harness.config import SpecError, check
-from harness.layers.base import is_linear, linear_weight, set_module
-from harness.techniques.quantization.uniform import QUANT_BITS, check_quant_args
+from harness.layers.base import linear_weight, set_module
+from harness.primitives.quant import QUANT_BITS, check_quant_args
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,6 @@ class WeightQuantConfig:
               f"bits={self.bits} is not supported; choose one of {', '.join(map(str, QUANT_BITS))}")
         check(self.group is None or self.group >= 1,
               f"group={self.group} must be a positive integer or none (per output channel)")
-
-
-def block_linears_by_name(model: nn.Module) -> dict[str, nn.Module]:
-    """Linear/Conv1D layers inside the transformer blocks, by full name, in order."""
-    prefix, blocks = find_blocks(model)
-    return {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules() if is_linear(m)}
 
 
 def check_groups(linears: dict[str, nn.Module], group: int | None) -> None:
@@ -80,7 +74,6 @@ def calibration_notes(calibration) -> list[str]:
 
 __all__ = [
     "WeightQuantConfig",
-    "block_linears_by_name",
     "calibration_notes",
     "check_config",
     "check_groups",

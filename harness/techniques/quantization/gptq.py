@@ -19,18 +19,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.calibration import target_linears
 from harness.config import check
 from harness.layers.base import linear_weight
-from harness.techniques.base import Technique, register
+from harness.primitives.quant import check_quant_args, group_width, n_groups, qparams
+from harness.techniques.base import Applied, Technique, register
 from harness.techniques.quantization.common import (
     WeightQuantConfig,
-    block_linears_by_name,
     calibration_notes,
     check_config,
     to_quant_linear,
 )
 from harness.techniques.quantization.sequential import quantize_sequential
-from harness.techniques.quantization.uniform import check_quant_args, group_width, n_groups, qparams
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, bits: int, group: int |
     """GPTQ-quantize ``weight`` ``[out, in]`` given ``H`` ``[in, in]`` (sum or mean of x x^T).
 
     Returns ``(codes uint8 [out, in], scales float16 [out, n_groups], zeros uint8 or None)``
-    in the layout of ``uniform.quantize_groupwise`` (original column order), with
+    in the layout of ``primitives.quant.quantize_groupwise`` (original column order), with
     ``n_groups = ceil(in / group)``: the last group may hold fewer than ``group`` columns.
     """
     W = weight.detach().float().clone()
@@ -117,10 +117,9 @@ class GPTQ(Technique):
     suite_specs = ("gptq:bits=4,group=128", "gptq:bits=3")
     description = "GPTQ: Hessian-based weight-only quantization with error feedback, block-sequential, packed"
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
         cfg = self.config
-        check_config(block_linears_by_name(model), cfg.bits, cfg.group)
-        self._calib = calibration_notes(calibration)
+        check_config(target_linears(model), cfg.bits, cfg.group)
 
         def quantize_group(mods, stats):
             out = {}
@@ -131,7 +130,4 @@ class GPTQ(Technique):
             return out
 
         quantize_sequential(model, calibration, quantize_group)
-        return model
-
-    def notes(self) -> list[str]:
-        return list(getattr(self, "_calib", []))
+        return Applied(model, calibration_notes(calibration))

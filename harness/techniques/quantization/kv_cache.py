@@ -9,9 +9,9 @@ The prompt's first forward attends to its own unquantized keys (as transformers'
 QuantizedCache does); every later step sees quantized history.
 
 The ``kv-cache`` technique changes no weights: it makes the model use this cache whenever
-it is called with ``use_cache`` and no cache (a forward pre-hook), and exposes
-``model.harness_cache_factory`` for latency measurements. Nothing extra is saved: the
-cache is a run-time setting, re-applied after loading.
+it is called with ``use_cache`` and no cache (a forward pre-hook), and returns the cache
+factory (``CompressionResult.cache_factory``) for latency measurements. Nothing extra is
+saved: the cache is a run-time setting, re-applied after loading.
 """
 from __future__ import annotations
 
@@ -22,12 +22,9 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
 from harness.config import check
-from harness.layers.packing import pack, unpack
-from harness.techniques.base import Technique, register
-from harness.techniques.quantization.uniform import (
-    dequantize_groupwise,
-    quantize_groupwise,
-)
+from harness.primitives.packing import pack, unpack
+from harness.primitives.quant import dequantize_groupwise, quantize_groupwise
+from harness.techniques.base import Applied, Technique, register
 
 
 class QuantizedKVLayer(DynamicLayer):
@@ -131,7 +128,7 @@ class KVCacheQuant(Technique):
     suite_specs = ("kv-cache:bits=8", "kv-cache:bits=4")
     description = "KV cache stored as packed int8/int4 during decoding (weights unchanged)"
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
         bits = self.config.bits
 
         def factory() -> QuantizedKVCache:
@@ -143,9 +140,5 @@ class KVCacheQuant(Technique):
             return args, kwargs
 
         model.register_forward_pre_hook(hook, with_kwargs=True)
-        model.harness_cache_factory = factory
-        return model
-
-    def notes(self) -> list[str]:
-        return [("weights unchanged; cache memory saving only during decoding; window perplexity does not "
-                 "exercise the cache (use decode fidelity)")]
+        return Applied(model, [("weights unchanged; cache memory saving only during decoding; window perplexity "
+                                "does not exercise the cache (use decode fidelity)")], cache_factory=factory)

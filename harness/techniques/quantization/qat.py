@@ -17,7 +17,6 @@ weights and their scales train; embeddings, norms and the head stay frozen.
 from __future__ import annotations
 
 import copy
-import itertools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,23 +24,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.calibration import target_linears
 from harness.config import check
 from harness.layers.base import linear_weight
-from harness.techniques.base import Technique, register
+from harness.primitives.quant import expand_groups, group_width, n_groups, pad_to_groups, qparams
+from harness.techniques.base import Applied, Technique, register
+from harness.techniques.finetune import cycled_windows, train
 from harness.techniques.quantization.common import (
     WeightQuantConfig,
-    block_linears_by_name,
     calibration_notes,
     check_config,
     replace,
     to_quant_linear,
-)
-from harness.techniques.quantization.uniform import (
-    expand_groups,
-    group_width,
-    n_groups,
-    pad_to_groups,
-    qparams,
 )
 
 
@@ -111,7 +105,7 @@ class FakeQuantLinear(nn.Module):
 
 def qat_finetune(model: nn.Module, calibration, cfg: QATConfig) -> list[float]:
     """Wrap, fine-tune and export in place; returns the per-step training loss."""
-    linears = block_linears_by_name(model)
+    linears = target_linears(model)
     check_config(linears, cfg.bits, cfg.group)
     saved = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in saved:
@@ -121,35 +115,25 @@ def qat_finetune(model: nn.Module, calibration, cfg: QATConfig) -> list[float]:
     for n, m in fq.items():
         replace(model, n, m)
     params = [p for m in fq.values() for p in (m.weight, m.scale)]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     dev = params[0].device
-    losses: list[float] = []
-    batches = itertools.cycle(list(calibration.batches(cfg.batch)))
-    was_training = model.training
-    model.train()
+
+    def loss(ids: torch.Tensor) -> torch.Tensor:
+        ids = ids.to(dev)
+        if teacher is None:
+            return model(input_ids=ids, labels=ids, use_cache=False).loss
+        with torch.no_grad():
+            t = F.log_softmax(teacher(input_ids=ids, use_cache=False).logits.float(), -1)
+        st = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), -1)
+        return F.kl_div(st.flatten(0, 1), t.flatten(0, 1), log_target=True, reduction="batchmean")
+
     try:
-        with torch.enable_grad():
-            for _ in range(cfg.steps):
-                ids = next(batches)["input_ids"].to(dev)
-                if teacher is None:
-                    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-                else:
-                    with torch.no_grad():
-                        t = F.log_softmax(teacher(input_ids=ids, use_cache=False).logits.float(), -1)
-                    st = F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), -1)
-                    loss = F.kl_div(st.flatten(0, 1), t.flatten(0, 1), log_target=True, reduction="batchmean")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
+        return train(model, params, cycled_windows(calibration, cfg.batch), loss, steps=cfg.steps, lr=cfg.lr)
     finally:
-        model.train(was_training)
-        del teacher
+        teacher = None
         for n, m in fq.items():
             replace(model, n, m.export())
         for p, flag in saved:
             p.requires_grad_(flag)
-    return losses
 
 
 @register
@@ -164,13 +148,8 @@ class QAT(Technique):
     suite_specs = ("qat:bits=2,group=64,steps=10,batch=4", "qat:bits=3,group=64,steps=10,batch=4")
     description = "QAT: fake-quant + STE (learnable scales) fine-tune on train windows, exported packed"
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
-        self._calib = calibration_notes(calibration)
-        self.losses = qat_finetune(model, calibration, self.config)
-        return model
-
-    def notes(self) -> list[str]:
-        ls = getattr(self, "losses", [])
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
+        ls = qat_finetune(model, calibration, self.config)
         extra = ([f"QAT fine-tune {len(ls)} steps on calibration windows: loss {ls[0]:.3f} -> {ls[-1]:.3f}"]
                  if ls else [])
-        return list(getattr(self, "_calib", [])) + extra
+        return Applied(model, calibration_notes(calibration) + extra)

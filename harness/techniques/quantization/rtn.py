@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from harness.techniques.base import Technique, register
+from harness.calibration import target_linears
+from harness.techniques.base import Applied, Technique, register
 from harness.techniques.quantization.common import (
     WeightQuantConfig,
-    block_linears_by_name,
     check_config,
     replace,
     to_quant_linear,
@@ -28,13 +28,10 @@ class RTN(Technique):
     suite_specs = ("rtn:bits=8", "rtn:bits=4,group=128", "rtn:bits=3,group=64", "rtn:bits=2,group=64")
     description = "round-to-nearest weight-only int8/4/3/2, group-wise sym/asym, packed storage"
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
         cfg = self.config
-        linears = block_linears_by_name(model)
+        linears = target_linears(model)
         check_config(linears, cfg.bits, cfg.group)
         for name, mod in linears.items():
             replace(model, name, to_quant_linear(mod, bits=cfg.bits, group=cfg.group, sym=cfg.sym))
-        return model
-
-    def notes(self) -> list[str]:
-        return ["weight-only; torch reference forward dequantizes per call (no CPU speed-up)"]
+        return Applied(model, ["weight-only; torch reference forward dequantizes per call (no CPU speed-up)"])

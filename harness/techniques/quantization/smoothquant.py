@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from harness.config import check
 from harness.layers.base import linear_weight
 from harness.layers.quant import W8A8Linear
-from harness.techniques.base import Technique, register
+from harness.primitives.scales import smooth_scales
+from harness.techniques.base import Applied, Technique, register
 from harness.techniques.quantization.common import calibration_notes
 from harness.techniques.quantization.sequential import quantize_sequential
 
@@ -38,13 +38,6 @@ class SmoothQuantConfig:
         check(0.0 <= self.alpha <= 1.0, f"alpha={self.alpha} is outside [0, 1]")
 
 
-def smooth_scales(act_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
-    """Per-input-channel smoothing factors (float16-exact)."""
-    w_absmax = torch.stack([w.detach().abs().amax(0).float() for w in weights]).amax(0)
-    s = act_absmax.float().clamp(min=1e-5).pow(alpha) / w_absmax.clamp(min=1e-5).pow(1 - alpha)
-    return s.clamp(min=1e-4, max=1e4).to(torch.float16).float()
-
-
 @register
 class SmoothQuant(Technique):
     name = "smoothquant"
@@ -55,9 +48,8 @@ class SmoothQuant(Technique):
     suite_specs = ("smoothquant:alpha=0.5",)
     description = "SmoothQuant W8A8: int8 weights + dynamic per-token int8 activations after outlier migration"
 
-    def apply(self, model: nn.Module, calibration=None) -> nn.Module:
+    def apply(self, model: nn.Module, calibration=None) -> Applied:
         alpha = self.config.alpha
-        self._calib = calibration_notes(calibration)
 
         def quantize_group(mods, stats):
             first = next(iter(stats.values()))
@@ -67,8 +59,5 @@ class SmoothQuant(Technique):
                     for (name, m), w in zip(mods.items(), weights)}
 
         quantize_sequential(model, calibration, quantize_group, hessian=False)
-        return model
-
-    def notes(self) -> list[str]:
-        return list(getattr(self, "_calib", [])) + [
-            "W8A8 emulated in float32 on CPU (no int8 GEMM speed-up here); torch._int_mm on CUDA"]
+        return Applied(model, calibration_notes(calibration) + [
+            "W8A8 emulated in float32 on CPU (no int8 GEMM speed-up here); torch._int_mm on CUDA"])

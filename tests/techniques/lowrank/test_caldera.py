@@ -9,12 +9,11 @@ import pytest
 import torch
 from conftest import FAMILIES, ids, random_llama
 
-from harness.calibration import Calibration
+from harness.calibration import Calibration, target_linears
 from harness.config import SpecError
 from harness.layers.qlr import QLRLinear
 from harness.techniques import compress, make
 from harness.techniques.lowrank.caldera import CalderaConfig, decompose, ldlq, objective
-from harness.techniques.lowrank.svd import block_linears
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +62,7 @@ FAST = "caldera:rank=4,q_group=32,iters=1,lplr_iters=1,init=zero"
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_gets_packed_qlr_layers(family):
     model = FAMILIES[family]()
-    n = len(block_linears(model))
+    n = len(target_linears(model))
     res = compress(model, FAST, _calib(), kind="encoder" if family == "bert" else "causal-lm")
     layers = [m for m in res.model.modules() if isinstance(m, QLRLinear)]
     assert len(layers) == n >= 8

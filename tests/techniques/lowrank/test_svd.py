@@ -8,12 +8,11 @@ import pytest
 import torch
 from conftest import FAMILIES, ids, random_llama
 
-from harness.calibration import Calibration
+from harness.calibration import Calibration, target_linears
 from harness.config import SpecError
 from harness.layers.lowrank import LowRankLinear
 from harness.techniques import compress, make
 from harness.techniques.lowrank import rank_alloc
-from harness.techniques.lowrank.svd import block_linears
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +36,7 @@ def _kept(model_before_linears, model_after) -> float:
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_budget_met_on_every_family(method, family):
     model = FAMILIES[family]()
-    linears = block_linears(model)
+    linears = target_linears(model)
     calib = Calibration(ids(4, 32))
     res = compress(model, f"{method}:reduction=0.4", calib, kind="encoder" if family == "bert" else "causal-lm")
     assert sum(isinstance(m, LowRankLinear) for m in res.model.modules()) == len(linears)
@@ -51,7 +50,7 @@ def test_budget_met_on_every_family(method, family):
 @pytest.mark.parametrize("alloc", ["energy", "sensitivity"])
 def test_allocation_meets_the_global_budget_with_unequal_ranks(alloc):
     model = random_llama()
-    linears = block_linears(model)
+    linears = target_linears(model)
     res = compress(model, f"svd-llm:reduction=0.5,alloc={alloc}", Calibration(ids(8, 32)))
     assert _kept(linears, res.model) <= 0.5
     ranks = {m.rank for m in res.model.modules() if isinstance(m, LowRankLinear)}
@@ -120,11 +119,13 @@ def test_asvd_search_takes_the_alpha_with_least_output_error():
         A, B = dec.factors(rank)
         per_alpha[a] = output_error(W, B @ A, stats.H)
     tech = make("asvd:search=true")
-    A, B = tech.decompose("l", lin, stats, rank).factors(rank)
+    dec = tech.decompose("l", lin, stats, rank)
+    A, B = dec.factors(rank)
     searched = output_error(W, B @ A, stats.H)
     assert searched == pytest.approx(min(per_alpha.values()), rel=1e-9)
     # activation-aware scaling pays on outlier channels: clearly below plain SVD (alpha=0)
-    assert per_alpha[0.5] < 0.7 * per_alpha[0.0] and tech._alphas[-1] > 0
+    assert per_alpha[0.5] < 0.7 * per_alpha[0.0] and dec.alpha > 0
+    assert vars(tech) == {"config": tech.config}  # the choice is on the decomposition, not the technique
 
 
 def test_sequential_update_lowers_the_distillation_loss():

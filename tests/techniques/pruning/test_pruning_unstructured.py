@@ -7,14 +7,13 @@ import pytest
 import torch
 
 import harness
-from harness.calibration import Calibration
+from harness.calibration import Calibration, target_linears
 from harness.config import SpecError
 from harness.layers.base import linear_weight
 from harness.layers.sparse import SparseLinear
 from harness.measure.size import weight_storage
 from harness.techniques.base import CalibrationRequiredError
 from harness.techniques.pruning.sparsegpt import sparsegpt_prune
-from harness.techniques.pruning.unstructured import prunable_linears
 
 
 def _calib(vocab: int = 128, n: int = 4, seq: int = 32) -> Calibration:
@@ -32,7 +31,7 @@ def _kind(family: str) -> str:
 @pytest.mark.parametrize("spec", ["magnitude:sparsity=0.5", "wanda:sparsity=0.3", "sparsegpt:sparsity=0.6"])
 def test_exact_sparsity_per_layer_every_family(family_model, spec):
     fam, model = family_model
-    names = list(prunable_linears(model))
+    names = list(target_linears(model))
     res = harness.compress(model, spec, calibration=_calib(), kind=_kind(fam))
     s = res.config.target
     for name in names:
@@ -45,7 +44,7 @@ def test_exact_sparsity_per_layer_every_family(family_model, spec):
 
 @pytest.mark.parametrize("spec", ["taylor:sparsity=0.5", "obd:sparsity=0.4"])
 def test_gradient_methods_exact_sparsity(llama, spec):
-    names = list(prunable_linears(llama))
+    names = list(target_linears(llama))
     res = harness.compress(llama, spec, calibration=_calib())
     for name in names:  # default scope=row: exact per output row
         keep = _keep(res.model.get_submodule(name))
@@ -53,7 +52,7 @@ def test_gradient_methods_exact_sparsity(llama, spec):
 
 
 def test_magnitude_row_scope_exact_per_row(llama):
-    names = list(prunable_linears(llama))
+    names = list(target_linears(llama))
     res = harness.compress(llama, "magnitude:sparsity=0.3,scope=row")
     for name in names:
         keep = _keep(res.model.get_submodule(name))
@@ -63,7 +62,7 @@ def test_magnitude_row_scope_exact_per_row(llama):
 @pytest.mark.parametrize("spec,n,m", [("magnitude:pattern=2:4", 2, 4), ("wanda:pattern=2:4", 2, 4),
                                       ("sparsegpt:pattern=4:8", 4, 8), ("obd:pattern=2:4", 2, 4)])
 def test_exact_nm_per_group(llama, spec, n, m):
-    names = list(prunable_linears(llama))
+    names = list(target_linears(llama))
     res = harness.compress(llama, spec, calibration=_calib())
     for name in names:
         keep = _keep(res.model.get_submodule(name))
@@ -81,7 +80,7 @@ def test_magnitude_matches_torch_prune_l1(llama):
 
 
 def test_global_scope_exact_total_and_uneven_layers(llama):
-    names = list(prunable_linears(llama))
+    names = list(target_linears(llama))
     res = harness.compress(llama, "magnitude:sparsity=0.5,scope=global")
     keeps = [_keep(res.model.get_submodule(n)) for n in names]
     total = sum(k.numel() for k in keeps)

@@ -12,10 +12,9 @@ from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 import harness
 from harness.calibration import Calibration
 from harness.layers.quant import QuantLinear, W8A8Linear
+from harness.primitives.quant import rtn_fake_quant
+from harness.primitives.scales import search_scale, smooth_scales
 from harness.techniques.base import CalibrationRequiredError
-from harness.techniques.quantization.awq import search_scale
-from harness.techniques.quantization.smoothquant import smooth_scales
-from harness.techniques.quantization.uniform import rtn_fake_quant
 
 
 def _calib(vocab=128, n=4, seq=32):

@@ -10,12 +10,12 @@ from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 import harness
 from harness.layers.quant import QuantLinear
 from harness.measure.accuracy import perplexity_window
-from harness.techniques.base import CalibrationRequiredError
-from harness.techniques.quantization.gptq import gptq_quantize
-from harness.techniques.quantization.uniform import (
+from harness.primitives.quant import (
     dequantize_groupwise,
     quantize_groupwise,
 )
+from harness.techniques.base import CalibrationRequiredError
+from harness.techniques.quantization.gptq import gptq_quantize
 
 
 def _correlated_inputs(n=2048, d=64, seed=0):

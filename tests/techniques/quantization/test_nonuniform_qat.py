@@ -11,14 +11,10 @@ from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 import harness
 from harness.calibration import Calibration
 from harness.layers.quant import CodebookLinear, QuantLinear
+from harness.primitives.codebook import NF4_LEVELS, codebook_quantize, kmeans_1d
+from harness.primitives.quant import rtn_fake_quant
 from harness.techniques.base import CalibrationRequiredError
-from harness.techniques.quantization.nonuniform import (
-    NF4_LEVELS,
-    codebook_quantize,
-    kmeans_1d,
-)
 from harness.techniques.quantization.qat import FakeQuantLinear
-from harness.techniques.quantization.uniform import rtn_fake_quant
 
 
 def _logits(m, x):

@@ -21,22 +21,22 @@ import harness
 import harness.techniques  # noqa: F401  (registers every technique)
 from harness.calibration import Calibration
 from harness.config import SpecError
-from harness.layers.packing import packed_width
 from harness.layers.qlr import QLRLinear
 from harness.layers.quant import CodebookLinear, QuantLinear
 from harness.measure.size import measure_size, weight_storage
-from harness.techniques import TECHNIQUES
-from harness.techniques.quantization.awq import search_clip
-from harness.techniques.quantization.gptq import gptq_quantize
-from harness.techniques.quantization.nonuniform import group_absmax
-from harness.techniques.quantization.qat import FakeQuantLinear
-from harness.techniques.quantization.uniform import (
+from harness.primitives.codebook import group_absmax
+from harness.primitives.packing import packed_width
+from harness.primitives.quant import (
     dequantize_groupwise,
     expand_groups,
     n_groups,
     quantize_groupwise,
     rtn_fake_quant,
 )
+from harness.primitives.scales import search_clip
+from harness.techniques import TECHNIQUES
+from harness.techniques.quantization.gptq import gptq_quantize
+from harness.techniques.quantization.qat import FakeQuantLinear
 
 GROUP = 32  # divides neither 48 nor 80: every layer of the odd Llama has a ragged last group of 16
 

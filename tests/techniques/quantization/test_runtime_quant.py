@@ -10,9 +10,9 @@ from conftest import ids, random_llama
 from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 import harness
+from harness.layers.dynamic import DynamicInt8Linear
 from harness.measure.memory import cache_nbytes
 from harness.techniques.base import DeviceUnsupportedError
-from harness.techniques.quantization.dynamic import DynamicInt8Linear
 from harness.techniques.quantization.kv_cache import QuantizedKVCache
 
 
@@ -65,7 +65,7 @@ def test_kv_cache_technique_hooks_generation():
     with torch.no_grad():
         out = res.model(input_ids=ids(1, 8), use_cache=True)
     assert isinstance(out.past_key_values, QuantizedKVCache)
-    assert isinstance(res.model.harness_cache_factory(), QuantizedKVCache)
+    assert isinstance(res.cache_factory(), QuantizedKVCache)
 
 
 @pytest.mark.parametrize("spec", ["bnb-int8", "bnb-nf4", "fp8"])

@@ -6,7 +6,7 @@ import torch
 from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 from harness.config import SpecError
-from harness.techniques.quantization.uniform import (
+from harness.primitives.quant import (
     dequantize_groupwise,
     expand_groups,
     quantize_groupwise,

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from harness.config import SpecError
-from harness.kernels import gpu
-from harness.measure.timing import Samples
+from harness.measure import gpu
+from harness.measure.timing import Samples, cuda_timer
 
 KERNELS = ("fp16", "w4a16", "w8a16", "qlr")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -107,20 +107,21 @@ def make_case(kernel: str, m: int, n: int, k: int, *, group: int = 128, rank: in
 
 def time_events(fn: Callable[[], Any], *, warmup: int = 25, reps: int = 100, flush: torch.Tensor | None = None
                 ) -> Samples:
-    """Per-repetition CUDA-event times (ms), L2 flushed before each when ``flush`` is given."""
+    """Per-repetition CUDA-event times (ms) on the current device, L2 flushed before each when
+    ``flush`` is given; the repetitions are queued back to back and read after one synchronize."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for s, e in zip(starts, ends):
+    dev = torch.cuda.current_device()
+    timings = []
+    for _ in range(reps):
         if flush is not None:
             flush.zero_()
-        s.record()
-        fn()
-        e.record()
+        with cuda_timer(dev, sync_before=False, wait=False) as t:
+            fn()
+        timings.append(t)
     torch.cuda.synchronize()
-    return Samples([float(s.elapsed_time(e)) for s, e in zip(starts, ends)], timer="cuda-events")
+    return Samples([t.ms for t in timings], timer="cuda-events")
 
 
 def bench_case(case: Case, *, warmup: int, reps: int, flush: torch.Tensor, peak_bw: float | None,
@@ -275,7 +276,7 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry: ``python -m harness.kernels.bench [options]``; exit 2 with one line on bad input
+    """Standalone entry: ``python -m harness.measure.kernel_bench [options]``; exit 2 with one line on bad input
     or without a GPU."""
     p = argparse.ArgumentParser(prog="harness kernels bench", description=__doc__.splitlines()[0])
     configure_parser(p)

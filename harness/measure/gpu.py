@@ -1,9 +1,8 @@
-"""GPU helpers for kernel benchmarks and the end-to-end GPU path.
+"""GPU readings: NVML (``import pynvml`` from nvidia-ml-py) and torch's CUDA queries.
 
-Everything that can be unavailable returns ``(value, None)`` or ``(None, reason)`` so the
-caller records N/A with the reason; ``require_cuda`` and ``cuda_timer`` raise
+Every reader returns ``(value, None)`` or ``(None, reason)`` so callers record N/A
+honestly; ``require_cuda`` (and ``timing.cuda_timer``, ``l2_flush_buffer``) raise
 ``GPUUnavailable`` (a RuntimeError with the reason) when CUDA was asked for and is absent.
-NVML access goes through ``harness.measure.nvml`` (``pynvml`` from ``nvidia-ml-py``).
 
 Peak memory bandwidth = NVML max memory clock x bus width x 2 (double data rate) / 8.
 That reproduces the datasheet figures (H100 SXM: 2619 MHz x 5120 bit -> 3.35 TB/s;
@@ -12,14 +11,12 @@ Without NVML the name is looked up in ``PEAK_BANDWIDTH_TABLE`` (datasheet values
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+import functools
 from typing import Any
 
 import torch
 
-from harness.measure import nvml
+Device = torch.device | str | int | None
 
 L2_FLUSH_BYTES = 256 * 2**20  # larger than any current L2 (H100: 50 MB, H200: 60 MB)
 
@@ -36,14 +33,109 @@ class GPUUnavailable(RuntimeError):
     """CUDA was requested but cannot be used here; the message is the reason."""
 
 
-def _index(device: torch.device | str | int | None) -> int:
+def _index(device: Device) -> int:
     if isinstance(device, int):
         return device
     d = torch.device(device if device is not None else "cuda")
     return d.index or 0
 
 
-def cuda_available_reason(device: torch.device | str | int | None = None) -> str | None:
+# --- NVML ---------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _nvml_init() -> str | None:
+    try:
+        import pynvml
+    except ImportError:
+        return "nvidia-ml-py (pynvml) is not installed"
+    try:
+        pynvml.nvmlInit()
+    except Exception as e:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        return f"NVML unavailable: {e}"
+    return None
+
+
+def nvml_unavailable_reason() -> str | None:
+    """None when NVML works, else why not."""
+    return _nvml_init()
+
+
+def nvml_handle(index: int = 0):
+    import pynvml
+
+    return pynvml.nvmlDeviceGetHandleByIndex(index)
+
+
+def nvml_device_info(index: int = 0) -> dict[str, Any]:
+    """GPU name, driver, CUDA driver version, clocks, bus width (``gpu`` None + reason if no NVML)."""
+    reason = _nvml_init()
+    if reason:
+        return {"gpu": None, "gpu_reason": reason}
+    import pynvml
+
+    h = nvml_handle(index)
+
+    def q(fn, *a):
+        try:
+            v = fn(*a)
+            return v.decode() if isinstance(v, bytes) else v
+        except Exception:
+            return None
+
+    cuda = q(pynvml.nvmlSystemGetCudaDriverVersion)
+    return {
+        "gpu": q(pynvml.nvmlDeviceGetName, h),
+        "gpu_count": q(pynvml.nvmlDeviceGetCount),
+        "driver": q(pynvml.nvmlSystemGetDriverVersion),
+        "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else None,
+        "gpu_mem_total_mb": (mem.total / 2**20) if (mem := q(pynvml.nvmlDeviceGetMemoryInfo, h)) else None,
+        "sm_clock_max_mhz": q(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_SM),
+        "mem_clock_max_mhz": q(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_MEM),
+        "mem_bus_width_bits": q(pynvml.nvmlDeviceGetMemoryBusWidth, h),
+    }
+
+
+def memory_used_mb(device: Device = None) -> tuple[float | None, str | None]:
+    """NVML device memory in use (all processes), MiB."""
+    reason = _nvml_init()
+    if reason:
+        return None, reason
+    import pynvml
+
+    return pynvml.nvmlDeviceGetMemoryInfo(nvml_handle(_index(device))).used / 2**20, None
+
+
+def energy_mj(device: Device = None) -> tuple[float | None, str | None]:
+    """NVML total energy counter (millijoules since driver load; Volta and newer)."""
+    reason = _nvml_init()
+    if reason:
+        return None, reason
+    import pynvml
+
+    try:
+        return float(pynvml.nvmlDeviceGetTotalEnergyConsumption(nvml_handle(_index(device)))), None
+    except pynvml.NVMLError as e:
+        return None, f"NVML energy counter not supported: {e}"
+
+
+def clocks(device: Device = None) -> tuple[dict[str, int] | None, str | None]:
+    """Current SM and memory clocks (MHz) from NVML."""
+    reason = _nvml_init()
+    if reason:
+        return None, reason
+    import pynvml
+
+    try:
+        h = nvml_handle(_index(device))
+        return {"sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+                "mem_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)}, None
+    except pynvml.NVMLError as e:
+        return None, f"NVML clocks unavailable: {e}"
+
+
+# --- torch CUDA ---------------------------------------------------------------------------
+
+def cuda_available_reason(device: Device = None) -> str | None:
     """None when CUDA ``device`` is usable by torch, else why not."""
     if isinstance(device, (str, torch.device)) and torch.device(device).type != "cuda":
         return f"device {device} is not a CUDA device"
@@ -56,7 +148,7 @@ def cuda_available_reason(device: torch.device | str | int | None = None) -> str
     return None
 
 
-def require_cuda(device: torch.device | str | int | None = None) -> torch.device:
+def require_cuda(device: Device = None) -> torch.device:
     """The CUDA device, or GPUUnavailable naming why it cannot be used."""
     reason = cuda_available_reason(device)
     if reason:
@@ -64,9 +156,9 @@ def require_cuda(device: torch.device | str | int | None = None) -> torch.device
     return torch.device("cuda", _index(device))
 
 
-def device_info(device: torch.device | str | int | None = None) -> tuple[dict[str, Any] | None, str | None]:
+def device_info(device: Device = None) -> tuple[dict[str, Any] | None, str | None]:
     """GPU name, driver, CUDA (driver and runtime), capability, clocks (max and current), memory."""
-    cuda_reason, nvml_reason = cuda_available_reason(device), nvml.unavailable_reason()
+    cuda_reason, nvml_reason = cuda_available_reason(device), nvml_unavailable_reason()
     if cuda_reason and nvml_reason:
         return None, f"{cuda_reason}; {nvml_reason}"
     idx = _index(device)
@@ -79,37 +171,12 @@ def device_info(device: torch.device | str | int | None = None) -> tuple[dict[st
     else:
         info["cuda_reason"] = cuda_reason
     if nvml_reason is None:
-        info.update(nvml.device_info(idx))
+        info.update(nvml_device_info(idx))
         now, reason = clocks(idx)
         info.update(now or {"clocks_reason": reason})
     else:
         info["nvml_reason"] = nvml_reason
     return info, None
-
-
-def clocks(device: torch.device | str | int | None = None) -> tuple[dict[str, int] | None, str | None]:
-    """Current SM and memory clocks (MHz) from NVML."""
-    reason = nvml.unavailable_reason()
-    if reason:
-        return None, reason
-    import pynvml
-
-    try:
-        h = nvml.handle(_index(device))
-        return {"sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
-                "mem_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)}, None
-    except pynvml.NVMLError as e:
-        return None, f"NVML clocks unavailable: {e}"
-
-
-def memory_used_mb(device: torch.device | str | int | None = None) -> tuple[float | None, str | None]:
-    """NVML device memory in use (all processes), MiB."""
-    return nvml.memory_used_mb(_index(device))
-
-
-def energy_mj(device: torch.device | str | int | None = None) -> tuple[float | None, str | None]:
-    """NVML total energy counter (millijoules since driver load; Volta and newer)."""
-    return nvml.energy_mj(_index(device))
 
 
 def bandwidth_from_clock(mem_clock_mhz: float, bus_width_bits: int) -> float:
@@ -125,12 +192,12 @@ def bandwidth_from_table(name: str) -> tuple[float | None, str]:
     return None, f"{name!r} is not in PEAK_BANDWIDTH_TABLE and NVML gave no memory clock/bus width"
 
 
-def peak_memory_bandwidth(device: torch.device | str | int | None = None) -> tuple[float | None, str]:
+def peak_memory_bandwidth(device: Device = None) -> tuple[float | None, str]:
     """``(bytes/s, how it was derived)`` or ``(None, reason)``: NVML first, then the table."""
-    reason = nvml.unavailable_reason()
+    reason = nvml_unavailable_reason()
     name = None
     if reason is None:
-        info = nvml.device_info(_index(device))
+        info = nvml_device_info(_index(device))
         clock, width = info.get("mem_clock_max_mhz"), info.get("mem_bus_width_bits")
         if clock and width:
             return bandwidth_from_clock(clock, width), f"NVML: {clock} MHz x {width} bit x 2 / 8"
@@ -142,33 +209,7 @@ def peak_memory_bandwidth(device: torch.device | str | int | None = None) -> tup
     return None, f"no GPU to derive a peak bandwidth from: {reason or cuda_available_reason(device)}"
 
 
-@dataclass
-class CudaTiming:
-    """Filled in when the ``cuda_timer`` block exits."""
-
-    ms: float | None = None
-
-
-@contextlib.contextmanager
-def cuda_timer(device: torch.device | str | int | None = None, *, sync_before: bool = True) -> Iterator[CudaTiming]:
-    """Time the enclosed GPU work with CUDA events on the current stream.
-
-    Synchronizes before (so earlier queued work is not billed to the block) and waits on
-    the end event after, so ``.ms`` is device time of everything launched in the block."""
-    dev = require_cuda(device)
-    out = CudaTiming()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    with torch.cuda.device(dev):
-        if sync_before:
-            torch.cuda.synchronize(dev)
-        start.record()
-        yield out
-        end.record()
-        end.synchronize()
-    out.ms = float(start.elapsed_time(end))
-
-
-def l2_flush_buffer(device: torch.device | str | int | None = None, nbytes: int = L2_FLUSH_BYTES) -> torch.Tensor:
+def l2_flush_buffer(device: Device = None, nbytes: int = L2_FLUSH_BYTES) -> torch.Tensor:
     """A buffer whose ``zero_()`` evicts the L2 cache between benchmark repetitions."""
     return torch.empty(nbytes, dtype=torch.int8, device=require_cuda(device))
 
@@ -176,17 +217,18 @@ def l2_flush_buffer(device: torch.device | str | int | None = None, nbytes: int 
 __all__ = [
     "L2_FLUSH_BYTES",
     "PEAK_BANDWIDTH_TABLE",
-    "CudaTiming",
     "GPUUnavailable",
     "bandwidth_from_clock",
     "bandwidth_from_table",
     "clocks",
     "cuda_available_reason",
-    "cuda_timer",
     "device_info",
     "energy_mj",
     "l2_flush_buffer",
     "memory_used_mb",
+    "nvml_device_info",
+    "nvml_handle",
+    "nvml_unavailable_reason",
     "peak_memory_bandwidth",
     "require_cuda",
 ]

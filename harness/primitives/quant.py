@@ -1,4 +1,5 @@
-"""Group-wise uniform (integer) quantization primitives shared by RTN, GPTQ, AWQ, QAT.
+"""Group-wise uniform (integer) quantization math shared by the packed layers, the kernels'
+torch references and the techniques (RTN, GPTQ, AWQ, QAT, CALDERA, the KV cache).
 
 Convention: ``w ≈ (q - z) * s`` with integer codes ``q`` in ``[0, 2**bits - 1]`` (uint8),
 one scale ``s`` and zero ``z`` per (output row, group of ``group`` consecutive inputs);

@@ -1,0 +1,25 @@
+"""Leaderboard HTML: the SQLite history (``harness.leaderboard``) rendered with the report's
+templates, ranked by one metric and by the cost-efficiency score, with each entry's history."""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from harness.leaderboard import entries, history, rank
+from harness.metrics import METRICS
+from harness.report.html import environment
+
+
+def write_html(con: sqlite3.Connection, out: str | Path, metric: str, device_class: str | None = None) -> Path:
+    items = entries(con, device_class)
+    classes = sorted({e.device_class for e in items})
+    sections = [{"device_class": dc, "by_metric": rank([e for e in items if e.device_class == dc], metric),
+                 "by_score": rank([e for e in items if e.device_class == dc])} for dc in classes]
+    runs = con.execute("SELECT run_id, started, status, profile, path FROM runs ORDER BY started").fetchall()
+    html = environment().get_template("leaderboard.html.j2").render(
+        metric=metric, unit=METRICS.get(metric).unit, higher=METRICS.get(metric).higher_is_better,
+        sections=sections, history=history(con, device_class), runs=runs)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path
