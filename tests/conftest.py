@@ -88,3 +88,13 @@ def tiny_calibration(_tiny_session):
 def ids(batch: int = 2, seq: int = 16, vocab: int = 128) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, vocab, (batch, seq), generator=g)
+
+
+@pytest.fixture
+def one_thread():
+    """Small matrices: one torch thread is several times faster than two on a loaded machine.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

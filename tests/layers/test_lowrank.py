@@ -12,15 +12,7 @@ from harness.layers.lowrank import LowRankLinear, check_rank
 from harness.techniques import compress
 from harness.techniques.lowrank.svd import Decomposition, whitening
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small matrices: one thread is several times faster than two on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one torch thread is faster
 
 
 def _x(n: int = 256, d: int = 48) -> torch.Tensor:

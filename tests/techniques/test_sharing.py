@@ -16,13 +16,7 @@ from harness.measure.size import serialized_bytes
 from harness.techniques import compress
 from harness.techniques.sharing import cluster_weights
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one torch thread is faster
 
 
 def _block_bytes(model) -> int:

@@ -170,6 +170,13 @@ class _Structured(Technique):
         return k, (f"removed {k} of {total} {what} per layer (fraction {k / total:.3g}; "
                    f"requested {self.config.fraction:g})")
 
+    def _keep_top(self, model: nn.Module, calibration, score, what: str, remove) -> Applied:
+        """Score the units of every layer, keep the highest, physically remove the rest."""
+        scores = score(model, calibration)
+        k, removed = self._count(scores[0].numel(), what)
+        keep = {i: torch.topk(s, s.numel() - k).indices.cpu() for i, s in enumerate(scores)}
+        return _applied(remove(model, keep), calibration, removed)
+
 
 def _applied(model: nn.Module, calibration, *extra: str) -> Applied:
     how = "calibration activations" if calibration is not None else "weights only (no calibration given)"
@@ -185,10 +192,7 @@ class PruneNeurons(_Structured):
     description = "remove FFN neurons (rows of up/gate, columns of down) in every layer"
 
     def apply(self, model: nn.Module, calibration=None) -> Applied:
-        scores = neuron_scores(model, calibration)
-        k, removed = self._count(scores[0].numel(), "FFN neurons")
-        keep = {i: torch.topk(s, s.numel() - k).indices.cpu() for i, s in enumerate(scores)}
-        return _applied(remove_ffn_neurons(model, keep), calibration, removed)
+        return self._keep_top(model, calibration, neuron_scores, "FFN neurons", remove_ffn_neurons)
 
 
 @register
@@ -199,10 +203,7 @@ class PruneHeads(_Structured):
     description = "remove attention heads by whole KV groups (GQA-aware) in every layer"
 
     def apply(self, model: nn.Module, calibration=None) -> Applied:
-        scores = group_scores(model, calibration)
-        k, removed = self._count(scores[0].numel(), "KV head groups")
-        keep = {i: torch.topk(s, s.numel() - k).indices.cpu() for i, s in enumerate(scores)}
-        return _applied(remove_head_groups(model, keep), calibration, removed)
+        return self._keep_top(model, calibration, group_scores, "KV head groups", remove_head_groups)
 
 
 @register

@@ -55,16 +55,23 @@ class BnbInt8(_GPUTechnique):
     def apply(self, model: nn.Module, calibration=None) -> Applied:
         self._check(model)
         bnb = _bnb()
-        for name, mod in target_linears(model).items():
-            w = linear_weight(mod).detach()
-            b = getattr(mod, "bias", None)
-            new = bnb.nn.Linear8bitLt(w.shape[1], w.shape[0], bias=b is not None, has_fp16_weights=False,
-                                      threshold=6.0)
-            new.weight = bnb.nn.Int8Params(w.half().cpu().contiguous(), requires_grad=False, has_fp16_weights=False)
-            if b is not None:
-                new.bias = nn.Parameter(b.detach().half(), requires_grad=False)
-            set_module(model, name, new.to(w.device))
-        return Applied(model, [_BNB_NOTE])
+        return _swap_bnb(model, lambda w, has_bias: bnb.nn.Linear8bitLt(
+            w.shape[1], w.shape[0], bias=has_bias, has_fp16_weights=False, threshold=6.0),
+            lambda w: bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False))
+
+
+def _swap_bnb(model: nn.Module, make_layer, make_weight) -> Applied:
+    """Replace every block linear with a bitsandbytes layer holding its fp16 weight (bnb
+    quantizes it when the layer moves to the GPU) and its fp16 bias."""
+    for name, mod in target_linears(model).items():
+        w = linear_weight(mod).detach()
+        b = getattr(mod, "bias", None)
+        new = make_layer(w, b is not None)
+        new.weight = make_weight(w.half().cpu().contiguous())
+        if b is not None:
+            new.bias = nn.Parameter(b.detach().half(), requires_grad=False)
+        set_module(model, name, new.to(w.device))
+    return Applied(model, [_BNB_NOTE])
 
 
 @register
@@ -76,16 +83,9 @@ class BnbNF4(_GPUTechnique):
     def apply(self, model: nn.Module, calibration=None) -> Applied:
         self._check(model)
         bnb = _bnb()
-        for name, mod in target_linears(model).items():
-            w = linear_weight(mod).detach()
-            b = getattr(mod, "bias", None)
-            new = bnb.nn.Linear4bit(w.shape[1], w.shape[0], bias=b is not None, compute_dtype=torch.float16,
-                                    quant_type="nf4")
-            new.weight = bnb.nn.Params4bit(w.half().cpu().contiguous(), requires_grad=False, quant_type="nf4")
-            if b is not None:
-                new.bias = nn.Parameter(b.detach().half(), requires_grad=False)
-            set_module(model, name, new.to(w.device))
-        return Applied(model, [_BNB_NOTE])
+        return _swap_bnb(model, lambda w, has_bias: bnb.nn.Linear4bit(
+            w.shape[1], w.shape[0], bias=has_bias, compute_dtype=torch.float16, quant_type="nf4"),
+            lambda w: bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4"))
 
 
 @register

@@ -15,15 +15,7 @@ from harness.layers.qlr import QLRLinear
 from harness.techniques import compress, make
 from harness.techniques.lowrank.caldera import CalderaConfig, decompose, ldlq, objective
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small matrices: one thread is several times faster than two on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one torch thread is faster
 
 
 def _constructed():

@@ -14,13 +14,7 @@ from harness.layers.lowrank import LowRankLinear
 from harness.techniques import compress, make
 from harness.techniques.lowrank import rank_alloc
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one torch thread is faster
 
 
 def _kept(model_before_linears, model_after) -> float:

@@ -7,7 +7,6 @@ import copy
 import pytest
 import torch
 from conftest import ids
-from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 import harness
 from harness.calibration import Calibration
@@ -15,6 +14,8 @@ from harness.layers.quant import QuantLinear, W8A8Linear
 from harness.primitives.quant import rtn_fake_quant
 from harness.primitives.scales import search_scale, smooth_scales
 from harness.techniques.base import CalibrationRequiredError
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one torch thread is faster
 
 
 def _calib(vocab=128, n=4, seq=32):

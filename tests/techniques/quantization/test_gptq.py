@@ -5,7 +5,6 @@ import copy
 
 import pytest
 import torch
-from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 import harness
 from harness.layers.quant import QuantLinear
@@ -16,6 +15,8 @@ from harness.primitives.quant import (
 )
 from harness.techniques.base import CalibrationRequiredError
 from harness.techniques.quantization.gptq import gptq_quantize
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one torch thread is faster
 
 
 def _correlated_inputs(n=2048, d=64, seed=0):

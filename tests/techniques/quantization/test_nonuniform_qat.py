@@ -6,7 +6,6 @@ import copy
 import pytest
 import torch
 from conftest import ids, random_llama
-from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 import harness
 from harness.calibration import Calibration
@@ -15,6 +14,8 @@ from harness.primitives.codebook import NF4_LEVELS, codebook_quantize, kmeans_1d
 from harness.primitives.quant import rtn_fake_quant
 from harness.techniques.base import CalibrationRequiredError
 from harness.techniques.quantization.qat import FakeQuantLinear
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one torch thread is faster
 
 
 def _logits(m, x):

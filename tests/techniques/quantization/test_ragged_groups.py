@@ -15,7 +15,6 @@ import math
 import pytest
 import torch
 from conftest import ids, random_gpt2, random_llama
-from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 import harness
 import harness.techniques  # noqa: F401  (registers every technique)
@@ -37,6 +36,8 @@ from harness.primitives.scales import search_clip
 from harness.techniques import TECHNIQUES
 from harness.techniques.quantization.gptq import gptq_quantize
 from harness.techniques.quantization.qat import FakeQuantLinear
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one torch thread is faster
 
 GROUP = 32  # divides neither 48 nor 80: every layer of the odd Llama has a ragged last group of 16
 

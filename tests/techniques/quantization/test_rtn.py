@@ -6,12 +6,13 @@ import copy
 import pytest
 import torch
 from conftest import ids
-from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 import harness
 from harness.config import SpecError
 from harness.layers.quant import QuantLinear
 from harness.measure.size import measure_size
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one torch thread is faster
 
 
 def _logits(model, x):

@@ -7,13 +7,14 @@ import copy
 import pytest
 import torch
 from conftest import ids, random_llama
-from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 import harness
 from harness.layers.dynamic import DynamicInt8Linear
 from harness.measure.memory import cache_nbytes
 from harness.techniques.base import DeviceUnsupportedError
 from harness.techniques.quantization.kv_cache import QuantizedKVCache
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one torch thread is faster
 
 
 def _logits(m, x):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from quant_threads import one_thread  # noqa: F401  (autouse: single-threaded)
 
 from harness.config import SpecError
 from harness.primitives.quant import (
@@ -11,6 +10,8 @@ from harness.primitives.quant import (
     expand_groups,
     quantize_groupwise,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: one torch thread is faster
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
