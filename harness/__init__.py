@@ -22,7 +22,7 @@ _EXPORTS = {
     "load_model": "harness.models.zoo", "LoadedModel": "harness.models.zoo",
     "compress": "harness.techniques.base", "make": "harness.techniques.base",
     "register": "harness.techniques.base", "Technique": "harness.techniques.base",
-    "CompressionResult": "harness.techniques.base",
+    "CompressionResult": "harness.techniques.base", "Applied": "harness.techniques.base",
     "evaluate": "harness.evaluation", "EvalContext": "harness.evaluation",
     "Record": "harness.records", "RecordWriter": "harness.records", "load_records": "harness.records",
     "get_calibration": "harness.calibration", "Calibration": "harness.calibration",

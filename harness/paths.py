@@ -1,4 +1,5 @@
-"""Files and paths built from data: safe names, containment, atomic writes.
+"""Files and paths: safe names, containment, atomic writes and whole-line appends (every
+file the harness writes goes through here or through safetensors).
 
 Suite names, device classes, run ids and worker tags come from records files, the
 environment or the command line; any of them may be crafted. A name becomes one path
@@ -46,3 +47,23 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def append_jsonl(path: Path, rows: list[dict], *, fsync: bool = False) -> int:
+    """Append ``rows`` as JSON lines with a single ``write`` on an ``O_APPEND`` descriptor,
+    so concurrent writers never interleave and a crash leaves only whole lines (at most a
+    torn last line, which readers skip). Returns the number of lines written."""
+    import json
+
+    if not rows:
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, data)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len(rows)

@@ -99,16 +99,9 @@ class RecordWriter:
         self.count = 0
 
     def write(self, records: Iterable[Record]) -> None:
-        lines = "".join(json.dumps(r.to_dict(), sort_keys=True, default=str) + "\n" for r in records)
-        if not lines:
-            return
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, lines.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.count += lines.count("\n")
+        from harness.paths import append_jsonl
+
+        self.count += append_jsonl(self.path, [r.to_dict() for r in records], fsync=True)
 
 
 class NoRecordsError(ValueError):

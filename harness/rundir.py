@@ -10,7 +10,6 @@ writes those files; ``harness.runner`` starts pytest, the reports read through h
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import time
@@ -75,19 +74,6 @@ def run_status(run_dir: str | Path) -> tuple[str, str]:
     if st == "running":
         return "partial", "the run did not finish (killed or still running)"
     return "partial", "no run.json: the run's pytest session never finished"
-
-
-def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append whole lines with one write (crash leaves whole lines only)."""
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 _SEVERITY = {"error": 4, "failed": 3, "xpassed": 2, "xfailed": 2, "skipped": 1, "passed": 0}

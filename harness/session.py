@@ -264,7 +264,7 @@ class Controller:
         self.flush()
 
     def flush(self) -> None:
-        from harness.rundir import append_jsonl
+        from harness.paths import append_jsonl
 
         o = self.session.opts
         if self.pending and o.out.is_dir():

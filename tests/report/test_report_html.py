@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from harness.baselines import SCHEMA
+from harness.paths import append_jsonl
 from harness.records import NoRecordsError, Record, RecordWriter
 from harness.report.charts import Point, pareto_front, pareto_svg
 from harness.report.html import write_report
 from harness.report.markdown import render_markdown
-from harness.rundir import append_jsonl, write_run_info
+from harness.rundir import write_run_info
 
 DC = "cpu-test-2c"
 EVIL = "<script>alert('x')</script>"
