@@ -28,6 +28,22 @@ def metric_info(name: str) -> MetricInfo:
     return METRICS.get(name)
 
 
+MAX_SAMPLES = 4096  # per list: a few tens of KB per record at most
+
+
+def compact_samples(samples: dict[str, Any]) -> dict[str, list[float]]:
+    """Bounded, compact raw samples: at most MAX_SAMPLES values per list (an evenly spaced
+    subset beyond that, noted by the list's own length), floats to 7 significant digits."""
+    out: dict[str, list[float]] = {}
+    for key, values in samples.items():
+        vals = list(values)
+        if len(vals) > MAX_SAMPLES:
+            step = len(vals) / MAX_SAMPLES
+            vals = [vals[int(i * step)] for i in range(MAX_SAMPLES)]
+        out[key] = [v if isinstance(v, int) else float(f"{float(v):.7g}") for v in vals]
+    return out
+
+
 @dataclass
 class Record:
     """One measured figure (or an N/A with its reason)."""
@@ -37,7 +53,10 @@ class Record:
     unit: str = ""
     higher_is_better: bool | None = None
     n: int = 1
-    spread: dict[str, float] = field(default_factory=dict)  # e.g. {"p10": .., "p90": ..}
+    spread: dict[str, float] = field(default_factory=dict)  # e.g. {"p10": .., "p90": ..}, derived from samples
+    # Raw samples the figure was computed from, so two runs can be compared statistically
+    # (per-repeat latencies; per-window NLL with window ids; per-window top-1 agreement).
+    samples: dict[str, list[float]] = field(default_factory=dict)
     status: Status = "ok"
     reason: str = ""
     model: str = ""
@@ -66,6 +85,8 @@ class Record:
                 self.status, self.reason = "error", self.reason or f"non-finite value {self.value}"
         if self.status == "na" and not self.reason:
             raise ValueError(f"N/A record for {self.metric} needs a reason")
+        if self.samples:
+            self.samples = compact_samples(self.samples)
 
     @classmethod
     def na(cls, metric: str, reason: str, **kw: Any) -> Record:

@@ -97,3 +97,42 @@ def test_kv_cache_mb_counts_what_the_cache_holds(tiny_lm):
 def test_wrong_kind_metric_is_a_clear_error():
     with pytest.raises(ValueError, match="'fidelity.cosine' applies only to encoder models, not causal-lm"):
         parse_metrics("fidelity.cosine", "causal-lm")
+
+
+def test_records_keep_the_raw_samples_their_figures_come_from(tiny_lm):
+    """Per-repeat latencies, per-window NLL and per-window top-1 agreement, with window ids
+    so two runs pair window by window; each figure is recomputable from its samples."""
+    import math
+    import statistics
+
+    noisy = copy.deepcopy(tiny_lm.model)
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    ctx = copy.copy(FAST)
+    ctx.reference = tiny_lm.model
+    recs = {r.metric: r for r in evaluate(tiny_lm, noisy, ["ppl.window", "fidelity.top1", "fidelity.kl",
+                                                            "latency.prefill_ms"], ctx)}
+    lat = recs["latency.prefill_ms"]
+    assert len(lat.samples["values"]) == lat.n >= 2
+    assert lat.value == pytest.approx(statistics.median(lat.samples["values"]), rel=1e-6)
+    ppl = recs["ppl.window"]
+    w = ppl.extra["window"]
+    nll, ids = ppl.samples["window_nll"], ppl.samples["window_ids"]
+    assert ids == list(range(len(nll))) and ppl.n == len(nll) > 1
+    assert ppl.value == pytest.approx(math.exp(sum(nll) / (len(nll) * (w - 1))), rel=1e-6)
+    top1 = recs["fidelity.top1"]
+    agree = top1.samples["window_agree"]
+    assert top1.value == pytest.approx(sum(agree) / (len(agree) * w)) and all(0 <= a <= w for a in agree)
+    assert recs["fidelity.kl"].value == pytest.approx(sum(recs["fidelity.kl"].samples["window_kl"]) /
+                                                      (len(agree) * w), rel=1e-5)
+
+
+def test_samples_are_bounded_and_compact():
+    from harness.records import MAX_SAMPLES, Record
+
+    r = Record("latency.prefill_ms", 1.0, samples={"values": [1.0 + i / 3 for i in range(3 * MAX_SAMPLES)],
+                                                   "ids": list(range(10))})
+    assert len(r.samples["values"]) == MAX_SAMPLES and r.samples["values"][0] == 1.0
+    assert r.samples["values"][1] == float(f"{1.0 + 3 / 3:.7g}") and r.samples["ids"] == list(range(10))
+    assert Record.from_dict(r.to_dict()).samples == r.samples

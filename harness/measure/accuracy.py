@@ -55,8 +55,10 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def nll_sum(model: torch.nn.Module, wins: torch.Tensor, batch: int = 8) -> tuple[float, int]:
-    """Sum of next-token NLL (nats) over all windows, and the number of tokens predicted."""
+def nll_sum(model: torch.nn.Module, wins: torch.Tensor, batch: int = 8,
+            per_window: list[float] | None = None) -> tuple[float, int]:
+    """Sum of next-token NLL (nats) over all windows, and the number of tokens predicted.
+    ``per_window`` (a list) receives each window's NLL sum, in window order."""
     dev = _device_of(model)
     total, count = 0.0, 0
     for b in _batches(wins, batch):
@@ -66,15 +68,28 @@ def nll_sum(model: torch.nn.Module, wins: torch.Tensor, batch: int = 8) -> tuple
         nll = -lp.gather(-1, b[:, 1:, None]).squeeze(-1)
         total += nll.double().sum().item()
         count += nll.numel()
+        if per_window is not None:
+            per_window += nll.double().sum(-1).tolist()
     return total, count
 
 
 def perplexity_window(model: torch.nn.Module, tokenizer, split_or_text: str = "validation", *,
                       window: int = 128, max_tokens: int | None = None, batch: int = 8) -> float:
     """Perplexity under the fixed non-overlapping window protocol."""
+    return perplexity_window_samples(model, tokenizer, split_or_text, window=window, max_tokens=max_tokens,
+                                     batch=batch)[0]
+
+
+def perplexity_window_samples(model: torch.nn.Module, tokenizer, split_or_text: str = "validation", *,
+                              window: int = 128, max_tokens: int | None = None, batch: int = 8
+                              ) -> tuple[float, dict[str, list]]:
+    """``perplexity_window`` and its raw samples: each window's NLL sum (nats) with the
+    window's index in the split (windows are fixed by split, window and max_tokens, so two
+    runs pair window by window); every window predicts ``window - 1`` tokens."""
     wins = windows(_text_ids(tokenizer, split_or_text), window, max_tokens)
-    total, count = nll_sum(model, wins, batch)
-    return math.exp(total / count)
+    per: list[float] = []
+    total, count = nll_sum(model, wins, batch, per)
+    return math.exp(total / count), {"window_nll": per, "window_ids": list(range(len(per)))}
 
 
 def unigram_perplexity(tokenizer, *, train: str = "train", eval_split: str = "validation",
@@ -92,16 +107,33 @@ def fidelity(reference: torch.nn.Module, candidate: torch.nn.Module, tokenizer,
              split_or_text: str = "validation", *, window: int = 128, max_tokens: int | None = 4096,
              batch: int = 8) -> dict[str, float]:
     """Mean per-token KL(ref || cand) in nats and top-1 agreement of next-token argmax."""
+    return fidelity_samples(reference, candidate, tokenizer, split_or_text, window=window, max_tokens=max_tokens,
+                            batch=batch)[0]
+
+
+@torch.no_grad()
+def fidelity_samples(reference: torch.nn.Module, candidate: torch.nn.Module, tokenizer,
+                     split_or_text: str = "validation", *, window: int = 128, max_tokens: int | None = 4096,
+                     batch: int = 8) -> tuple[dict[str, float], dict[str, dict[str, list]]]:
+    """``fidelity`` and its raw samples per window (window ids as in ``ppl.window``): the KL
+    sum and the count of tokens whose top-1 agrees, out of ``window`` tokens each."""
     wins = windows(_text_ids(tokenizer, split_or_text), window, max_tokens)
     kl_sum, agree, n = 0.0, 0, 0
+    kl_w: list[float] = []
+    agree_w: list[int] = []
     for b in _batches(wins, batch):
         lr = F.log_softmax(reference(input_ids=b.to(_device_of(reference))).logits.float().cpu(), -1)
         lc = F.log_softmax(candidate(input_ids=b.to(_device_of(candidate))).logits.float().cpu(), -1)
         kl = (lr.exp() * (lr - lc)).sum(-1)
+        same = lr.argmax(-1) == lc.argmax(-1)
         kl_sum += kl.double().sum().item()
-        agree += (lr.argmax(-1) == lc.argmax(-1)).sum().item()
+        agree += same.sum().item()
         n += kl.numel()
-    return {"kl": max(kl_sum / n, 0.0), "top1": agree / n}
+        kl_w += kl.double().sum(-1).tolist()
+        agree_w += same.sum(-1).tolist()
+    ids = list(range(len(kl_w)))
+    return ({"kl": max(kl_sum / n, 0.0), "top1": agree / n},
+            {"kl": {"window_kl": kl_w, "window_ids": ids}, "top1": {"window_agree": agree_w, "window_ids": ids}})
 
 
 @torch.no_grad()

@@ -40,7 +40,7 @@ def _context(cfg: LatencyConfig, timer: Timer, **extra) -> dict:
 def _rec(metric: str, s: Samples, transform=None, **extra) -> Record:
     vals = [transform(v) for v in s.values] if transform else s.values
     t = Samples(vals, s.timer)
-    return Record(metric, t.median, n=t.n, spread=t.spread(), extra=extra)
+    return Record(metric, t.median, n=t.n, spread=t.spread(), samples={"values": t.values}, extra=extra)
 
 
 @torch.inference_mode()

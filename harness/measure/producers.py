@@ -28,10 +28,10 @@ def size(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
 def ppl_window(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
     if lm.accuracy_na:
         return [Record.na("ppl.window", lm.accuracy_na)]
-    value = accuracy.perplexity_window(model, lm.tokenizer, "validation", window=ctx.eval.window,
-                                       max_tokens=ctx.eval.max_tokens, batch=ctx.eval.batch)
-    return [Record("ppl.window", value, extra={"window": ctx.eval.window, "split": "validation",
-                                               "max_tokens": ctx.eval.max_tokens})]
+    value, samples = accuracy.perplexity_window_samples(model, lm.tokenizer, "validation", window=ctx.eval.window,
+                                                        max_tokens=ctx.eval.max_tokens, batch=ctx.eval.batch)
+    return [Record("ppl.window", value, n=len(samples["window_ids"]), samples=samples,
+                   extra={"window": ctx.eval.window, "split": "validation", "max_tokens": ctx.eval.max_tokens})]
 
 
 def ppl_lm_eval(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
@@ -58,9 +58,10 @@ def fidelity(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
         return [Record("fidelity.cosine", accuracy.embedding_cosine(ctx.reference, model, lm.tokenizer))]
     if lm.accuracy_na:
         return [Record.na(m, lm.accuracy_na) for m in want]
-    f = accuracy.fidelity(ctx.reference, model, lm.tokenizer, window=ctx.eval.window,
-                          max_tokens=min(ctx.eval.max_tokens or 4096, 4096))
-    return [Record(f"fidelity.{k}", v) for k, v in f.items() if f"fidelity.{k}" in want]
+    f, samples = accuracy.fidelity_samples(ctx.reference, model, lm.tokenizer, window=ctx.eval.window,
+                                           max_tokens=min(ctx.eval.max_tokens or 4096, 4096))
+    return [Record(f"fidelity.{k}", v, samples=samples[k], extra={"window": ctx.eval.window})
+            for k, v in f.items() if f"fidelity.{k}" in want]
 
 
 def latency_(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
