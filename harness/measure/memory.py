@@ -50,16 +50,49 @@ def current_rss_mb() -> float | None:
 
 def measure_peak_rss(step: Callable[[], object]) -> Record:
     """Run ``step`` once and record its peak RSS (MiB)."""
+    return measure_step_memory(step)[0]
+
+
+def measure_step_memory(step: Callable[[], object]) -> list[Record]:
+    """Run ``step`` once on the CPU: ``memory.peak_rss_mb`` (the process's peak while it ran:
+    interpreter, libraries, every loaded model, plus the step) and ``memory.step_peak_mb``
+    (that peak minus the RSS just before the step: what the step itself added on top of what
+    was resident: activations, KV cache, temporaries)."""
     reason = reset_peak_rss()
     if reason:
         step()
-        return Record.na("memory.peak_rss_mb", reason)
+        return [Record.na("memory.peak_rss_mb", reason), Record.na("memory.step_peak_mb", reason)]
     before = current_rss_mb()
     step()
     peak = _status_kb("VmHWM") / 1024
-    return Record("memory.peak_rss_mb", peak,
-                  extra={"rss_before_mb": before, "step_growth_mb": peak - before,
-                         "isolation": "VmHWM reset via /proc/self/clear_refs"})
+    how = {"isolation": "VmHWM reset via /proc/self/clear_refs", "rss_before_mb": before}
+    return [Record("memory.peak_rss_mb", peak, extra={**how, "step_growth_mb": peak - before}),
+            Record("memory.step_peak_mb", max(peak - before, 0.0), extra=how)]
+
+
+def cuda_step_peak(step: Callable[[], object], device: torch.device | str) -> Record:
+    """``memory.step_peak_mb`` on a CUDA device: peak allocated during ``step`` minus what
+    was allocated before it."""
+    dev = torch.device(device)
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    before = torch.cuda.memory_allocated(dev)
+    step()
+    torch.cuda.synchronize(dev)
+    return Record("memory.step_peak_mb", (torch.cuda.max_memory_allocated(dev) - before) / 2**20,
+                  extra={"isolation": "torch.cuda peak allocated minus allocated before the step"})
+
+
+def model_resident_mb(model: torch.nn.Module) -> Record:
+    """``memory.model_mb``: bytes of every parameter and buffer the model holds in memory,
+    each storage counted once (tied and shared tensors are not double counted). Packed
+    formats count their packed bytes; this is what the weights occupy, not the file size."""
+    seen: dict[int, int] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+    nbytes = sum(seen.values())
+    return Record("memory.model_mb", nbytes / 2**20, extra={"bytes": nbytes, "storages": len(seen)})
 
 
 def measure_gpu_memory(step: Callable[[], object], device: torch.device | str) -> list[Record]:

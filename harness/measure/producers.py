@@ -73,10 +73,19 @@ def kv_cache(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
     return [memory.measure_kv_cache(model, ids, ctx.latency.decode_tokens, ctx.cache_factory)]
 
 
-def peak_rss(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
+def step_memory(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
+    """Process peak RSS and the step's own increment, from one run of the inference step."""
+    step = inference_step(model, lm.kind, ctx)
     if _device_of(model).type == "cuda":
-        return [Record.na("memory.peak_rss_mb", "model runs on CUDA; host RSS is not the model's footprint")]
-    return [memory.measure_peak_rss(inference_step(model, lm.kind, ctx))]
+        out = [Record.na("memory.peak_rss_mb", "model runs on CUDA; host RSS is not the model's footprint")]
+        if "memory.step_peak_mb" in want:
+            out.append(memory.cuda_step_peak(step, _device_of(model)))
+        return [r for r in out if r.metric in want]
+    return [r for r in memory.measure_step_memory(step) if r.metric in want]
+
+
+def model_memory(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
+    return [memory.model_resident_mb(model)]
 
 
 def gpu_memory(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
@@ -106,7 +115,8 @@ def compression(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]
 
 # The names ``Metric.producer`` uses -> functions (``latency_``/``energy_``: the modules keep their names).
 PRODUCERS = {"size": size, "ppl_window": ppl_window, "ppl_lm_eval": ppl_lm_eval, "ppl_unigram": ppl_unigram,
-             "fidelity": fidelity, "latency": latency_, "kv_cache": kv_cache, "peak_rss": peak_rss,
+             "fidelity": fidelity, "latency": latency_, "kv_cache": kv_cache, "peak_rss": step_memory,
+             "model_memory": model_memory,
              "gpu_memory": gpu_memory, "energy": energy_, "compression": compression}
 
 
