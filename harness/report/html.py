@@ -15,7 +15,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from harness.report.charts import Point, pareto_svg
-from harness.report.summary import Row, RunSummary, summarize
+from harness.report.summary import LEGEND, Row, RunSummary, summarize
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -73,7 +73,7 @@ def context(s: RunSummary) -> dict[str, Any]:
         "new": [v for v in s.verdicts if v.status == "new"],
         "compared": sum(v.status in ("pass", "regressed", "improved") for v in s.verdicts),
         "improved": [v for v in s.verdicts if v.status == "improved"],
-        "verdict_counts": sorted(s.verdict_counts().items()),
+        "verdict_counts": sorted(s.verdict_counts().items()), "legend": LEGEND,
         "outcome_counts": sorted(s.outcome_counts().items()),
         "records": sorted(s.records, key=lambda r: (r.model, r.spec, r.metric, r.timestamp)),
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),

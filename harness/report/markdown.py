@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.report.summary import RunSummary, summarize, table
+from harness.report.summary import LEGEND, RunSummary, summarize, table
 
 
 def _esc(text: str) -> str:
@@ -25,7 +25,10 @@ def markdown_from(s: RunSummary) -> str:
     lines += ["| " + " | ".join(map(_esc, row)) + " |" for row in body]
     vc = s.verdict_counts()
     if vc:
-        lines += ["", "Verdicts vs baseline: " + ", ".join(f"{k} {vc[k]}" for k in sorted(vc))]
+        lines += ["", "Verdicts vs baseline: " + ", ".join(f"{k} {vc[k]}" for k in sorted(vc)), "",
+                  f"_{_esc(LEGEND)}_"]
+    if s.host_note():
+        lines += ["", f"> {_esc(s.host_note())}"]
     reg = [v for v in s.verdicts if v.status == "regressed"]
     if reg:
         lines += ["", "**Regressions**", ""] + [f"- {_esc(v.line())}" for v in reg]

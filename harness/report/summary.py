@@ -15,6 +15,9 @@ from harness.records import Record, load_records
 from harness.rundir import load_outcomes, read_run_info, run_status
 
 SIMULATED = {"fake-quant", "mask"}
+RAW_LATENCY = ("latency.prefill_ms", "latency.decode_ms_per_token", "latency.decode_tok_s", "latency.forward_ms")
+LEGEND = ("pass = within tolerance or noise; regressed / improved = outside it, worse / better; new = no baseline "
+          "entry; missing = in the baseline, not measured; incomparable-device = baselines only for other devices")
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,18 @@ class RunSummary:
     def verdict_counts(self) -> Counter:
         return Counter(v.status for v in self.verdicts)
 
+    def host_note(self) -> str:
+        """One sentence when the uncompressed reference's own latency moved against its
+        baseline: then the host, not the compression code, moved raw latencies this run."""
+        moved = [v for v in self.verdicts if v.spec == "none" and v.metric in RAW_LATENCY
+                 and v.status in ("regressed", "improved") and v.baseline and v.measured is not None]
+        if not moved:
+            return ""
+        parts = ", ".join(f"{v.metric} {100 * (v.measured / v.baseline - 1):+.0f}%" for v in moved)
+        return (f"Host moved: the uncompressed reference itself measured {parts} against its baseline on "
+                f"this device class, so raw latency verdicts of this run reflect the machine; the speed-up "
+                f"ratios (measured against this run's own reference) are the comparable figures.")
+
     def outcome_counts(self) -> Counter:
         return Counter(o["outcome"] for o in self.outcomes)
 
@@ -196,9 +211,12 @@ def summary_lines(run_dir: str | Path, baselines: str | Path | None = None,
     vc = s.verdict_counts()
     if vc:
         lines.append("verdicts: " + ", ".join(f"{k} {vc[k]}" for k in sorted(vc)))
+        lines.append(f"  ({LEGEND})")
     for v in s.verdicts:
         if v.status == "regressed":
             lines.append(f"  REGRESSED {v.line()}")
+    if s.host_note():
+        lines.append(s.host_note())
     if s.status != "complete":
         lines.append(f"PARTIAL RUN: {s.partial_reason}")
     if s.skipped:

@@ -10,7 +10,7 @@ import pytest
 
 from harness.baselines import SCHEMA
 from harness.paths import append_jsonl
-from harness.records import NoRecordsError, Record, RecordWriter
+from harness.records import NoRecordsError, Record, RecordWriter, load_records
 from harness.report.charts import Point, pareto_front, pareto_svg
 from harness.report.html import write_report
 from harness.report.markdown import render_markdown
@@ -151,3 +151,28 @@ def test_pareto_front_and_svg_escaping():
     assert [p.label for p in pareto_front(pts, y_higher=True)] == ["a", "e"]  # lower x, higher y
     svg = pareto_svg([Point(EVIL, 1, 2), Point("ok", 2, 1)], "x", "y", "t")
     assert svg.startswith("<svg") and "<script" not in svg and "&lt;script&gt;" in svg
+
+
+def test_summary_explains_a_host_that_moved(tmp_path):
+    """When the uncompressed reference's own latency moved against its baseline, the summary
+    says so in one sentence (the host moved), next to the verdict legend."""
+    from harness import baselines as bl
+    from harness.report.summary import LEGEND, summary_lines
+
+    def run(path, ref_ms, rtn_ms):
+        ctx = dict(model="tiny", suite="default", device_class=DC, run_id=path.name, storage="packed")
+        RecordWriter(path).write([
+            Record("latency.prefill_ms", ref_ms, spec="none", technique="none", **ctx),
+            Record("latency.prefill_ms", rtn_ms, spec="rtn:bits=4", technique="rtn", **ctx),
+            Record("size.bytes", 100.0, spec="none", technique="none", **ctx)])
+        write_run_info(path, run_id=path.name, status="complete")
+        return path
+
+    bl.update(load_records(run(tmp_path / "base", 10.0, 5.0)), tmp_path / "bl")
+    same = summary_lines(run(tmp_path / "same", 10.5, 5.2), baselines=tmp_path / "bl")
+    assert f"  ({LEGEND})" in same and not any(line.startswith("Host moved") for line in same)
+    slow = summary_lines(run(tmp_path / "slow", 15.0, 7.5), baselines=tmp_path / "bl")
+    [note] = [line for line in slow if line.startswith("Host moved")]
+    assert "latency.prefill_ms +50%" in note
+    assert "Host moved" in render_markdown(tmp_path / "slow", baselines=tmp_path / "bl")
+    assert 'id="host-banner"' in write_report(tmp_path / "slow", baselines=tmp_path / "bl").read_text()
