@@ -40,7 +40,9 @@ from harness.metrics import METRICS
 from harness.paths import atomic_write, inside, safe_component
 from harness.records import Record
 
-VERDICTS = ("regressed", "missing", "incomparable-device", "new", "improved", "pass")
+VERDICTS = ("regressed", "missing", "incomparable-device", "inconclusive", "new", "improved", "pass")
+# Raw timings: they move with the host. Speed-ups (derived against the run's own reference) do not.
+RAW_LATENCY = tuple(m.name for m in METRICS.ordered() if m.name.startswith("latency.") and not m.derive)
 
 
 def parse_fail_on(text: str) -> tuple[str, Tolerance]:
@@ -156,11 +158,39 @@ def compare(rec: Record, base: MetricBaseline, tolerance: Tolerance | None = Non
 
 
 def verdicts(records: Iterable[Record], store: BaselineStore | None, device_class: str, *,
-             overrides: dict[str, Tolerance] | None = None, missing: bool = True) -> list[Verdict]:
+             overrides: dict[str, Tolerance] | None = None, missing: bool = True,
+             reference_records: Iterable[Record] = ()) -> list[Verdict]:
     """Verdicts for every ok record, plus ``missing`` for metrics of a baseline entry that
     these records measured only in part (a test that stopped measuring something).
-    Records of another device class than ``device_class`` are skipped."""
-    overrides = overrides or {}
+    Records of another device class than ``device_class`` are skipped.
+
+    Host drift: when the uncompressed reference's own raw latency (in ``records`` or in
+    ``reference_records``) moved outside its tolerance, raw latencies of that model and
+    profile are ``inconclusive`` for this run, not regressed or improved: the machine moved,
+    and the speed-ups measured against the run's own reference are the comparable figures."""
+    records = list(records)
+    out = _verdicts(records, store, device_class, overrides or {}, missing)
+    refs = [r for r in records if _is_reference(r)] + [r for r in reference_records if _is_reference(r)]
+    moved: dict[tuple[str, str, str], str] = {}
+    for v in _verdicts(refs, store, device_class, overrides or {}, False):
+        if v.metric in RAW_LATENCY and v.status in ("regressed", "improved") and v.baseline:
+            moved[(v.model, v.profile, v.metric)] = f"{100 * (v.measured / v.baseline - 1):+.0f}%"
+    for v in out:
+        why = moved.get((v.model, v.profile, v.metric))
+        if why and v.status in ("regressed", "improved"):
+            v.note = (f"host moved: the uncompressed reference's own {v.metric} is {why} against its baseline, "
+                      f"so this raw latency is not judged this run (the speed-ups are); it would have been "
+                      f"{v.status}")
+            v.status = "inconclusive"
+    return out
+
+
+def _is_reference(r: Record) -> bool:
+    return r.technique == "none" or r.spec == "none"
+
+
+def _verdicts(records: list[Record], store: BaselineStore | None, device_class: str,
+              overrides: dict[str, Tolerance], missing: bool) -> list[Verdict]:
     out: list[Verdict] = []
     seen: dict[tuple[str, str, str, str], set[str]] = {}
     for r in records:

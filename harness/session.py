@@ -12,6 +12,7 @@ controlling process: it writes ``outcomes-*.jsonl`` and ``run.json``.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -189,13 +190,17 @@ class Session:
 
     def gate(self, suite: str, records: list[Record]) -> tuple[list[str], list[str]]:
         """(failures, warnings) of one test's records against the baselines and the
-        --harness-gate / --harness-fail-on / --harness-strict settings."""
-        from harness.baselines import verdicts
+        --harness-gate / --harness-fail-on / --harness-strict settings. The run's own
+        reference (measured once per run, on any worker) tells whether the host moved."""
+        from harness.baselines import RAW_LATENCY, verdicts
 
         o = self.opts
+        refs = [dataclasses.replace(r, suite=suite, device_class=self.device_class, technique="none", spec="none",
+                                    config={}, extra={**r.extra, "profile": o.profile})
+                for rec in records[:1] for r in self._ref.get(rec.model, {}).values() if r.metric in RAW_LATENCY]
         try:
             self.baselines(suite)
-            vs = verdicts(records, self.store, self.device_class, overrides=o.fail_on)
+            vs = verdicts(records, self.store, self.device_class, overrides=o.fail_on, reference_records=refs)
         except BaselineError as e:
             return ([str(e)], []) if o.gating else ([], [f"baselines not used: {e}"])
         if not o.gating:
@@ -203,7 +208,7 @@ class Session:
         chosen = [v for v in vs if o.gate or o.strict or v.metric in o.fail_on]
         problems = [v.line() for v in chosen if v.status == "regressed"]
         unknown = [v for v in chosen if v.status in ("new", "missing", "incomparable-device")]
-        warns = []
+        warns = [f"inconclusive: {v.line()}" for v in chosen if v.status == "inconclusive"]
         if unknown:
             kinds = sorted({v.status for v in unknown})
             msg = (f"{len(unknown)} metric(s) not compared ({', '.join(kinds)}): "

@@ -188,3 +188,44 @@ def test_schema_1_file_loads_migrated_and_migrate_rewrites_it(tmp_path, capsys):
     assert data["entries"][0]["migrated"] is True
     assert main(["baseline", "migrate", "--baselines", str(tmp_path)]) == 0
     assert "nothing to migrate" in capsys.readouterr().out
+
+
+# -- host drift: raw latency is judged only when the run's own reference agrees (issue 17) ----
+
+def _lat(spec, prefill, tok_s, speedup=None):
+    tech = spec.split(":")[0]
+    out = [dataclasses.replace(rec("latency.prefill_ms", prefill, spec=spec), technique=tech),
+           dataclasses.replace(rec("latency.decode_tok_s", tok_s, spec=spec), technique=tech)]
+    if speedup is not None:
+        out.append(dataclasses.replace(rec("latency.speedup_decode", speedup, spec=spec), technique=tech))
+    return out
+
+
+def test_a_slower_host_makes_raw_latency_inconclusive_not_regressed(tmp_path):
+    bl.update(_lat("none", 10.0, 100.0) + _lat("rtn:bits=4", 8.0, 120.0, 1.2), tmp_path)
+    store = bl.BaselineStore(tmp_path)
+    # the whole machine is 50% slower: reference and model alike; the speed-up is unchanged
+    vs = {(v.spec, v.metric): v for v in bl.verdicts(_lat("none", 15.0, 66.0) + _lat("rtn:bits=4", 12.0, 80.0, 1.21),
+                                                     store, DC, missing=False)}
+    assert vs[("rtn:bits=4", "latency.prefill_ms")].status == "inconclusive"
+    assert "host moved" in vs[("rtn:bits=4", "latency.prefill_ms")].note and "+50%" in vs[
+        ("rtn:bits=4", "latency.prefill_ms")].note
+    assert vs[("none", "latency.decode_tok_s")].status == "inconclusive"  # the reference is never flagged
+    assert vs[("rtn:bits=4", "latency.speedup_decode")].status == "pass"
+
+
+def test_a_real_slowdown_on_a_steady_host_still_regresses(tmp_path):
+    bl.update(_lat("none", 10.0, 100.0) + _lat("rtn:bits=4", 8.0, 120.0, 1.2), tmp_path)
+    vs = {(v.spec, v.metric): v for v in bl.verdicts(_lat("none", 10.2, 99.0) + _lat("rtn:bits=4", 12.0, 50.0, 0.5),
+                                                     bl.BaselineStore(tmp_path), DC, missing=False)}
+    assert vs[("rtn:bits=4", "latency.prefill_ms")].status == "regressed"
+    assert vs[("rtn:bits=4", "latency.speedup_decode")].status == "regressed"
+    assert vs[("none", "latency.prefill_ms")].status == "pass"
+
+
+def test_reference_records_from_another_test_inform_the_gate(tmp_path):
+    """Per-test gating sees only its own records; the run's reference is passed alongside."""
+    bl.update(_lat("none", 10.0, 100.0) + _lat("rtn:bits=4", 8.0, 120.0), tmp_path)
+    vs = bl.verdicts(_lat("rtn:bits=4", 12.0, 80.0), bl.BaselineStore(tmp_path), DC, missing=False,
+                     reference_records=_lat("none", 15.0, 66.0))
+    assert {v.status for v in vs} == {"inconclusive"} and all(v.spec == "rtn:bits=4" for v in vs)

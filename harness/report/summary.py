@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.baselines import BaselineStore, Tolerance, Verdict, profile_of, verdicts, worst
+from harness.baselines import RAW_LATENCY, BaselineStore, Tolerance, Verdict, profile_of, verdicts, worst
 from harness.metrics import METRICS
 from harness.records import Record, load_records
 from harness.rundir import load_outcomes, read_run_info, run_status
 
 SIMULATED = {"fake-quant", "mask"}
-RAW_LATENCY = ("latency.prefill_ms", "latency.decode_ms_per_token", "latency.decode_tok_s", "latency.forward_ms")
-LEGEND = ("pass = within tolerance or noise; regressed / improved = outside it, worse / better; new = no baseline "
-          "entry; missing = in the baseline, not measured; incomparable-device = baselines only for other devices")
+LEGEND = ("pass = within tolerance or noise; regressed / improved = outside it, worse / better; inconclusive = raw "
+          "latency while the host moved (judge the speed-ups); new = no baseline entry; missing = in the baseline, "
+          "not measured; incomparable-device = baselines only for other devices")
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ class RunSummary:
         """One sentence when the uncompressed reference's own latency moved against its
         baseline: then the host, not the compression code, moved raw latencies this run."""
         moved = [v for v in self.verdicts if v.spec == "none" and v.metric in RAW_LATENCY
-                 and v.status in ("regressed", "improved") and v.baseline and v.measured is not None]
+                 and v.status == "inconclusive" and v.baseline and v.measured is not None]
         if not moved:
             return ""
         parts = ", ".join(f"{v.metric} {100 * (v.measured / v.baseline - 1):+.0f}%" for v in moved)
