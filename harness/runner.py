@@ -47,20 +47,28 @@ def run_pytest(cmd: list[str], run_id: str | None = None) -> tuple[int, int | No
     they started) are forwarded once to the child's whole group, and we wait for its
     clean shutdown (the plugin marks run.json partial). Nothing of the group outlives us."""
     env = {**os.environ, **({"HARNESS_RUN_ID": run_id} if run_id else {})}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     received: list[int] = []
+    child: list[subprocess.Popen] = []
 
     def forward(signum: int, _frame) -> None:
         received.append(signum)
-        _signal_group(proc.pid, signum)
+        if child:
+            _signal_group(child[0].pid, signum)
 
+    # Handlers first, then the child: a signal this process inherited as *ignored* (a
+    # background job of a non-interactive shell ignores SIGINT) would stay ignored in the
+    # child too, while a handler is reset to the default at exec.
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = proc.wait()
+        child.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+        if received:  # a signal that arrived while the child was starting
+            _signal_group(child[0].pid, received[0])
+        code = child[0].wait()
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        _reap_group(proc.pid)
+        if child:
+            _reap_group(child[0].pid)
     return code, (received[0] if received else None)
 
 

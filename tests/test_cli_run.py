@@ -163,10 +163,13 @@ def _live(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
-def test_signal_to_harness_run_stops_the_child_and_keeps_a_partial_run(tmp_path, sig, code):
+@pytest.mark.parametrize("sig, code, inherited_ignore", [("SIGTERM", 143, False), ("SIGINT", 130, False),
+                                                        ("SIGINT", 130, True)])
+def test_signal_to_harness_run_stops_the_child_and_keeps_a_partial_run(tmp_path, sig, code, inherited_ignore):
     """CI time-outs signal only the process they started: it must reach pytest, leave a
-    partial run.json with what was recorded, a report, and no process behind."""
+    partial run.json with what was recorded, a report, and no process behind. Also when
+    harness run was started with SIGINT ignored (a background job of a non-interactive
+    shell): the pytest child must not inherit the ignore."""
     import os
     import signal
     import subprocess
@@ -175,11 +178,13 @@ def test_signal_to_harness_run_stops_the_child_and_keeps_a_partial_run(tmp_path,
 
     (tmp_path / "suites").mkdir()
     (tmp_path / "suites" / "test_slow.py").write_text(SLOW_SUITE)
-    out = tmp_path / "runs" / f"sig-{sig}"
+    out = tmp_path / "runs" / f"sig-{sig}-{inherited_ignore}"
     cli = "import sys; from harness.cli import main; sys.exit(main())"
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if inherited_ignore else (
+        lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
     proc = subprocess.Popen([sys.executable, "-c", cli, "run", "slow", "--out", str(out), "--",
                              "-q", "-p", "no:cacheprovider"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:  # test_a's outcome on disk: test_b sleeps
         if any("test_a_fast" in f.read_text() for f in out.glob("outcomes-*.jsonl")):
