@@ -168,12 +168,12 @@ def verdicts(records: Iterable[Record], store: BaselineStore | None, device_clas
     ``reference_records``) moved outside its tolerance, raw latencies of that model and
     profile are ``inconclusive`` for this run, not regressed or improved: the machine moved,
     and the speed-ups measured against the run's own reference are the comparable figures."""
-    records = list(records)
     out = _verdicts(records, store, device_class, overrides or {}, missing)
-    refs = [r for r in records if _is_reference(r)] + [r for r in reference_records if _is_reference(r)]
+    extra = _verdicts(list(reference_records), store, device_class, overrides or {}, False)
     moved: dict[tuple[str, str, str], str] = {}
-    for v in _verdicts(refs, store, device_class, overrides or {}, False):
-        if v.metric in RAW_LATENCY and v.status in ("regressed", "improved") and v.baseline:
+    for v in out + extra:
+        if (v.spec == "none" and v.metric in RAW_LATENCY and v.status in ("regressed", "improved")
+                and v.baseline):
             moved[(v.model, v.profile, v.metric)] = f"{100 * (v.measured / v.baseline - 1):+.0f}%"
     for v in out:
         why = moved.get((v.model, v.profile, v.metric))
@@ -185,18 +185,15 @@ def verdicts(records: Iterable[Record], store: BaselineStore | None, device_clas
     return out
 
 
-def _is_reference(r: Record) -> bool:
-    return r.technique == "none" or r.spec == "none"
-
-
-def _verdicts(records: list[Record], store: BaselineStore | None, device_class: str,
+def _verdicts(records: Iterable[Record], store: BaselineStore | None, device_class: str,
               overrides: dict[str, Tolerance], missing: bool) -> list[Verdict]:
     out: list[Verdict] = []
     seen: dict[tuple[str, str, str, str], set[str]] = {}
     for r in records:
         if r.device_class and r.device_class != device_class:
             continue
-        seen.setdefault((r.suite, *baseline_key(r)), set()).add(r.metric)
+        key = baseline_key(r)
+        seen.setdefault((r.suite, *key), set()).add(r.metric)
         if r.status != "ok" or r.value is None:
             continue
         v = Verdict("new", r.metric, r.model, r.spec, profile_of(r), r.test_id, None, r.value)
@@ -210,7 +207,7 @@ def _verdicts(records: list[Record], store: BaselineStore | None, device_class: 
             else:
                 v.note = f"no baseline file for suite {r.suite!r} on {device_class}"
         else:
-            ent = bf.entries.get(baseline_key(r))
+            ent = bf.entries.get(key)
             base = ent.metrics.get(r.metric) if ent else None
             if base is None:
                 v.note = f"no baseline entry in {bf.path or bf.suite}"

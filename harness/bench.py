@@ -108,12 +108,11 @@ class Bench:
     def measure(self, target=None, metrics: Iterable[str] | str | None = None) -> list[Record]:
         """Measure a CompressionResult (or a module; default: the last compressed model) next
         to the uncompressed reference (deltas, derived ratios), write and return records."""
-        from harness.evaluation import measure_result, parse_metrics
+        from harness.evaluation import measure_result, parse_metrics, unwrap
 
         lm = self.lm
         result = target if target is not None else (self.result if self.result is not None else lm.model)
-        model = result.model if hasattr(result, "storage") and hasattr(result, "model") else result
-        is_ref = model is lm.model or getattr(result, "technique", None) == "none"
+        _, is_ref = unwrap(lm, result)
         want = parse_metrics(metrics, lm.kind) if metrics is not None else self.default_metrics(is_ref)
         skipped = [] if metrics is not None or is_ref else [m for m in QUICK_ONLY_REFERENCE
                                                             if self.quick and m in parse_metrics(None, lm.kind)]

@@ -112,13 +112,6 @@ def _skip_option(p: argparse.ArgumentParser) -> None:
                    help="skip damaged lines inside records files (reported) instead of failing")
 
 
-def _warn_skipped(run_dir: str, skip_bad_lines: bool) -> None:
-    from harness.records import load_records
-
-    for msg in load_records(run_dir, skip_bad_lines=skip_bad_lines).skipped:
-        print(f"warning: {msg}", file=sys.stderr)
-
-
 def _check_names(models: list[str], techniques: list[str]) -> None:
     """Bad --model / --technique values fail here, not once per test inside pytest."""
     if not models and not techniques:
@@ -166,16 +159,18 @@ def _report_cmd(p: argparse.ArgumentParser) -> None:
     _skip_option(p)
 
     def run(a: argparse.Namespace) -> int:
-        from harness.report.html import write_report
-        from harness.report.markdown import render_markdown
+        from harness.report.html import write_html
+        from harness.report.markdown import markdown_from
+        from harness.report.summary import summarize
 
-        _warn_skipped(a.run_dir, a.skip_bad_lines)
-        path = write_report(a.run_dir, a.output, a.baselines, skip_bad_lines=a.skip_bad_lines)
+        s = summarize(a.run_dir, a.baselines, skip_bad_lines=a.skip_bad_lines)  # records read once
+        for msg in s.skipped:
+            print(f"warning: {msg}", file=sys.stderr)
+        path = write_html(s, a.output)
         if a.markdown == "-":
-            print(render_markdown(a.run_dir, a.baselines, skip_bad_lines=a.skip_bad_lines))
+            print(markdown_from(s))
         elif a.markdown:
-            Path(a.markdown).write_text(render_markdown(a.run_dir, a.baselines, skip_bad_lines=a.skip_bad_lines),
-                                        encoding="utf-8")
+            Path(a.markdown).write_text(markdown_from(s), encoding="utf-8")
             print(f"markdown {a.markdown}", file=sys.stderr)
         print(f"report {path}", file=sys.stderr if a.markdown == "-" else sys.stdout)
         return 0

@@ -105,13 +105,14 @@ def _with_derived(lm: LoadedModel, model: nn.Module, want: list[str], ctx: EvalC
     base = [m for m in want if m not in derived]
     need_ref = list(dict.fromkeys((base if deltas else []) + sources))
     ref = ref_fn(need_ref) if ref_fn is not None and need_ref else {}
-    if is_ref and ref:
-        measured = [dataclasses.replace(ref[m], record_id=uuid.uuid4().hex) for m in base if m in ref]
+    todo = list(dict.fromkeys(base + sources))
+    if is_ref:  # the model is the reference: reuse what was measured of it, ratios of 1 against itself
+        measured = [dataclasses.replace(ref[m], record_id=uuid.uuid4().hex) for m in todo if m in ref]
+        measured += _measure(lm, model, [m for m in todo if m not in ref], ctx)
+        ref = {r.metric: r for r in measured}
     else:
-        measured = _measure(lm, model, list(dict.fromkeys(base + sources)), ctx)
+        measured = _measure(lm, model, todo, ctx)
     by = {r.metric: r for r in measured}
-    if is_ref and not ref:  # the model is the reference: ratios of 1 against itself
-        ref = by
     recs = [r for r in measured if r.metric in base]
     if deltas and not is_ref:
         for r in recs:
@@ -124,10 +125,7 @@ def _with_derived(lm: LoadedModel, model: nn.Module, want: list[str], ctx: EvalC
         if ref_fn is None and not is_ref:
             recs.append(Record.na(m, "no reference model given"))
             continue
-        r = by.get(src) or (ref.get(src) if is_ref else None)
-        if r is None:
-            r = next(iter(_measure(lm, model, [src], ctx)), None)
-        recs.append(derive(m, r, ref.get(src)))
+        recs.append(derive(m, by.get(src), ref.get(src)))
     lost = [m for m in want if m not in {r.metric for r in recs}]
     if lost:  # a bug, never a silent gap in a report
         raise RuntimeError(f"internal error: metric {lost[0]!r} was accepted but not produced")
@@ -168,9 +166,11 @@ def compress_model(lm: LoadedModel, spec: Any, *, calibration: Callable[[], Any]
     return compress(model, tech, calibration=calib, kind=lm.kind)
 
 
-def cache_factory_of(result: Any) -> Callable | None:
-    """The KV-cache factory a technique returned with its result (KV-cache quantization)."""
-    return getattr(result, "cache_factory", None)
+def unwrap(lm: LoadedModel, result: Any) -> tuple[nn.Module, bool]:
+    """(the module to measure, whether it is the uncompressed reference) for a
+    CompressionResult or a bare module."""
+    model = result.model if hasattr(result, "model") and hasattr(result, "storage") else result
+    return model, model is lm.model or getattr(result, "technique", None) == "none"
 
 
 def measure_result(lm: LoadedModel, result: Any, metrics: Iterable[str] | str | None = None,
@@ -182,11 +182,12 @@ def measure_result(lm: LoadedModel, result: Any, metrics: Iterable[str] | str | 
     for every metric). ``reference`` returns the reference's records (callers cache it); by
     default the reference is measured now with ``ctx``."""
     ctx = ctx or EvalContext()
-    model = result.model if hasattr(result, "model") and hasattr(result, "storage") else result
-    is_ref = model is lm.model or getattr(result, "technique", None) == "none"
+    model, is_ref = unwrap(lm, result)
     want = parse_metrics(metrics, lm.kind)
-    ctx = dataclasses.replace(ctx, reference=lm.model, cache_factory=ctx.cache_factory or cache_factory_of(result),
-                              compression=ctx.compression or (result if hasattr(result, "wall_s") else None))
+    made = result if hasattr(result, "wall_s") and not is_ref else None  # the reference was not compressed
+    ctx = dataclasses.replace(ctx, reference=lm.model,
+                              cache_factory=ctx.cache_factory or getattr(result, "cache_factory", None),
+                              compression=ctx.compression or made)
     if reference is None:
         reference = _reference_fn(lm, ctx)
     return _with_derived(lm, model, want, ctx, reference, is_ref=is_ref, deltas=deltas)
@@ -197,5 +198,4 @@ def compress_and_measure(lm: LoadedModel, spec: Any, metrics: Iterable[str] | st
                          device: str = "cpu", reference: RefRecords | None = None, deltas: bool = True):
     """``compress_model`` then ``measure_result``: returns (CompressionResult, records)."""
     result = compress_model(lm, spec, calibration=calibration, device=device)
-    ctx = dataclasses.replace(ctx or EvalContext(), compression=result if result.technique != "none" else None)
     return result, measure_result(lm, result, metrics, ctx, reference, deltas=deltas)

@@ -195,9 +195,10 @@ class Session:
         from harness.baselines import RAW_LATENCY, verdicts
 
         o = self.opts
+        cached = self._ref.get(records[0].model, {}) if records else {}
         refs = [dataclasses.replace(r, suite=suite, device_class=self.device_class, technique="none", spec="none",
                                     config={}, extra={**r.extra, "profile": o.profile})
-                for rec in records[:1] for r in self._ref.get(rec.model, {}).values() if r.metric in RAW_LATENCY]
+                for r in cached.values() if r.metric in RAW_LATENCY]
         try:
             self.baselines(suite)
             vs = verdicts(records, self.store, self.device_class, overrides=o.fail_on, reference_records=refs)

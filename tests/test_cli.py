@@ -108,3 +108,11 @@ def test_metric_of_the_wrong_kind_is_one_line(capsys):
     code, out, err = run(capsys, "eval", "harness-tiny", "-m", "fidelity.cosine")
     assert code == 2 and "'fidelity.cosine' applies only to encoder models" in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_compression_figures_of_the_uncompressed_model_are_na(capsys):
+    code, out, err = run(capsys, "eval", "harness-tiny", "-m", "compress.wall_s,size.compression_ratio", "--json")
+    assert code == 0, err
+    rows = {r["metric"]: r for r in map(json.loads, out.splitlines())}
+    assert rows["compress.wall_s"]["status"] == "na" and "no compression step" in rows["compress.wall_s"]["reason"]
+    assert rows["size.compression_ratio"]["value"] == 1.0

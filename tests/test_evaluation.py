@@ -34,13 +34,19 @@ def test_two_perplexity_protocols_agree_within_documented_tolerance(tiny_lm):
     assert 1.0 <= ratio <= 1.10, recs
 
 
-def test_fidelity_against_a_perturbed_copy(tiny_lm):
-    noisy = copy.deepcopy(tiny_lm.model)
+def _perturbed(lm, scale: float):
+    """A noisy copy of ``lm.model`` and a fast context with the original as reference."""
+    noisy = copy.deepcopy(lm.model)
     with torch.no_grad():
         for p in noisy.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+            p.add_(torch.randn_like(p) * scale)
     ctx = copy.copy(FAST)
-    ctx.reference = tiny_lm.model
+    ctx.reference = lm.model
+    return noisy, ctx
+
+
+def test_fidelity_against_a_perturbed_copy(tiny_lm):
+    noisy, ctx = _perturbed(tiny_lm, 0.02)
     recs = {r.metric: r.value for r in evaluate(tiny_lm, noisy, ["fidelity.kl", "fidelity.top1"], ctx)}
     assert recs["fidelity.kl"] > 0.001 and 0.3 < recs["fidelity.top1"] < 1.0
 
@@ -105,12 +111,7 @@ def test_records_keep_the_raw_samples_their_figures_come_from(tiny_lm):
     import math
     import statistics
 
-    noisy = copy.deepcopy(tiny_lm.model)
-    with torch.no_grad():
-        for p in noisy.parameters():
-            p.add_(torch.randn_like(p) * 0.01)
-    ctx = copy.copy(FAST)
-    ctx.reference = tiny_lm.model
+    noisy, ctx = _perturbed(tiny_lm, 0.01)
     recs = {r.metric: r for r in evaluate(tiny_lm, noisy, ["ppl.window", "fidelity.top1", "fidelity.kl",
                                                             "latency.prefill_ms"], ctx)}
     lat = recs["latency.prefill_ms"]

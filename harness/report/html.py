@@ -87,8 +87,12 @@ def render_html(s: RunSummary) -> str:
 def write_report(run_dir: str | Path, out: str | Path | None = None,
                  baselines: str | Path | None = None, *, skip_bad_lines: bool = False) -> Path:
     """Render ``run_dir`` to ``out`` (default ``<run_dir>/report.html``); returns the path."""
-    s = summarize(run_dir, baselines, skip_bad_lines=skip_bad_lines)
-    path = Path(out) if out else Path(run_dir) / "report.html"
+    return write_html(summarize(run_dir, baselines, skip_bad_lines=skip_bad_lines), out)
+
+
+def write_html(s: RunSummary, out: str | Path | None = None) -> Path:
+    """Write an already summarized run (callers that also need its Markdown summarize once)."""
+    path = Path(out) if out else Path(s.run_dir) / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(s), encoding="utf-8")
     return path
