@@ -31,29 +31,39 @@ class BaselineError(ValueError):
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Allowed change in the worse direction: relative (fraction of baseline) or absolute."""
+    """Allowed change in the worse direction: relative (fraction of baseline) or absolute,
+    or both summed (``"25%+8"``: a quarter of the baseline plus 8 units, for figures such as
+    a step's memory that can be near zero, where a fraction alone would allow nothing)."""
 
     value: float
     relative: bool
+    absolute: float = 0.0  # added to a relative tolerance
 
     def allowed(self, baseline: float) -> float:
-        return abs(baseline) * self.value if self.relative else self.value
+        return (abs(baseline) * self.value + self.absolute) if self.relative else self.value
 
     def __str__(self) -> str:
-        return f"{self.value * 100:g}%" if self.relative else f"{self.value:g}"
+        if not self.relative:
+            return f"{self.value:g}"
+        return f"{self.value * 100:g}%" + (f"+{self.absolute:g}" if self.absolute else "")
 
 
 def parse_tolerance(text: Any) -> Tolerance:
-    """``"2%"`` -> relative 0.02; ``"0.01"`` -> absolute 0.01."""
+    """``"2%"`` -> relative 0.02; ``"0.01"`` -> absolute 0.01; ``"25%+8"`` -> both."""
     s = str(text).strip()
-    rel = s.endswith("%")
+    rel_part, plus, abs_part = s.partition("%+") if "%+" in s else (s, "", "")
     try:
-        v = float(s[:-1] if rel else s)
+        extra = float(abs_part) if plus else 0.0
+    except ValueError:
+        raise ValueError(f"tolerance {text!r}: {abs_part!r} after '%+' is not a number (e.g. '25%+8')") from None
+    rel = bool(plus) or rel_part.endswith("%")
+    try:
+        v = float(rel_part[:-1] if rel and not plus else rel_part)
     except ValueError:
         raise ValueError(f"tolerance {text!r} is not a number or percentage (e.g. '2%' or '0.01')") from None
-    if not math.isfinite(v) or v < 0:
+    if not math.isfinite(v) or v < 0 or not math.isfinite(extra) or extra < 0:
         raise ValueError(f"tolerance {text!r} must be a finite number >= 0")
-    return Tolerance(v / 100 if rel else v, rel)
+    return Tolerance(v / 100 if rel else v, rel, extra)
 
 
 def _round(v: float) -> float:
@@ -69,6 +79,8 @@ class MetricBaseline:
     spread: dict[str, float] = field(default_factory=dict)
     unit: str = ""
     n: int = 1
+    # Raw samples the statistical verdicts use (``harness.judge``); empty = spread-only.
+    samples: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = {"value": _round(self.value), "direction": "higher" if self.higher_is_better else "lower",
@@ -76,7 +88,17 @@ class MetricBaseline:
         band = {k: _round(self.spread[k]) for k in ("p10", "p90") if k in self.spread}
         if band:
             d["spread"] = band
+        if self.samples:
+            d["samples"] = {k: self.samples[k] for k in sorted(self.samples)}
         return d
+
+
+SAMPLE_KEYS = ("values", "window_nll", "window_ids", "agree_bits", "tokens")  # what verdicts test on
+
+
+def baseline_samples(samples: dict[str, Any] | None) -> dict[str, list[float]]:
+    """The part of a record's raw samples a baseline keeps (what ``harness.judge`` tests)."""
+    return {k: list(v) for k, v in (samples or {}).items() if k in SAMPLE_KEYS and v}
 
 
 @dataclass
@@ -131,8 +153,13 @@ def _parse_metric(d: Any, where: str) -> MetricBaseline:
     n = d.get("n", 1)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise BaselineError(f"{where}.n: {n!r} is not a positive integer")
+    samples = d.get("samples") or {}
+    if not isinstance(samples, dict) or not all(
+            isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            for v in samples.values()):
+        raise BaselineError(f"{where}.samples: expected an object of number lists, e.g. {{'values': [1.0, 1.1]}}")
     return MetricBaseline(_num(d["value"], f"{where}.value"), d["direction"] == "higher", tol, spread,
-                          str(d.get("unit", "")), n)
+                          str(d.get("unit", "")), n, {k: list(v) for k, v in samples.items()})
 
 
 def parse_baseline(data: Any, where: str) -> BaselineFile:

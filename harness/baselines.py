@@ -4,21 +4,19 @@ A baseline file ``baselines/<suite>/<device-class>.json`` (schema and migration:
 ``harness.baseline_file``) holds, per (model, resolved config, profile), the value of every
 metric with its direction, tolerance and measured spread.
 Numbers are only ever compared with a baseline of the *same* device class; a file for
-another class yields the verdict ``incomparable-device``, never a silent comparison.
+another class, or a file whose fingerprint differs in a field that moves performance,
+yields ``not-comparable``, never a silent comparison.
 
-Verdicts (per metric): ``pass`` (within tolerance or within noise), ``regressed``,
-``improved``, ``new`` (measured, no baseline entry), ``missing`` (baseline entry, not
-measured by a test that ran), ``incomparable-device``.
-
-Noise: when a figure carries a p10–p90 spread (latency), a change whose measured
-p10–p90 interval overlaps the baseline's is *not* a regression (nor an improvement),
-whatever the tolerance says: it is inside the noise of the measurement.
+Verdicts (per metric): ``improved``, ``pass``, ``regressed``, ``inconclusive`` (the
+interval straddles the tolerance; the note says how many samples would decide),
+``not-comparable``, plus ``new`` (measured, no baseline entry) and ``missing`` (baseline
+entry, not measured by a test that ran). How each metric is tested: ``harness.judge``.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.baseline_file import (  # noqa: F401  (re-exported: the names callers know baselines by)
     SCHEMA,
@@ -29,6 +27,7 @@ from harness.baseline_file import (  # noqa: F401  (re-exported: the names calle
     MetricBaseline,
     Tolerance,
     baseline_path,
+    baseline_samples,
     dump,
     load_baseline,
     parse_baseline,
@@ -36,13 +35,16 @@ from harness.baseline_file import (  # noqa: F401  (re-exported: the names calle
     resolve_spec,
     resolved_key,
 )
+from harness.judge import Verdict, compare, fingerprint_diff, is_performance  # noqa: F401  (re-exported)
 from harness.metrics import METRICS
 from harness.paths import atomic_write, inside, safe_component
 from harness.records import Record
 
-VERDICTS = ("regressed", "missing", "incomparable-device", "inconclusive", "new", "improved", "pass")
+VERDICTS = ("regressed", "missing", "not-comparable", "inconclusive", "new", "improved", "pass")
 # Raw timings: they move with the host. Speed-ups (derived against the run's own reference) do not.
 RAW_LATENCY = tuple(m.name for m in METRICS.ordered() if m.name.startswith("latency.") and not m.derive)
+# Other wall-clock figures that move with the host: not judged while the reference's timings moved.
+HOST_TIMED = ("compress.wall_s", "train.wall_s")
 
 
 def parse_fail_on(text: str) -> tuple[str, Tolerance]:
@@ -108,85 +110,46 @@ class BaselineStore:
         return sorted(p.stem for p in d.glob("*.json") if p.stem != device_class) if d.is_dir() else []
 
 
-@dataclass
-class Verdict:
-    status: str
-    metric: str
-    model: str
-    spec: str
-    profile: str = "full"
-    test_id: str = ""
-    baseline: float | None = None
-    measured: float | None = None
-    tolerance: Tolerance | None = None
-    note: str = ""
-
-    def line(self) -> str:
-        """One line naming metric, baseline, measured value and tolerance."""
-        what = f"{self.model} {self.spec}"
-        if self.baseline is None or self.measured is None:
-            return f"{self.metric} {self.status} ({what}): {self.note}"
-        pct = f" ({(self.measured / self.baseline - 1) * 100:+.1f}%)" if self.baseline else ""
-        return (f"{self.metric} {self.status}: baseline {self.baseline:.6g}, measured {self.measured:.6g}"
-                f"{pct}, tolerance {self.tolerance} ({what}){'; ' + self.note if self.note else ''}")
-
-
-def _band(value: float, spread: dict[str, float]) -> tuple[float, float]:
-    return (spread.get("p10", value), spread.get("p90", value))
-
-
-def compare(rec: Record, base: MetricBaseline, tolerance: Tolerance | None = None) -> Verdict:
-    """Verdict of one measured record against its baseline value (noise-aware)."""
-    tol = tolerance or base.tolerance
-    v = Verdict("pass", rec.metric, rec.model, rec.spec, profile_of(rec), rec.test_id, base.value,
-                rec.value, tol)
-    if rec.value is None:
-        v.status, v.note = "missing", f"not measured: {rec.reason or rec.status}"
-        return v
-    worse = (base.value - rec.value) if base.higher_is_better else (rec.value - base.value)
-    allowed = tol.allowed(base.value)
-    if abs(worse) <= allowed:
-        return v
-    lo_b, hi_b = _band(base.value, base.spread)
-    lo_m, hi_m = _band(rec.value, rec.spread or {})
-    if (base.spread or rec.spread) and lo_m <= hi_b and lo_b <= hi_m:
-        v.note = (f"within noise: measured p10-p90 [{lo_m:.4g}, {hi_m:.4g}] overlaps baseline "
-                  f"[{lo_b:.4g}, {hi_b:.4g}]")
-        return v
-    v.status = "regressed" if worse > 0 else "improved"
-    return v
-
-
 def verdicts(records: Iterable[Record], store: BaselineStore | None, device_class: str, *,
              overrides: dict[str, Tolerance] | None = None, missing: bool = True,
-             reference_records: Iterable[Record] = ()) -> list[Verdict]:
+             reference_records: Iterable[Record] = (), fingerprint: dict[str, Any] | None = None) -> list[Verdict]:
     """Verdicts for every ok record, plus ``missing`` for metrics of a baseline entry that
     these records measured only in part (a test that stopped measuring something).
     Records of another device class than ``device_class`` are skipped.
 
+    Comparability: when ``fingerprint`` (this run's) and the baseline file's differ in a
+    field that moves performance (``harness.judge.COMPARABLE_FIELDS``), latency, memory and
+    energy figures are ``not-comparable``, naming the fields; accuracy and sizes are judged.
+
     Host drift: when the uncompressed reference's own raw latency (in ``records`` or in
-    ``reference_records``) moved outside its tolerance, raw latencies of that model and
-    profile are ``inconclusive`` for this run, not regressed or improved: the machine moved,
-    and the speed-ups measured against the run's own reference are the comparable figures."""
-    out = _verdicts(records, store, device_class, overrides or {}, missing)
-    extra = _verdicts(list(reference_records), store, device_class, overrides or {}, False)
+    ``reference_records``) is not shown consistent with its baseline (regressed, improved
+    or inconclusive), raw latencies of that model and profile are ``inconclusive`` for this
+    run, never regressed: the machine moved, and the speed-ups measured against the run's
+    own, interleaved reference are the comparable figures."""
+    out = _verdicts(records, store, device_class, overrides or {}, missing, fingerprint)
+    extra = _verdicts(list(reference_records), store, device_class, overrides or {}, False, fingerprint)
     moved: dict[tuple[str, str, str], str] = {}
     for v in out + extra:
-        if (v.spec == "none" and v.metric in RAW_LATENCY and v.status in ("regressed", "improved")
-                and v.baseline):
+        if (v.spec == "none" and v.metric in RAW_LATENCY and v.status in ("regressed", "improved", "inconclusive")
+                and v.baseline and v.measured is not None):
             moved[(v.model, v.profile, v.metric)] = f"{100 * (v.measured / v.baseline - 1):+.0f}%"
     for v in out:
+        ref_metric = v.metric
         why = moved.get((v.model, v.profile, v.metric))
-        if why and v.status in ("regressed", "improved"):
-            v.note = (f"host moved: the uncompressed reference's own {v.metric} is {why} against its baseline, "
-                      f"so this raw latency is not judged this run (the speed-ups are); it would have been "
-                      f"{v.status}")
+        if v.metric in HOST_TIMED:  # other wall times: the host moved if any reference timing did
+            ref_metric, why = next(((m, w) for (mo, pr, m), w in moved.items()
+                                    if (mo, pr) == (v.model, v.profile)), (v.metric, None))
+        if why and v.status in ("regressed", "improved", "inconclusive"):
+            was = v.status
+            v.note = (f"host moved: the uncompressed reference's own {ref_metric} is {why} against its baseline "
+                      f"and not shown consistent with it, so raw timings are not judged this run (the speed-ups "
+                      f"are){'' if v.spec == 'none' else f'; alone it would have been {was}'}")
             v.status = "inconclusive"
     return out
 
 
 def _verdicts(records: Iterable[Record], store: BaselineStore | None, device_class: str,
-              overrides: dict[str, Tolerance], missing: bool) -> list[Verdict]:
+              overrides: dict[str, Tolerance], missing: bool, fingerprint: dict[str, Any] | None) -> list[Verdict]:
     out: list[Verdict] = []
     seen: dict[tuple[str, str, str, str], set[str]] = {}
     for r in records:
@@ -201,7 +164,7 @@ def _verdicts(records: Iterable[Record], store: BaselineStore | None, device_cla
         if bf is None:
             others = store.other_classes(r.suite, device_class) if store else []
             if others:
-                v.status = "incomparable-device"
+                v.status = "not-comparable"
                 v.note = (f"baselines exist only for {', '.join(others)}; this device is {device_class} "
                           f"(not compared)")
             else:
@@ -209,8 +172,12 @@ def _verdicts(records: Iterable[Record], store: BaselineStore | None, device_cla
         else:
             ent = bf.entries.get(key)
             base = ent.metrics.get(r.metric) if ent else None
+            diff = fingerprint_diff(fingerprint, bf.source.get("fingerprint")) if is_performance(r.metric) else []
             if base is None:
                 v.note = f"no baseline entry in {bf.path or bf.suite}"
+            elif diff:
+                v = Verdict("not-comparable", r.metric, r.model, r.spec, profile_of(r), r.test_id, base.value,
+                            r.value, base.tolerance, "fingerprints differ: " + "; ".join(diff))
             else:
                 v = compare(r, base, overrides.get(r.metric))
         out.append(v)
@@ -234,7 +201,7 @@ def worst(statuses: Iterable[str]) -> str:
 
 
 def update(records: Iterable[Record], root: str | Path, *, prune: bool = False,
-           run_id: str = "") -> list[tuple[Path, int, int]]:
+           run_id: str = "", fingerprint: dict[str, Any] | None = None) -> list[tuple[Path, int, int]]:
     """Write/merge baseline files from a run's ok records; keeps hand-set tolerances.
 
     Returns (path, entries written from the run, entries kept from before) per file."""
@@ -247,7 +214,8 @@ def update(records: Iterable[Record], root: str | Path, *, prune: bool = False,
         ent = ents.setdefault(key, Entry(r.model, r.spec, profile_of(r), r.technique, r.test_id, resolved=key[1]))
         ent.metrics[r.metric] = MetricBaseline(r.value, bool(r.higher_is_better), default_tolerance(r.metric),
                                                {k: float(v) for k, v in (r.spread or {}).items()
-                                                if k in ("p10", "p90")}, r.unit, r.n)
+                                                if k in ("p10", "p90")}, r.unit, r.n,
+                                               baseline_samples(r.samples))
     paths = {key: baseline_path(root, *key) for key in groups}  # every name checked before any write
     olds = {key: load_baseline(p) if p.is_file() else BaselineFile(*key) for key, p in paths.items()}
     written = []
@@ -262,7 +230,8 @@ def update(records: Iterable[Record], root: str | Path, *, prune: bool = False,
         merged = {} if prune else {k: e for k, e in old.entries.items() if k not in ents}
         kept = len(merged)
         merged.update(ents)
-        atomic_write(path, dump(BaselineFile(suite, dc, merged), run_id))
+        source = {**old.source, **({"fingerprint": fingerprint} if fingerprint else {})}
+        atomic_write(path, dump(BaselineFile(suite, dc, merged, source), run_id))
         written.append((path, len(ents), kept))
     return written
 

@@ -93,6 +93,7 @@ class Bench:
             recs = [Record("compress.wall_s", res.wall_s, extra={"calibration": used[0].describe()} if used else {}),
                     Record("compress.peak_rss_mb", res.peak_rss_mb) if res.peak_rss_mb is not None
                     else Record.na("compress.peak_rss_mb", "psutil unavailable")]
+            recs += [Record(k, v) for k, v in getattr(res, "figures", {}).items()]  # train.* of techniques that train
             self._emit(recs, res)
         return res
 

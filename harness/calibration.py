@@ -30,6 +30,9 @@ class Calibration:
     attention_mask: torch.Tensor | None = None
     split: str = "train"
     seed: int = 0
+    # The tokenizer the windows came from: techniques that train draw their token stream
+    # with it (``harness.models.train_data.for_technique``). Not part of equality or repr.
+    tokenizer: Any = field(default=None, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -61,7 +64,7 @@ def get_calibration(tokenizer, n: int = 32, seq_len: int = 128, seed: int = 0,
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seq_len, (n,), generator=g)
     windows = torch.stack([ids[s: s + seq_len] for s in starts.tolist()])
-    return Calibration(windows, torch.ones_like(windows), split=split, seed=seed)
+    return Calibration(windows, torch.ones_like(windows), split=split, seed=seed, tokenizer=tokenizer)
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:

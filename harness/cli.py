@@ -23,7 +23,8 @@ EXAMPLES = textwrap.dedent("""\
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {}
-EXTENSIONS = ["harness.cli_run"]  # modules that call command(...) to add subcommands
+# modules that call command(...) to add subcommands
+EXTENSIONS = ["harness.cli_run", "harness.cli_reports", "harness.cli_history"]
 
 
 def command(name: str, help: str):
@@ -63,6 +64,9 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="--save may replace an existing harness checkpoint")
     p.add_argument("--json", action="store_true", help="one JSON record per line")
     p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--threads", default=None, metavar="N",
+                   help="torch CPU threads (an integer >= 1, or 'auto': usable cores); default: torch's own. "
+                        "1 is steadiest on a shared runner")
 
     def run(a: argparse.Namespace) -> int:
         import torch
@@ -70,6 +74,13 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
         import harness
         from harness.evaluation import compress_and_measure, parse_metrics
         from harness.measure.environment import device_class, fingerprint_id
+
+        if a.threads is not None:  # before any work: a bad value fails in a second
+            if a.threads != "auto" and not (a.threads.isdigit() and int(a.threads) >= 1):
+                raise UsageError(f"--threads {a.threads!r}: expected 'auto' or an integer >= 1")
+            from harness.session import auto_threads
+
+            torch.set_num_threads(auto_threads() if a.threads == "auto" else int(a.threads))
 
         if a.device.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError(f"--device {a.device}: CUDA requested but no GPU is available here")
@@ -189,7 +200,9 @@ def _kernels_cmd(p: argparse.ArgumentParser) -> None:
     configure_parser(sub.add_parser("bench", help="kernel micro-benchmark (CUDA GPU; --static SM needs none)"))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Every subcommand's parser; given ``argv``, only the command it names is configured
+    in full (a setup may import torch: ``harness merge`` need not pay for ``kernels``)."""
     import importlib
 
     for mod in EXTENSIONS:
@@ -201,15 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="Benchmark and evaluate compressed language models.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = next((x for x in argv if not x.startswith("-")), None) if argv is not None else None
     for name, (configure, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-        configure(sp)
+        if argv is None or name == wanted:
+            configure(sp)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()

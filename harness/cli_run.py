@@ -1,4 +1,5 @@
-"""CLI subcommands for runs: ``run``, ``report``, ``compare``, ``baseline``, ``leaderboard``.
+"""CLI subcommands for runs: ``run``, ``baseline`` (history: ``harness.cli_history``; reading finished runs:
+``harness.cli_reports``).
 
 Imported by ``harness.cli`` (EXTENSIONS); each ``@command`` setup adds its arguments and
 sets ``handler``. Bad input raises ValueError -> one line on stderr, exit 2.
@@ -19,6 +20,7 @@ RUN_EXAMPLES = textwrap.dedent("""\
       harness run default -- -k "rtn or none" -x  pass anything after -- to pytest
       harness run --gate                          fail on regressions against baselines/
       harness run suites/test_mine.py -- -n 2     your own suite file, 2 xdist workers
+      harness run --quick --shard 1/2 --out s1    one job of a 2-way CI matrix (then harness merge)
     """)
 
 
@@ -33,6 +35,16 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gate", action="store_true", help="fail tests that regress against baselines")
     p.add_argument("--baselines", default=None, help="baselines root (default: ./baselines)")
     p.add_argument("--no-report", action="store_true", help="skip rendering report.html")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run shard I of N of the collected tests (balanced by recorded test times)")
+    p.add_argument("--durations", default=None, metavar="PATH",
+                   help="test times for --shard: JSON file or run directory (default: .harness-durations.json)")
+    p.add_argument("--executor", choices=["pytest", "ray"], default=None,
+                   help="pytest (default: one pytest process here) or ray (each cell a Ray task; extra 'cluster')")
+    p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="--executor ray: an existing Ray cluster (default: start a local one)")
+    p.add_argument("--ray-cpus", type=int, default=None, metavar="N",
+                   help="--executor ray without --address: CPUs of the local Ray (default: all)")
 
 
 @command("run", "run a suite with pytest, write reports/<run-id>/ and its HTML report")
@@ -63,7 +75,7 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
                              f"e.g. harness run -- {unknown[0]}")
         for k in ("quick", "gate", "no_report"):
             setattr(a, k, getattr(a, k) or getattr(b, k))
-        for k in ("out", "device", "baselines"):
+        for k in ("out", "device", "baselines", "shard", "durations", "executor", "address", "ray_cpus"):
             setattr(a, k, getattr(b, k) or getattr(a, k))
         a.model = a.model + b.model
         a.technique = a.technique + b.technique
@@ -76,6 +88,21 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
         extra += [f"--harness-device={a.device}"] if a.device else []
         extra += ["--harness-gate"] if a.gate else []
         extra += [f"--harness-baselines={a.baselines}"] if a.baselines else []
+        if a.shard:
+            from harness.shard import parse_shard
+
+            parse_shard(a.shard)  # 3/2, 0/0: one line, exit 2, before pytest starts
+            extra.append(f"--harness-shard={a.shard}")
+        if a.durations:
+            from harness.shard import load_durations
+
+            load_durations(a.durations)
+            extra.append(f"--harness-durations={a.durations}")
+        if a.executor == "ray":
+            code = _run_ray(a, suites, extra, pytest_args, run_id, run_dir)
+            return code if code == 5 else _finish(run_dir, code, a)
+        if a.address or a.ray_cpus:
+            raise UsageError("--address and --ray-cpus apply only with --executor ray")
         md = run_dir / "summary.md"
         cmd = runner.pytest_command(suites, run_dir, quick=a.quick,
                                     extra=extra + [f"--harness-markdown={md}"] + pytest_args)
@@ -87,24 +114,62 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
             print("harness run: error: pytest selected no tests (exit 5); check the suite path and -k/-m "
                   "filters", file=sys.stderr)
             return 5
-        from harness.records import record_files
-
-        if not record_files(run_dir):
-            print(f"harness run: error: no records were written to {run_dir} (pytest exit {code})",
-                  file=sys.stderr)
-            return code or 2
-        if not a.no_report:
-            from harness.report.html import write_report
-
-            path = write_report(run_dir, baselines=a.baselines)
-            print(f"harness run: report {path}")
-        status, why = rundir.run_status(run_dir)
-        if status != "complete":
-            print(f"harness run: warning: partial run: {why}", file=sys.stderr)
-        print(f"harness run: records {run_dir}  (pytest exit {code})")
-        return code
+        return _finish(run_dir, code, a)
 
     p.set_defaults(handler=run)
+
+
+def _finish(run_dir: Path, code: int, a: argparse.Namespace) -> int:
+    """After the run: refuse a run without records, render the report, warn if partial."""
+    from harness import rundir
+    from harness.records import record_files
+
+    if not record_files(run_dir):
+        print(f"harness run: error: no records were written to {run_dir} (pytest exit {code})",
+              file=sys.stderr)
+        return code or 2
+    if not a.no_report:
+        from harness.report.html import write_report
+
+        path = write_report(run_dir, baselines=a.baselines)
+        print(f"harness run: report {path}")
+    status, why = rundir.run_status(run_dir)
+    if status != "complete":
+        print(f"harness run: warning: partial run: {why}", file=sys.stderr)
+    print(f"harness run: records {run_dir}  (pytest exit {code})")
+    return code
+
+
+def _run_ray(a: argparse.Namespace, suites: list[str], extra: list[str], pytest_args: list[str], run_id: str,
+             run_dir: Path) -> int:
+    """Collect here, run each cell as a Ray task, gather into ``run_dir``."""
+    import time
+
+    from harness import executor_ray as ex
+    from harness.rundir import write_run_info
+
+    if a.shard:
+        raise UsageError("--shard and --executor ray do not combine: Ray spreads the cells itself")
+    suites = [str(Path(s).resolve()) if Path(s).exists() else s for s in suites]
+    args = extra + (["--harness-quick"] if a.quick else [])
+    ray = ex.connect(a.address, a.ray_cpus)
+    cells = ex.collect(suites, args, pytest_args)
+    if not cells:
+        print("harness run: error: pytest selected no tests; check the suite path and -k/-m filters",
+              file=sys.stderr)
+        return 5
+    gpu = a.device == "cuda" or (a.device in (None, "auto") and ray.cluster_resources().get("GPU", 0) > 0)
+    args += ["--harness-threads=1"] + (["--harness-device=cuda"] if gpu else [])
+    print(f"harness run: {len(cells)} cells as Ray tasks ({'1 GPU' if gpu else '1 CPU'} each) on "
+          f"{a.address or 'a local Ray'}", flush=True)
+    write_run_info(run_dir, run_id=run_id, status="running", started=time.time(), executor="ray",
+                   address=a.address or "local", args=["harness", "run", "--executor", "ray", *suites, *args])
+    results = ex.run_cells(ray, cells, args, run_id, gpu=gpu, root=str(Path.cwd()))
+    status, reason = ex.write_results(run_dir, results)
+    for r in results:
+        if r.error:
+            print(f"harness run: cell lost: {r.nodeid}: {r.error}", file=sys.stderr)
+    return 0 if status == "complete" and all(r.exit_code == 0 for r in results) else 1
 
 
 def _skip_option(p: argparse.ArgumentParser) -> None:
@@ -144,67 +209,6 @@ def _after_signal(run_dir: Path, signum: int, a: argparse.Namespace) -> int:
         except (ValueError, OSError) as e:
             print(f"harness run: warning: no report: {str(e).splitlines()[0]}", file=sys.stderr)
     return 128 + signum
-
-
-@command("report", "render the HTML report (and optionally Markdown) of a run directory")
-def _report_cmd(p: argparse.ArgumentParser) -> None:
-    p.epilog = ("examples:\n  harness report reports/20261123-071502-3f9a\n"
-                "  harness report RUN_DIR -o out.html --markdown summary.md\n"
-                "  harness report RUN_DIR --markdown          Markdown to stdout (CI logs)\n")
-    p.add_argument("run_dir")
-    p.add_argument("-o", "--output", default=None, help="HTML file (default: RUN_DIR/report.html)")
-    p.add_argument("--markdown", nargs="?", const="-", default=None, metavar="PATH",
-                   help="also write the Markdown summary to PATH (or stdout)")
-    p.add_argument("--baselines", default=None, help="baselines root for verdicts (default: the run's)")
-    _skip_option(p)
-
-    def run(a: argparse.Namespace) -> int:
-        from harness.report.html import write_html
-        from harness.report.markdown import markdown_from
-        from harness.report.summary import summarize
-
-        s = summarize(a.run_dir, a.baselines, skip_bad_lines=a.skip_bad_lines)  # records read once
-        for msg in s.skipped:
-            print(f"warning: {msg}", file=sys.stderr)
-        path = write_html(s, a.output)
-        if a.markdown == "-":
-            print(markdown_from(s))
-        elif a.markdown:
-            Path(a.markdown).write_text(markdown_from(s), encoding="utf-8")
-            print(f"markdown {a.markdown}", file=sys.stderr)
-        print(f"report {path}", file=sys.stderr if a.markdown == "-" else sys.stdout)
-        return 0
-
-    p.set_defaults(handler=run)
-
-
-@command("compare", "compare two runs metric by metric (A = baseline, B = candidate)")
-def _compare_cmd(p: argparse.ArgumentParser) -> None:
-    p.epilog = "examples:\n  harness compare reports/RUN_A reports/RUN_B --html compare.html\n"
-    p.add_argument("run_a")
-    p.add_argument("run_b")
-    p.add_argument("--metrics", default=None, help="comma-separated metrics to show")
-    p.add_argument("--html", default=None, help="also write an HTML comparison here")
-    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 if B regressed")
-    _skip_option(p)
-
-    def run(a: argparse.Namespace) -> int:
-        from harness.metrics import METRICS
-        from harness.report.compare import compare_runs, delta_lines, write_compare_html
-
-        metrics = [m.strip() for m in a.metrics.split(",")] if a.metrics else None
-        for m in metrics or []:
-            METRICS.get(m)
-        deltas, warnings = compare_runs(a.run_a, a.run_b, metrics, skip_bad_lines=a.skip_bad_lines)
-        for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        print("\n".join(delta_lines(deltas)))
-        if a.html:
-            print(f"html {write_compare_html(a.run_a, a.run_b, deltas, warnings, a.html)}")
-        bad = any(d.verdict and d.verdict.status == "regressed" for d in deltas)
-        return 1 if bad and a.fail_on_regression else 0
-
-    p.set_defaults(handler=run)
 
 
 @command("baseline", "update, show or check stored baselines (baselines/<suite>/<device-class>.json)")
@@ -250,75 +254,21 @@ def _baseline_cmd(p: argparse.ArgumentParser) -> None:
             status, why = run_status(a.run_dir)
             if status != "complete" and not a.allow_partial:
                 raise UsageError(f"{a.run_dir} is a partial run ({why}); pass --allow-partial to use it")
-            rid = read_run_info(a.run_dir).get("run_id", Path(a.run_dir).name)
-            for path, n, kept in bl.update(records, a.baselines, prune=a.prune, run_id=rid):
+            info = read_run_info(a.run_dir)
+            rid = info.get("run_id", Path(a.run_dir).name)
+            for path, n, kept in bl.update(records, a.baselines, prune=a.prune, run_id=rid,
+                                           fingerprint=info.get("fingerprint")):
                 print(f"wrote {path}: {n} entries from {rid}" + (f", {kept} kept" if kept else ""))
             print("review the change with: git diff -- " + a.baselines)
             return 0
         from harness.report.summary import run_verdicts
 
-        vs = run_verdicts(records, a.baselines)
+        vs = run_verdicts(records, a.baselines, fingerprint=read_run_info(a.run_dir).get("fingerprint"))
         for v in vs:
             if v.status != "pass":
                 print(f"{v.status:20} {v.line()}")
         counts = {s: sum(v.status == s for v in vs) for s in bl.VERDICTS}
         print("verdicts: " + ", ".join(f"{k} {n}" for k, n in counts.items() if n))
         return 1 if counts["regressed"] else 0
-
-    p.set_defaults(handler=run)
-
-
-@command("leaderboard", "ingest runs into a SQLite history and rank model x technique")
-def _leaderboard_cmd(p: argparse.ArgumentParser) -> None:
-    p.epilog = ("examples:\n  harness leaderboard                         ingest reports/*/ and rank\n"
-                "  harness leaderboard reports/RUN --metric latency.decode_tok_s --html lb.html\n"
-                "  harness leaderboard --db nightly.sqlite --no-ingest\n")
-    p.add_argument("run_dirs", nargs="*", help="run directories to ingest (default: every reports/*/ run)")
-    p.add_argument("--db", default=None, help="SQLite file (default: reports/leaderboard.sqlite)")
-    p.add_argument("--metric", default="ppl.window", help="metric to rank by (default: ppl.window)")
-    p.add_argument("--device-class", default=None, help="only this device class")
-    p.add_argument("--html", default=None, help="write the leaderboard HTML here")
-    p.add_argument("--top", type=int, default=20)
-    p.add_argument("--no-ingest", action="store_true", help="rank what the database already holds")
-    _skip_option(p)
-
-    def run(a: argparse.Namespace) -> int:
-        from harness import leaderboard as lb
-        from harness.metrics import METRICS
-        from harness.records import record_files
-
-        METRICS.get(a.metric)
-        db = Path(a.db) if a.db else lb.DEFAULT_DB
-        con = lb.connect(db)
-        if not a.no_ingest:
-            dirs = a.run_dirs or [str(d) for d in sorted(Path("reports").glob("*/")) if record_files(d)]
-            if not dirs:
-                raise UsageError("no run directories to ingest (give RUN_DIR or run `harness run` first)")
-            for d in dirs:
-                skipped: list[str] = []
-                print(f"ingested {d}: {lb.ingest(con, d, skip_bad_lines=a.skip_bad_lines, skipped=skipped)} "
-                      f"results", file=sys.stderr)
-                for msg in skipped:
-                    print(f"warning: {msg}", file=sys.stderr)
-        items = lb.entries(con, a.device_class)
-        if not items:
-            raise UsageError(f"{db} holds no results" + (f" for {a.device_class}" if a.device_class else ""))
-        for dc in sorted({e.device_class for e in items}):
-            group = [e for e in items if e.device_class == dc]
-            print(f"\n{dc}: by {a.metric}")
-            for i, e in enumerate(lb.rank(group, a.metric)[: a.top], 1):
-                v = e.metrics.get(a.metric)
-                print(f"  {i:3} {e.model:16} {e.spec + ' [' + e.profile + ']':44} "
-                      f"{'N/A' if v is None else f'{v:.5g}':>10}")
-            print(f"{dc}: by cost-efficiency score")
-            for i, e in enumerate(lb.rank(group)[: a.top], 1):
-                s = "N/A" if e.score is None else f"{e.score:.4g}"
-                print(f"  {i:3} {e.model:16} {e.spec + ' [' + e.profile + ']':44} {s:>10}  {e.score_note}")
-        if a.html:
-            from harness.report.leaderboard_html import write_html
-
-            print(f"html {write_html(con, a.html, a.metric, a.device_class)}")
-        print(f"database {db}", file=sys.stderr)
-        return 0
 
     p.set_defaults(handler=run)

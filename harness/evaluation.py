@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import statistics
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from torch import nn
 
 from harness.config import EvalConfig, LatencyConfig
 from harness.measure.producers import PRODUCERS
+from harness.measure.timing import Samples
 from harness.metrics import METRICS, defaults
 from harness.models.zoo import LoadedModel
 from harness.records import Record
@@ -51,19 +53,30 @@ def parse_metrics(spec: str | Iterable[str] | None, kind: str) -> list[str]:
 
 def derive(metric: str, model_rec: Record | None, ref_rec: Record | None) -> Record:
     """A derived ratio from the model's and the reference's source records; N/A with the
-    reason when either is missing. A p10-p90 band on both gives the ratio's band."""
+    reason when either is missing. When the model's source was timed in interleaved rounds
+    with the reference (``samples["reference_values"]``), the ratio is the median of the
+    per-round ratios and its samples are those ratios; otherwise the ratio of the two
+    values, with a worst/best-case band from both p10-p90 bands."""
     src, forward = METRICS.get(metric).derive
     r, rr = model_rec, ref_rec
     if r is None or rr is None or r.value is None or rr.value is None or not r.value or not rr.value:
         why = (r.reason if r is not None and r.reason else rr.reason if rr is not None else "") or "not measured"
         return Record.na(metric, f"needs {src} of model and reference: {why}")
+    vals, refs = (r.samples or {}).get("values", []), (r.samples or {}).get("reference_values", [])
+    if vals and len(vals) == len(refs) and all(vals) and all(refs):
+        ratios = [(v / q) if forward else (q / v) for v, q in zip(vals, refs)]
+        t = Samples(ratios)
+        return Record(metric, t.median, n=t.n, spread=t.spread(), samples={"values": ratios},
+                      extra={"reference": statistics.median(refs), "model": r.value, "source": src,
+                             "pairing": "per-round ratios, interleaved with the reference"})
     ratio = (r.value / rr.value) if forward else (rr.value / r.value)
     spread = {}
     if r.spread.get("p10") and r.spread.get("p90"):  # both bands: the ratio's worst/best case
         lo, hi = r.spread["p10"], r.spread["p90"]
         rlo, rhi = rr.spread.get("p10") or rr.value, rr.spread.get("p90") or rr.value
         spread = ({"p10": lo / rhi, "p90": hi / rlo} if forward else {"p10": rlo / hi, "p90": rhi / lo})
-    return Record(metric, ratio, n=r.n, spread=spread, extra={"reference": rr.value, "model": r.value, "source": src})
+    return Record(metric, ratio, n=r.n, spread=spread, extra={"reference": rr.value, "model": r.value, "source": src,
+                                                              "pairing": "separate runs"})
 
 
 @dataclass
@@ -125,6 +138,10 @@ def _with_derived(lm: LoadedModel, model: nn.Module, want: list[str], ctx: EvalC
         if ref_fn is None and not is_ref:
             recs.append(Record.na(m, "no reference model given"))
             continue
+        if is_ref and by.get(src) is not None and by[src].value:  # exactly 1: no noise to report
+            recs.append(Record(m, 1.0, extra={"reference": by[src].value, "model": by[src].value, "source": src,
+                                              "pairing": "the reference itself"}))
+            continue
         recs.append(derive(m, by.get(src), ref.get(src)))
     lost = [m for m in want if m not in {r.metric for r in recs}]
     if lost:  # a bug, never a silent gap in a report
@@ -139,9 +156,19 @@ def _measure(lm: LoadedModel, model: nn.Module, want: list[str], ctx: EvalContex
     for m in METRICS.ordered():
         if m.name in want:
             groups.setdefault(m.producer, []).append(m.name)
+    from harness.layers.exec import kernel_summary
+
+    kern = kernel_summary(model)  # the code path of every linear; builds kernel layouts before memory is read
     recs: list[Record] = []
     for producer, names in groups.items():
-        recs += PRODUCERS[producer](lm, model, ctx, names)
+        got = PRODUCERS[producer](lm, model, ctx, names)
+        for r in got:  # which code path produced a latency, and what the layouts cost
+            if r.metric.startswith("latency."):
+                r.extra = {**r.extra, "kernel": kern["kernel"], **({"kernel_why_not": kern["why_not"]}
+                                                                   if kern["why_not"] else {})}
+            elif r.metric == "memory.model_mb":
+                r.extra = {**r.extra, "kernel_cache_bytes": kern["cache_bytes"]}
+        recs += got
     return recs
 
 

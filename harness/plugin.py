@@ -44,7 +44,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--harness-quick", action="store_true",
                 help="cheaper measurement settings, first suite spec per technique, skip 'slow' tests")
     g.addoption("--harness-shard", metavar="I/N", default=None,
-                help="run only shard I of N (1-based) of the selected tests")
+                help="run only shard I of N (1-based) of the selected tests, balanced by recorded test times")
+    g.addoption("--harness-durations", metavar="PATH", default=None,
+                help="test times for --harness-shard: a JSON file (test id -> s) or a run directory "
+                     "(default: .harness-durations.json in the rootdir if present, else split by count)")
     g.addoption("--harness-markdown", metavar="PATH", default=None,
                 help="write a Markdown summary of the run to PATH at the end")
     g.addoption("--harness-threads", metavar="N", default="auto",
@@ -53,15 +56,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
+    from harness.shard import parse_shard
+
     try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise pytest.UsageError(f"--harness-shard {text!r}: expected I/N with integers, e.g. 1/4") from None
-    if not (n >= 1 and 1 <= i <= n):
-        raise pytest.UsageError(f"--harness-shard {text!r}: need 1 <= I <= N")
-    return i, n
+        return parse_shard(text)
+    except ValueError as e:
+        raise pytest.UsageError(f"--harness-{e}") from None
+
+
+def _durations(config: pytest.Config) -> dict[str, float]:
+    """Recorded test times for a balanced shard split: --harness-durations, else the
+    checkout's .harness-durations.json, else none (split by count)."""
+    from harness.shard import DURATIONS_FILE, load_durations
+
+    given = config.getoption("harness_durations")
+    path = Path(given) if given else config.rootpath / DURATIONS_FILE
+    if not given and not path.is_file():
+        return {}
+    try:
+        return load_durations(path)
+    except ValueError as e:
+        raise pytest.UsageError(f"--harness-durations: {e}") from None
 
 
 def _options(config: pytest.Config) -> Options:
@@ -114,6 +129,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped with a reason otherwise)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds (skipped by --harness-quick)")
     opts = _options(config)
+    if opts.worker != "main" and opts.device != "cpu":  # xdist worker: one GPU each, before CUDA starts
+        from harness.measure import environment
+
+        environment.pin_worker_gpu(opts.worker)
     if opts.device == "cuda":
         import torch
 
@@ -173,10 +192,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
     opts = config.stash[SESSION].opts
     if opts.shard:
-        i, n = opts.shard
-        order = {nid: k for k, nid in enumerate(sorted(it.nodeid for it in items))}
-        keep = [it for it in items if order[it.nodeid] % n == i - 1]
-        drop = [it for it in items if order[it.nodeid] % n != i - 1]
+        from harness.shard import select
+
+        mine = select([it.nodeid for it in items], opts.shard, _durations(config))
+        keep = [it for it in items if it.nodeid in mine]
+        drop = [it for it in items if it.nodeid not in mine]
         if drop:
             config.hook.pytest_deselected(items=drop)
         items[:] = keep

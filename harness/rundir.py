@@ -26,6 +26,16 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
+def harness_version() -> str | None:
+    """Installed harness version, kept in run.json (``harness merge`` refuses to mix versions)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llm-compression-harness")
+    except PackageNotFoundError:
+        return None
+
+
 def write_run_info(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into ``run.json`` (atomic replace)."""
     path = Path(run_dir) / RUN_JSON

@@ -73,6 +73,18 @@ def auto_threads(workers: int = 1) -> int:
     return max(1, cores // max(1, workers))
 
 
+def _commit() -> str | None:
+    """The git commit of the code under test (the working directory), for explaining a step
+    in nightly history; None outside a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +136,10 @@ class Session:
     def write(self, records: list[Record]) -> None:
         if self._writer is None:
             self._writer = RecordWriter(self.opts.out, worker=self.opts.worker_tag)
+            if self.opts.worker != "main":  # each xdist worker's own fingerprint (its pinned GPU)
+                from harness.measure.environment import write_fingerprint
+
+                write_fingerprint(self.opts.out / f"fingerprint-{self.opts.worker_tag}.json", self.device)
         self._writer.write(records)
 
     def load(self, name: str):
@@ -146,7 +162,7 @@ class Session:
         from harness.evaluation import EvalContext
 
         if self.opts.quick:
-            return EvalContext(LatencyConfig(prompt_len=64, decode_tokens=16, budget_s=1.0, min_repeats=3),
+            return EvalContext(LatencyConfig(prompt_len=64, decode_tokens=16, budget_s=1.0, min_repeats=6),
                                EvalConfig(max_tokens=8192), reference=reference, cache_factory=cache_factory,
                                compression=compression)
         return EvalContext(reference=reference, cache_factory=cache_factory, compression=compression)
@@ -173,12 +189,13 @@ class Session:
 
     def write_run(self, **fields: Any) -> None:
         """Merge ``fields`` into the run's run.json (with the fingerprint once it is final)."""
-        from harness.rundir import write_run_info
+        from harness.rundir import harness_version, write_run_info
 
         o = self.opts
         info = dict(run_id=o.run_id, started=self.started, profile=o.profile, models=o.models,
                     baselines=str(o.baselines), device=o.device,
-                    shard=f"{o.shard[0]}/{o.shard[1]}" if o.shard else None, args=self.args, **fields)
+                    shard=f"{o.shard[0]}/{o.shard[1]}" if o.shard else None, args=self.args,
+                    harness_version=harness_version(), commit=_commit(), **fields)
         if fields.get("status") != "running":
             try:
                 from harness.measure.environment import device_class, fingerprint
@@ -201,14 +218,17 @@ class Session:
                 for r in cached.values() if r.metric in RAW_LATENCY]
         try:
             self.baselines(suite)
-            vs = verdicts(records, self.store, self.device_class, overrides=o.fail_on, reference_records=refs)
+            from harness.measure.environment import fingerprint
+
+            vs = verdicts(records, self.store, self.device_class, overrides=o.fail_on, reference_records=refs,
+                          fingerprint=fingerprint(self.device))
         except BaselineError as e:
             return ([str(e)], []) if o.gating else ([], [f"baselines not used: {e}"])
         if not o.gating:
             return [], []
         chosen = [v for v in vs if o.gate or o.strict or v.metric in o.fail_on]
         problems = [v.line() for v in chosen if v.status == "regressed"]
-        unknown = [v for v in chosen if v.status in ("new", "missing", "incomparable-device")]
+        unknown = [v for v in chosen if v.status in ("new", "missing", "not-comparable")]
         warns = [f"inconclusive: {v.line()}" for v in chosen if v.status == "inconclusive"]
         if unknown:
             kinds = sorted({v.status for v in unknown})

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent / "harness"
 
 # Lowest first. A module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", ["harness.registry", "harness.config", "harness.paths", "harness.metrics",
-                    "harness.records", "harness.rundir"]),
+    ("foundation", ["harness.registry", "harness.config", "harness.paths", "harness.metrics", "harness.shard",
+                    "harness.records", "harness.rundir", "harness.merge", "harness.stats"]),
     ("primitives", ["harness.primitives"]),                 # tensor math: quantize, pack, k-means
     ("kernels", ["harness.kernels"]),                       # Triton kernels + torch references
     ("layers", ["harness.layers"]),                         # packed modules, save/load args
@@ -24,11 +24,13 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("techniques", ["harness.techniques"]),                 # model -> compressed model
     ("measure", ["harness.measure"]),                       # compressed model -> figures
     ("evaluation", ["harness.evaluation"]),                 # figures -> Records, one path for all
-    ("baselines", ["harness.baselines", "harness.baseline_file"]),  # Records -> verdicts
-    ("history", ["harness.leaderboard"]),                   # runs -> SQLite history and ranking
+    ("baselines", ["harness.baselines", "harness.baseline_file", "harness.judge"]),  # Records -> verdicts
+    ("history", ["harness.leaderboard", "harness.changepoints"]),                   # runs -> SQLite history and ranking
     ("report", ["harness.report"]),                         # Records + verdicts -> HTML/Markdown
-    ("runs", ["harness.runner", "harness.bench", "harness.session"]),  # pytest sessions, run dirs
-    ("entry", ["harness.plugin", "harness.cli", "harness.cli_run", "harness"]),  # user-facing entry points
+    ("runs", ["harness.runner", "harness.bench", "harness.session",  # pytest sessions, run dirs
+              "harness.executor_ray"]),                     # (model x technique) cells as Ray tasks
+    ("entry", ["harness.plugin", "harness.cli", "harness.cli_run", "harness.cli_reports", "harness.cli_history",
+               "harness"]),                                 # user-facing entry points
 ]
 # Within one layer, these pairs must not import each other in this direction either.
 FORBIDDEN = [

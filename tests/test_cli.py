@@ -19,7 +19,24 @@ def test_eval_json_prints_only_requested_metrics(capsys):
     assert rows[1]["value"] == 32.0 and rows[0]["model"] == "harness-tiny" and rows[0]["device_class"]
 
 
+def test_eval_threads_sets_torch_threads_and_latency_names_its_kernel(capsys):
+    import torch
+
+    n = torch.get_num_threads()
+    try:
+        code, out, err = run(capsys, "eval", "harness-tiny", "-t", "rtn:bits=4,group=128", "--threads", "1",
+                             "-m", "latency.prefill_ms,memory.model_mb", "--json")
+    finally:
+        torch.set_num_threads(n)
+    assert code == 0, err
+    rows = {r["metric"]: r for r in map(json.loads, out.splitlines())}
+    lat = rows["latency.prefill_ms"]["extra"]
+    assert lat["threads"] == 1 and lat["kernel"].startswith("int4pack-bf16 x")  # every block linear
+    assert rows["memory.model_mb"]["extra"]["kernel_cache_bytes"] > 0  # the layouts are counted
+
+
 @pytest.mark.parametrize("argv,match", [
+    (["eval", "harness-tiny", "--threads", "0"], "--threads '0': expected 'auto' or an integer >= 1"),
     (["eval", "harness-tinny"], "did you mean 'harness-tiny'"),
     (["eval", "harness-tiny", "--metrics", "ppl.windw"], "unknown metric 'ppl.windw'"),
     (["eval", "harness-tiny", "--technique", "nonesuch:bits=4"], "unknown technique 'nonesuch'"),

@@ -150,7 +150,7 @@ def test_foreign_device_class_is_never_compared_silently(pytester):
     baseline(pytester.path / "bl", [ent("none", ppl_window=lower(1.0, "2%"))], dc="cuda-nvidia-h100")
     r = pytester.runpytest("--harness-baselines", "bl", "--harness-gate", "-k", "none")
     r.assert_outcomes(passed=1, warnings=1)
-    r.stdout.fnmatch_lines([f"*incomparable-device*cuda-nvidia-h100; this device is {DC}*"])
+    r.stdout.fnmatch_lines([f"*not-comparable*cuda-nvidia-h100; this device is {DC}*"])
 
 
 def test_corrupt_baseline_fails_gated_test_with_one_line(pytester):

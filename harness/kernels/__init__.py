@@ -5,6 +5,8 @@
 - ``qlr``: CALDERA ``y = dequant(Q) x + L (R x)`` with the low-rank term fused into the GEMV.
 - ``dispatch``: what the layers call (``quant_matmul``, ``maybe_triton_linear``, ...).
 - ``reference``: the torch math every kernel is tested against.
+- ``cpu``: torch's CPU int4pack / int8pack matmuls (bf16 activations) and the layouts they
+  read; which layer uses which is planned in ``harness.layers.exec``.
 - ``_build``: lazy Triton construction (compiled or ``TRITON_INTERPRET=1``); ``aot``:
   compiling for a GPU target without one (static PTX/SASS facts, no speed).
 

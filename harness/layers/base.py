@@ -49,6 +49,8 @@ class CompressedModule(nn.Module):
     layer_name: ClassVar[str] = ""
     # True when the stored tensors are only a simulation (fake-quant, masks).
     simulated: ClassVar[bool] = False
+    # False keeps the torch reference forward (no CPU/GPU kernel); see ``harness.layers.exec``.
+    use_kernel: bool = True
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -66,6 +68,19 @@ class CompressedModule(nn.Module):
     def logical_params(self) -> int:
         """Weights of the dense layer this module stands for (out * in), for bits/param."""
         raise NotImplementedError
+
+    def kernel_info(self) -> dict[str, Any]:
+        """Which code path runs this layer here: {"kernel", "why_not", "cache_bytes"}
+        (plans now; ``harness.layers.exec``)."""
+        from harness.layers.exec import kernel_info
+
+        return kernel_info(self)
+
+    def _apply(self, fn, recurse=True):  # .to()/.cuda()/.half(): kernel layouts are remade after the move
+        from harness.layers.exec import drop_cache
+
+        drop_cache(self)
+        return super()._apply(fn, recurse)
 
     def stored_params(self) -> int:
         """Parameter values really stored (packed values count once each, factors

@@ -14,7 +14,8 @@ Stored tensors (registered buffers, so ``state_dict`` is exactly what ships):
 - ``bias``: optional, original dtype.
 
 Symmetric codes need no zeros (``w = (q - 2**(bits-1)) * s``). The torch reference
-forward dequantizes and runs ``x Qᵀ + (x Rᵀ) Lᵀ``: it saves storage, not CPU time.
+forward dequantizes and runs ``x Qᵀ + (x Rᵀ) Lᵀ`` (no faster than fp32); on CPU the layer
+runs Q through the int4pack kernel and L, R as bf16 GEMMs (``harness.layers.exec``).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.layers.base import DTYPES, CompressedModule, dtype_name
+from harness.layers.exec import cpu_forward
 from harness.layers.lowrank import check_rank
 from harness.primitives.packing import pack, packed_width, unpack
 from harness.primitives.quant import check_quant_args, dequantize_groupwise, n_groups, quantize_groupwise
@@ -119,6 +121,8 @@ class QLRLinear(CompressedModule):
         return Q + L @ R
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (y := cpu_forward(self, x)) is not None:  # int4pack Q + bf16 L R on CPU (layers.exec)
+            return y
         Q, L, R = self.factors(x.dtype)
         y = F.linear(x, Q, None if self.bias is None else self.bias.to(x.dtype))
         return y + F.linear(F.linear(x, R), L)

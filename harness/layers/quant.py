@@ -13,13 +13,15 @@ Stored tensors (all registered buffers, so ``state_dict`` is exactly what is shi
 - ``input_scale`` optional float16 ``[in]`` (AWQ): the layer computes ``W_q (x / input_scale)``.
 
 ``w = (q - z) * s`` (see ``harness.primitives.quant``). The forward
-dequantizes to ``x.dtype`` and runs a dense matmul (torch reference). On CUDA, for 4/8 bits,
+dequantizes to ``x.dtype`` and runs a dense matmul (torch reference). On CPU the layers
+run the kernels chosen in ``harness.layers.exec`` (int4pack/int8pack with bf16 activations,
+or a counted dense-bf16 cache); ``use_kernel=False`` or ``HARNESS_CPU_KERNELS=0`` keep the
+reference. On CUDA, for 4/8 bits,
 it calls ``harness.kernels.quant_matmul(x, qweight, scales, zeros, bits, group, in_features)``
 when that module exists (fused dequant-matmul kernels), falling back to torch otherwise
 (``quant_matmul`` itself uses the torch reference for what the kernels refuse, e.g. a
 ragged last group: ``harness.kernels.why_not`` says why).
-On CPU the reference is *slower* than fp32 (it dequantizes on every call): the layer saves
-storage, not CPU time.
+The reference alone is *slower* than fp32 on CPU (it dequantizes on every call).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.layers.base import DTYPES, CompressedModule, dtype_name, linear_weight
+from harness.layers.exec import cpu_forward
 from harness.primitives.codebook import index_bits
 from harness.primitives.packing import pack, packed_width, unpack
 from harness.primitives.quant import check_quant_args, dequantize_groupwise, expand_groups, n_groups, quantize_groupwise
@@ -132,6 +135,8 @@ class QuantLinear(CompressedModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
             x = x / self.input_scale.to(x.dtype)
+        if (y := cpu_forward(self, x)) is not None:  # int4pack/int8pack/dense-bf16 cache (layers.exec)
+            return y
         if self.use_kernel and x.is_cuda and self.bits in (4, 8):
             k = _kernel()
             if k is not None:
@@ -200,6 +205,8 @@ class W8A8Linear(CompressedModule):
         return self.in_features * self.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (y := cpu_forward(self, x)) is not None:  # int8pack kernel on CPU (layers.exec)
+            return y
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).float()
         if self.smooth is not None:
@@ -286,6 +293,8 @@ class CodebookLinear(CompressedModule):
         return w.to(dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (y := cpu_forward(self, x)) is not None:  # dense-bf16 cache on CPU (layers.exec)
+            return y
         return F.linear(x, self.dequantize(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 

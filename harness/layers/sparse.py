@@ -9,9 +9,10 @@ Only the kept weights are stored, plus index metadata in one of two layouts:
 
 ``choose_format`` picks whichever is smaller for the given shape/nnz/dtype ("auto").
 All tensors are registered buffers, so ``state_dict`` holds exactly the stored bytes and
-``measure.size`` counts the metadata. The forward decompresses the weight and runs a
-dense matmul: this layer saves *storage*, not CPU time (no sparse CPU kernel is faster
-than dense at 50%); the GPU 2:4 path is ``harness.techniques.pruning.nm.to_semi_structured``.
+``measure.size`` counts the metadata. The CPU forward decompresses the weight once into a
+dense cache counted in memory (``harness.layers.exec``): this layer saves *storage*, not
+CPU time (no sparse CPU kernel is faster than dense at 50%); the GPU 2:4 path is
+``harness.techniques.pruning.nm.to_semi_structured``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from harness.config import SpecError
 from harness.layers.base import DTYPES, CompressedModule, dtype_name, is_linear, linear_weight
+from harness.layers.exec import cpu_forward
 
 Format = Literal["bitmask", "csr"]
 FORMATS = ("bitmask", "csr")
@@ -154,6 +156,8 @@ class SparseLinear(CompressedModule):
         return self.dense_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (y := cpu_forward(self, x)) is not None:  # dense cache, counted (layers.exec)
+            return y
         return F.linear(x, self.dense_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def layer_args(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.models import data
+from harness.stats import pack_bits
 
 
 def _text_ids(tokenizer, split_or_text: str) -> torch.Tensor:
@@ -116,11 +117,13 @@ def fidelity_samples(reference: torch.nn.Module, candidate: torch.nn.Module, tok
                      split_or_text: str = "validation", *, window: int = 128, max_tokens: int | None = 4096,
                      batch: int = 8) -> tuple[dict[str, float], dict[str, dict[str, list]]]:
     """``fidelity`` and its raw samples per window (window ids as in ``ppl.window``): the KL
-    sum and the count of tokens whose top-1 agrees, out of ``window`` tokens each."""
+    sum and the count of tokens whose top-1 agrees, out of ``window`` tokens each, and every
+    token's agreement as packed bits (``harness.stats.pack_bits``) for McNemar's test."""
     wins = windows(_text_ids(tokenizer, split_or_text), window, max_tokens)
     kl_sum, agree, n = 0.0, 0, 0
     kl_w: list[float] = []
     agree_w: list[int] = []
+    bits: list[bool] = []
     for b in _batches(wins, batch):
         lr = F.log_softmax(reference(input_ids=b.to(_device_of(reference))).logits.float().cpu(), -1)
         lc = F.log_softmax(candidate(input_ids=b.to(_device_of(candidate))).logits.float().cpu(), -1)
@@ -131,9 +134,11 @@ def fidelity_samples(reference: torch.nn.Module, candidate: torch.nn.Module, tok
         n += kl.numel()
         kl_w += kl.double().sum(-1).tolist()
         agree_w += same.sum(-1).tolist()
+        bits += same.reshape(-1).tolist()
     ids = list(range(len(kl_w)))
     return ({"kl": max(kl_sum / n, 0.0), "top1": agree / n},
-            {"kl": {"window_kl": kl_w, "window_ids": ids}, "top1": {"window_agree": agree_w, "window_ids": ids}})
+            {"kl": {"window_kl": kl_w, "window_ids": ids}, "top1": {"window_agree": agree_w, "window_ids": ids,
+                      "agree_bits": pack_bits(bits), "tokens": [len(bits)]}})
 
 
 @torch.no_grad()

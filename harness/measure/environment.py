@@ -18,6 +18,46 @@ import torch
 
 from harness.measure import gpu
 
+PINNED_ENV = "HARNESS_PINNED_GPU"
+
+
+def gpu_count() -> int:
+    """GPUs this process may use, counted without initializing CUDA (NVML, narrowed by
+    CUDA_VISIBLE_DEVICES), so a device can still be pinned afterwards."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([v for v in visible.split(",") if v.strip() and not v.strip().startswith("-")])
+    if gpu.nvml_unavailable_reason():
+        return 0
+    import pynvml
+
+    return int(pynvml.nvmlDeviceGetCount())
+
+
+def pin_worker_gpu(worker: str, env: dict[str, str] | None = None, count: int | None = None) -> str | None:
+    """One GPU per pytest-xdist worker: ``gw<k>`` gets visible GPU ``k mod count`` through
+    ``CUDA_VISIBLE_DEVICES`` (so it must run before CUDA is initialized; if it already is,
+    ``torch.cuda.set_device`` instead). Returns the GPU chosen (its id as the host names
+    it), or None when there is nothing to pin (not a worker, fewer than two GPUs). The
+    choice is kept in ``HARNESS_PINNED_GPU`` for the fingerprint."""
+    env = os.environ if env is None else env
+    m = re.fullmatch(r"gw(\d+)", worker or "")
+    if not m:
+        return None
+    k = int(m.group(1))
+    visible = [v.strip() for v in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    n = count if count is not None else (len(visible) if "CUDA_VISIBLE_DEVICES" in env else gpu_count())
+    if n < 2:
+        return None
+    choice = visible[k % len(visible)] if visible else str(k % n)
+    if torch.cuda.is_initialized():
+        torch.cuda.set_device(k % n)
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = choice
+    env[PINNED_ENV] = choice
+    fingerprint.cache_clear()
+    return choice
+
 
 def _cpu_model() -> str:
     try:
@@ -65,6 +105,8 @@ def fingerprint(device: str = "cpu") -> dict[str, Any]:
         "device": dev.type,
         "cuda_available": torch.cuda.is_available(),
         "cuda_runtime": torch.version.cuda,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "pinned_gpu": os.environ.get(PINNED_ENV),  # set by pin_worker_gpu: which GPU this worker owns
     }
     if torch.cuda.is_available():
         idx = dev.index or 0 if dev.type == "cuda" else 0
@@ -90,3 +132,14 @@ def fingerprint_id(device: str = "cpu") -> str:
     """Short hash of the full fingerprint (stored in every record)."""
     blob = json.dumps(fingerprint(device), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def write_fingerprint(path, device: str = "cpu") -> None:
+    """The fingerprint, device class and fingerprint id as one JSON file (what each xdist
+    worker leaves in the run directory: its own view, e.g. its pinned GPU)."""
+    from pathlib import Path
+
+    from harness.paths import atomic_write
+
+    atomic_write(Path(path), json.dumps(dict(fingerprint(device), device_class=device_class(device),
+                                             fingerprint_id=fingerprint_id(device)), default=str, indent=1))

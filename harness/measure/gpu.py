@@ -61,8 +61,20 @@ def nvml_unavailable_reason() -> str | None:
 
 
 def nvml_handle(index: int = 0):
+    """NVML handle of CUDA device ``index``. NVML numbers every GPU of the host while CUDA
+    numbers only those in ``CUDA_VISIBLE_DEVICES``: a worker pinned to GPU 3 sees it as
+    cuda:0, and its readings must come from physical GPU 3."""
+    import os
+
     import pynvml
 
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if index < len(visible):
+        v = visible[index]
+        if v.isdigit():
+            return pynvml.nvmlDeviceGetHandleByIndex(int(v))
+        if v.startswith(("GPU-", "MIG-")):
+            return pynvml.nvmlDeviceGetHandleByUUID(v)
     return pynvml.nvmlDeviceGetHandleByIndex(index)
 
 

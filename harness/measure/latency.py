@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from harness.config import LatencyConfig
-from harness.measure.timing import Samples, Timer, sample
+from harness.measure.timing import Samples, Timer, sample, sample_paired
 from harness.records import Record
 
 
@@ -37,10 +37,14 @@ def _context(cfg: LatencyConfig, timer: Timer, **extra) -> dict:
             "timer": timer.name, **extra}
 
 
-def _rec(metric: str, s: Samples, transform=None, **extra) -> Record:
-    vals = [transform(v) for v in s.values] if transform else s.values
-    t = Samples(vals, s.timer)
-    return Record(metric, t.median, n=t.n, spread=t.spread(), samples={"values": t.values}, extra=extra)
+def _rec(metric: str, s: Samples, transform=None, ref: Samples | None = None, **extra) -> Record:
+    f = transform or (lambda v: v)
+    t = Samples([f(v) for v in s.values], s.timer)
+    samples = {"values": t.values}
+    if ref is not None:  # interleaved rounds of the reference: derived speed-ups pair round by round
+        samples["reference_values"] = [f(v) for v in ref.values]
+        extra = {**extra, "pairing": "interleaved with the reference"}
+    return Record(metric, t.median, n=t.n, spread=t.spread(), samples=samples, extra=extra)
 
 
 @torch.inference_mode()
@@ -87,11 +91,15 @@ def decode(model: nn.Module, ids: torch.Tensor, n_tokens: int, cache_factory=Non
 
 
 def measure_latency(model: nn.Module, kind: str = "causal-lm", cfg: LatencyConfig | None = None,
-                    *, metrics: set[str] | None = None, cache_factory=None) -> list[Record]:
+                    *, metrics: set[str] | None = None, cache_factory=None,
+                    reference: nn.Module | None = None) -> list[Record]:
     """Prefill and decode (causal LM) or forward (encoder) latency records.
 
     ``cache_factory`` builds the KV cache object for each decode repeat (KV-cache
-    quantization passes its quantized cache here)."""
+    quantization passes its quantized cache here). With a ``reference`` model (causal LM),
+    every round times the model and the reference back to back (``sample_paired``) and the
+    records carry the reference's rounds as ``samples["reference_values"]``: speed-ups are
+    then ratios within a round, immune to the host drifting between rounds or runs."""
     cfg = cfg or LatencyConfig()
     want = metrics or ({"latency.prefill_ms", "latency.decode_ms_per_token", "latency.decode_tok_s"}
                        if kind == "causal-lm" else {"latency.forward_ms"})
@@ -110,26 +118,34 @@ def measure_latency(model: nn.Module, kind: str = "causal-lm", cfg: LatencyConfi
         with torch.inference_mode():
             s = sample(lambda: timer(lambda: model(input_ids=ids, attention_mask=mask)), **run)
         return [_rec("latency.forward_ms", s, **_context(cfg, timer))]
+    paired = reference is not None and reference is not model
+    if paired:
+        reference.eval()
+
+    def measured(fn, ref_fn) -> tuple[Samples, Samples | None]:
+        return sample_paired(fn, ref_fn, **run) if paired else (sample(fn, **run), None)
+
     if "latency.prefill_ms" in want:
         if cache_factory:
-            s = sample(lambda: timer(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1,
-                                                   past_key_values=cache_factory())), **run)
+            fn = lambda: timer(lambda: model(input_ids=ids, use_cache=True, logits_to_keep=1,  # noqa: E731
+                                             past_key_values=cache_factory()))
         else:
-            s = sample(lambda: timer(lambda: prefill(model, ids)), **run)
-        recs.append(_rec("latency.prefill_ms", s, **_context(cfg, timer)))
+            fn = lambda: timer(lambda: prefill(model, ids))  # noqa: E731
+        s, r = measured(fn, lambda: timer(lambda: prefill(reference, ids)))
+        recs.append(_rec("latency.prefill_ms", s, ref=r, **_context(cfg, timer)))
     if want & {"latency.decode_ms_per_token", "latency.decode_tok_s"}:
         n = cfg.decode_tokens
 
-        def one() -> float:
+        def one(m: nn.Module, factory) -> float:
             # Prefill is outside the timed region: only the n cached steps are timed.
-            return greedy_decode(model, ids, n, cache_factory, timer=timer)[2] / n
+            return greedy_decode(m, ids, n, factory, timer=timer)[2] / n
 
-        s = sample(one, **run)
+        s, r = measured(lambda: one(model, cache_factory), lambda: one(reference, None))
         ctx = _context(cfg, timer, decode_tokens=n)
         if "latency.decode_ms_per_token" in want:
-            recs.append(_rec("latency.decode_ms_per_token", s, **ctx))
+            recs.append(_rec("latency.decode_ms_per_token", s, ref=r, **ctx))
         if "latency.decode_tok_s" in want:
-            recs.append(_rec("latency.decode_tok_s", s, transform=lambda ms: cfg.batch * 1e3 / ms, **ctx))
+            recs.append(_rec("latency.decode_tok_s", s, transform=lambda ms: cfg.batch * 1e3 / ms, ref=r, **ctx))
     return recs
 
 

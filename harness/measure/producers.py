@@ -65,7 +65,8 @@ def fidelity(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
 
 
 def latency_(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
-    return latency.measure_latency(model, lm.kind, ctx.latency, metrics=set(want), cache_factory=ctx.cache_factory)
+    return latency.measure_latency(model, lm.kind, ctx.latency, metrics=set(want), cache_factory=ctx.cache_factory,
+                                   reference=ctx.reference if lm.kind == "causal-lm" else None)
 
 
 def kv_cache(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
@@ -106,6 +107,11 @@ def compression(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]
     for m in want:
         if result is None:
             out.append(Record.na(m, "no compression step in this evaluation (pass EvalContext(compression=...))"))
+            continue
+        if m.startswith("train."):
+            figs = getattr(result, "figures", {}) or {}
+            out.append(Record(m, figs[m]) if m in figs else
+                       Record.na(m, f"technique {result.technique!r} does not train"))
             continue
         value = result.wall_s if m == "compress.wall_s" else getattr(result, "peak_rss_mb", None)
         out.append(Record(m, value) if value is not None else

@@ -88,6 +88,7 @@ def stored_params(model: nn.Module) -> int:
         if isinstance(mod, CompressedModule):
             total += mod.stored_params()
             inside.update(id(t) for t in mod.state_dict(keep_vars=True).values())
+            inside.update(id(t) for t in mod.buffers(recurse=False))  # kernel layouts (not stored)
     for t in _unique_tensors(list(model.parameters()) + [
             b for b in model.buffers() if b.is_floating_point()]):
         if id(t) not in inside:

@@ -114,3 +114,24 @@ def sample(fn: Callable[[], float], *, warmup: int, min_repeats: int, max_repeat
     while out.n < max_repeats and (out.n < min_repeats or time.perf_counter() - t0 < budget_s):
         out.values.append(fn())
     return out
+
+
+def sample_paired(fn: Callable[[], float], ref: Callable[[], float], *, warmup: int, min_repeats: int,
+                  max_repeats: int, budget_s: float, timer: str = "perf_counter") -> tuple[Samples, Samples]:
+    """Interleaved rounds of ``fn`` and ``ref`` (order alternating, ABBA, so neither always
+    runs on a warmer cache): round ``i`` of each pairs with round ``i`` of the other, and a
+    host that slows down mid-run slows both sides of a round alike. Same budget rules as
+    ``sample``, counted in rounds."""
+    for _ in range(warmup):
+        fn()
+        ref()
+    a, b = Samples(timer=timer), Samples(timer=timer)
+    t0 = time.perf_counter()
+    while a.n < max_repeats and (a.n < min_repeats or time.perf_counter() - t0 < budget_s):
+        if a.n % 2:
+            b.values.append(ref())
+            a.values.append(fn())
+        else:
+            a.values.append(fn())
+            b.values.append(ref())
+    return a, b

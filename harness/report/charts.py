@@ -94,6 +94,40 @@ def pareto_svg(points: list[Point], xlabel: str, ylabel: str, title: str, *, log
     return svg[svg.index("<svg"):]  # drop the XML prolog/doctype for inlining
 
 
+def trend_svg(values: list[float], step_at: list[int], title: str, ylabel: str, fmt: str = "svg") -> str | bytes:
+    """An SVG line chart (or PNG bytes with ``fmt="png"``, for docs) of one series over runs,
+    with each detected step marked and the level on either side drawn as segment medians."""
+    import statistics
+
+    with plt.rc_context({"svg.fonttype": "none", "font.size": 9, "svg.hashsalt": "harness"}):
+        fig, ax = plt.subplots(figsize=(6.4, 2.6), dpi=100)
+        xs = list(range(1, len(values) + 1))
+        ax.plot(xs, values, marker="o", ms=3, lw=1, color=_PALETTE[0], label="runs")
+        cuts = [0, *step_at, len(values)]
+        for a, b in zip(cuts, cuts[1:]):
+            if b > a:
+                ax.hlines(statistics.median(values[a:b]), a + 1, b, colors="#555", linestyles="--", lw=1)
+        for i in step_at:
+            ax.axvline(i + 0.5, color="#c0392b", lw=1.2, label="step" if i == step_at[0] else None)
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+        ax.set_xlabel("run (oldest first)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(_short(title, 80))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+        fig.tight_layout()
+        if fmt == "png":
+            raw = io.BytesIO()
+            fig.savefig(raw, format="png", dpi=120)
+            plt.close(fig)
+            return raw.getvalue()
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+        plt.close(fig)
+    svg = re.sub(r"<metadata>.*?</metadata>", "", buf.getvalue(), flags=re.S)
+    return svg[svg.index("<svg"):]
+
+
 def _labels(ax, fig, points: list[Point], front: list[Point]) -> None:
     """Label the reference and front first, then others whose label would not overlap."""
     fig.canvas.draw()

@@ -58,18 +58,37 @@ def charts_for(rows: list[Row], model: str) -> list[Markup]:
     ]
 
 
+def row_kernel(r: Row) -> str:
+    """The CPU/GPU code path that produced the row's latencies (``extra.kernel`` of its
+    latency records; ``harness.layers.exec.kernel_summary``), or ""."""
+    return next((rec.extra["kernel"] for m, rec in sorted(r.records.items())
+                 if m.startswith("latency.") and (rec.extra or {}).get("kernel")), "")
+
+
+def _cells(r: Row, columns) -> list[tuple[Any, str]]:
+    """(cell, kernel tag) per column: latency cells name their kernel (tag on the first, tooltip on all)."""
+    kern, out, tagged = row_kernel(r), [], False
+    for c in columns:
+        cell, tag = r.cell(c), ""
+        if kern and c.metric.startswith("latency.") and not cell.na:
+            cell.tooltip = f"kernel: {kern}" + (f"; {cell.tooltip}" if cell.tooltip else "")
+            tag, tagged = ("" if tagged else kern), True
+        out.append((cell, tag))
+    return out
+
+
 def context(s: RunSummary) -> dict[str, Any]:
     models = []
     for m in s.models:
         rows = [r for r in s.rows if r.model == m]
-        models.append({"name": m, "rows": [(r, [r.cell(c) for c in s.columns]) for r in rows],
+        models.append({"name": m, "rows": [(r, _cells(r, s.columns)) for r in rows],
                        "charts": charts_for(rows, m)})
     fp = s.info.get("fingerprint") or {}
     return {
         "s": s, "info": s.info, "mixed_profiles": len({r.profile for r in s.rows}) > 1, "models": models,
         "columns": s.columns, "fingerprint": fp,
         "device_classes": sorted({r.device_class for r in s.records if r.device_class}),
-        "problems": [v for v in s.verdicts if v.status in ("regressed", "missing", "incomparable-device")],
+        "problems": [v for v in s.verdicts if v.status in ("regressed", "missing", "not-comparable")],
         "new": [v for v in s.verdicts if v.status == "new"],
         "compared": sum(v.status in ("pass", "regressed", "improved") for v in s.verdicts),
         "improved": [v for v in s.verdicts if v.status == "improved"],

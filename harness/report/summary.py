@@ -15,9 +15,10 @@ from harness.records import Record, load_records
 from harness.rundir import load_outcomes, read_run_info, run_status
 
 SIMULATED = {"fake-quant", "mask"}
-LEGEND = ("pass = within tolerance or noise; regressed / improved = outside it, worse / better; inconclusive = raw "
-          "latency while the host moved (judge the speed-ups); new = no baseline entry; missing = in the baseline, "
-          "not measured; incomparable-device = baselines only for other devices")
+LEGEND = ("pass = the 95% interval of the change is within tolerance; regressed / improved = wholly outside it, "
+          "worse / better; inconclusive = it straddles the tolerance (more samples needed) or raw latency while the "
+          "host moved (judge the speed-ups); not-comparable = other device or fingerprint; new = no baseline entry; "
+          "missing = in the baseline, not measured")
 
 
 @dataclass(frozen=True)
@@ -116,12 +117,19 @@ class RunSummary:
         baseline: then the host, not the compression code, moved raw latencies this run."""
         moved = [v for v in self.verdicts if v.spec == "none" and v.metric in RAW_LATENCY
                  and v.status == "inconclusive" and v.baseline and v.measured is not None]
-        if not moved:
-            return ""
-        parts = ", ".join(f"{v.metric} {100 * (v.measured / v.baseline - 1):+.0f}%" for v in moved)
-        return (f"Host moved: the uncompressed reference itself measured {parts} against its baseline on "
-                f"this device class, so raw latency verdicts of this run reflect the machine; the speed-up "
-                f"ratios (measured against this run's own reference) are the comparable figures.")
+        noisy = [v for v in self.verdicts if v.status == "inconclusive" and "straddles the tolerance" in v.note]
+        out = []
+        if moved:
+            parts = ", ".join(f"{v.metric} {100 * (v.measured / v.baseline - 1):+.0f}%" for v in moved)
+            out.append(f"Host moved: the uncompressed reference itself measured {parts} against its baseline on "
+                       f"this device class, so raw latency verdicts of this run reflect the machine; the speed-up "
+                       f"ratios (measured against this run's own reference) are the comparable figures.")
+        if noisy:
+            metrics = ", ".join(sorted({v.metric for v in noisy}))
+            out.append(f"Too noisy to decide: {len(noisy)} verdict(s) ({metrics}) have an interval that straddles "
+                       f"the tolerance; each note says how many samples would decide (a longer latency budget or "
+                       f"more windows).")
+        return " ".join(out)
 
     def outcome_counts(self) -> Counter:
         return Counter(o["outcome"] for o in self.outcomes)
@@ -152,14 +160,16 @@ def worst_outcome(outcomes: Iterable[str]) -> str:
 
 
 def run_verdicts(records: list[Record], baselines: str | Path | None,
-                 fail_on: dict[str, Tolerance] | None = None) -> list[Verdict]:
-    """Verdicts of every record against the baselines of its own device class."""
+                 fail_on: dict[str, Tolerance] | None = None, fingerprint: dict | None = None) -> list[Verdict]:
+    """Verdicts of every record against the baselines of its own device class (and, with the
+    run's ``fingerprint``, only where the baseline's fingerprint matches it)."""
     if baselines is None:
         return []
     store = BaselineStore(baselines)
     out: list[Verdict] = []
     for dc in sorted({r.device_class for r in records if r.device_class}):
-        out += verdicts([r for r in records if r.device_class == dc], store, dc, overrides=fail_on)
+        out += verdicts([r for r in records if r.device_class == dc], store, dc, overrides=fail_on,
+                        fingerprint=fingerprint)
     return out
 
 
@@ -173,7 +183,7 @@ def summarize(run_dir: str | Path, baselines: str | Path | None = None,
     info = read_run_info(run_dir)
     if baselines is None and info.get("baselines") and Path(info["baselines"]).is_dir():
         baselines = info["baselines"]
-    vs = run_verdicts(records, baselines, fail_on)
+    vs = run_verdicts(records, baselines, fail_on, info.get("fingerprint"))
     outcomes = sorted(load_outcomes(run_dir), key=lambda o: o["nodeid"])
     rows = build_rows(records, vs, outcomes)
     present = {r.metric for r in records}

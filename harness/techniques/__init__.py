@@ -25,6 +25,8 @@ _FAMILIES = [
     "harness.techniques.pruning",
     "harness.techniques.lowrank",
     "harness.techniques.sharing",
+    "harness.techniques.architecture",
+    "harness.techniques.distillation",
 ]
 
 

@@ -71,6 +71,9 @@ class Applied:
     model: torch.nn.Module
     notes: list[str] = field(default_factory=list)
     cache_factory: Callable[[], Any] | None = None
+    # Figures of the compression step itself, by registered metric name (a technique that
+    # trains reports ``train.steps``, ``train.tokens``, ``train.wall_s``, ``train.loss_*``).
+    figures: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -88,6 +91,7 @@ class CompressionResult:
     # Builds the KV cache the compressed model must decode with (kv-cache quantization);
     # None: the model's own cache.
     cache_factory: Callable[[], Any] | None = None
+    figures: dict[str, float] = field(default_factory=dict)  # Applied.figures (train.*)
 
     @property
     def config_dict(self) -> dict[str, Any]:
@@ -185,7 +189,9 @@ def compress(model: torch.nn.Module, spec: str | Technique, calibration: Any | N
             "pass calibration=harness.calibration.get_calibration(...)")
     rss0 = _rss_mb()
     t0 = time.perf_counter()
-    with torch.enable_grad() if tech.needs_grad else torch.no_grad():
+    from harness.layers.exec import reference_forward  # compress on the torch reference: same result everywhere
+
+    with torch.enable_grad() if tech.needs_grad else torch.no_grad(), reference_forward():
         applied = tech.apply(model, calibration)
     wall = time.perf_counter() - t0
     rss1 = _rss_mb()
@@ -195,7 +201,8 @@ def compress(model: torch.nn.Module, spec: str | Technique, calibration: Any | N
     applied.model.eval()
     return CompressionResult(model=applied.model, technique=tech.name, spec=canonical_spec(tech),
                              config=tech.config, storage=tech.storage, wall_s=wall, peak_rss_mb=peak,
-                             notes=list(applied.notes), cache_factory=applied.cache_factory)
+                             notes=list(applied.notes), cache_factory=applied.cache_factory,
+                             figures=dict(applied.figures))
 
 
 def is_spec_error(e: BaseException) -> bool:

@@ -60,6 +60,16 @@ def shuffled_windows(calibration, batch: int, seed: int = 0) -> Iterator[tuple[i
         yield k, ids[k:k + batch]
 
 
+def training_stream(calibration, steps: int, batch: int, seed: int = 0):
+    """``steps x batch`` fresh windows (the calibration's length) of the training stream
+    (``harness.models.train_data``: the train split, drawn with the calibration's tokenizer;
+    the calibration windows themselves, cycled, when it carries none)."""
+    from harness.models.train_data import for_technique
+
+    return for_technique(calibration, tokens=max(1, steps) * batch * calibration.seq_len,
+                         seq_len=calibration.seq_len, seed=seed)
+
+
 def cycled_windows(calibration, batch: int) -> Iterator[torch.Tensor]:
     """``input_ids`` of the window batches in order, repeated without end."""
     return (b["input_ids"] for b in itertools.cycle(list(calibration.batches(batch))))
@@ -149,4 +159,4 @@ def loss_summary(losses: list[float], tail: int = 10) -> str:
 
 
 __all__ = ["capture_targets", "cycled_windows", "distill_loss", "finetune", "is_causal_lm", "loss_summary",
-           "shuffled_windows", "train", "warmup_linear"]
+           "shuffled_windows", "train", "training_stream", "warmup_linear"]

@@ -135,7 +135,7 @@ class Cluster(Technique):
             set_module(model, name, CodebookLinear.from_codes(idx.to(torch.uint8), c, None, bits, None,
                                                               getattr(mod, "bias", None)))
         return Applied(model, [(f"{bits}-bit packed indices + float16 codebook of {cfg.clusters} per layer; "
-                                "reference forward decodes per call (no CPU speed-up)")])
+                                "CPU forward: int8 re-quantized cache (harness.layers.exec)")])
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ def run_case(cid: str) -> dict:
     from harness.kernels.qlr import qlr_matmul
     from harness.kernels.w4a16 import w4a16_matmul, wq_matmul
     from harness.kernels.w8a16 import w8a16_matmul
+    from harness.layers.exec import reference_forward
     from harness.layers.quant import QuantLinear
     from harness.primitives.packing import pack
     from harness.primitives.quant import quantize_groupwise
@@ -115,7 +116,8 @@ def run_case(cid: str) -> dict:
         out = qlr_matmul(x, qw, scales, zeros, bits, group, L, R, k, bias)
     elif op == "layer":
         layer = QuantLinear.from_weight(w, bits=bits, group=group, sym=case["sym"])
-        ref = layer(x.float()).to(dtype)  # the layer's torch path (CPU never calls kernels)
+        with reference_forward():  # the layer's torch path (not the CPU int4pack/int8pack kernels)
+            ref = layer(x.float()).to(dtype)
         out = dispatch.quant_matmul(x, layer.qweight, layer.scales, layer.zeros, bits, group, k)
         if dispatch.why_not(x, layer.qweight, layer.scales, layer.zeros, bits, group) is not None:
             return {"error": "dispatch did not take the Triton path: "

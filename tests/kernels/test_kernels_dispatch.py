@@ -10,6 +10,7 @@ import torch
 from harness.kernels import dispatch, reference
 from harness.kernels.qlr import check_lowrank
 from harness.kernels.w4a16 import KernelUnsupported, check_quant_args
+from harness.layers.exec import reference_forward
 from harness.layers.quant import QuantLinear
 from harness.primitives.packing import pack
 
@@ -35,7 +36,8 @@ def test_reference_matches_quant_linear_forward():
     layer = _layer()
     x = torch.randn(3, 64)
     ref = reference.quant_matmul_ref(x, layer.qweight, layer.scales, layer.zeros, 4, 32, 64)
-    assert torch.allclose(ref, layer(x), atol=1e-5)
+    with reference_forward():  # the layer's torch path, not its CPU kernel
+        assert torch.allclose(ref, layer(x), atol=1e-5)
 
 
 def test_qlr_reference_adds_the_low_rank_term():
@@ -43,7 +45,8 @@ def test_qlr_reference_adds_the_low_rank_term():
     L, R = torch.randn(24, 5), torch.randn(5, 64)
     x = torch.randn(2, 64)
     y = reference.qlr_matmul_ref(x, layer.qweight, layer.scales, layer.zeros, 4, 32, L, R)
-    assert torch.allclose(y, layer(x) + x @ (L @ R).T, atol=1e-4)
+    with reference_forward():  # the layer's torch path, not its CPU kernel
+        assert torch.allclose(y, layer(x) + x @ (L @ R).T, atol=1e-4)
 
 
 def test_cpu_without_interpreter_falls_back_to_torch(monkeypatch):

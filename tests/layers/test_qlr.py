@@ -27,6 +27,7 @@ def test_forward_is_dequantized_q_plus_lr():
     deq = lambda w, bits, g: dequantize_groupwise(*quantize_groupwise(w, bits, g, True)[:2], None, bits, g)
     W = deq(Q, 2, 32) + deq(L, 4, None) @ deq(R, 4, None)
     x = torch.randn(5, 64)
+    layer.use_kernel = False  # the torch reference path (the CPU kernels: tests/layers/test_exec.py)
     torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, W, b), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(layer.dense_weight(), W)
 

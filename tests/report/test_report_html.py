@@ -102,6 +102,21 @@ def test_na_reason_tooltip_simulated_tag_and_deltas(tmp_path):
     assert "53.00 (+6.0%)" in text and "0.30 MB" not in text and "simulated" in text
 
 
+def test_latency_columns_name_the_kernel(tmp_path):
+    run = tmp_path / "r"
+    recs = fake_run(run)
+    kern = "int4pack-bf16 x12, torch F.linear float32 x1"
+    rtn = [r for r in recs if r.spec == "rtn:bits=4" and r.metric.startswith("latency.")][0]
+    RecordWriter(run, worker="gw2").write([Record(rtn.metric, rtn.value, n=5, model=rtn.model, spec=rtn.spec,
+                                                  technique="rtn", storage="packed", suite="default",
+                                                  device_class=DC, run_id=run.name, test_id=rtn.test_id,
+                                                  timestamp=rtn.timestamp + 1, extra={"kernel": kern})])
+    page = parse(write_report(run))
+    titles = [a.get("title", "") for t, a in page.tags if t == "td"]
+    assert "".join(page.text).count(kern) == 1  # one tag in the row's first latency column
+    assert any(t.startswith(f"kernel: {kern}") for t in titles)
+
+
 def test_verdict_colours_and_regression_banner(tmp_path):
     run = tmp_path / "r"
     fake_run(run)

@@ -1,6 +1,7 @@
 """Recovery: a short fine-tune after pruning, usable as a pipeline stage (``recover``).
 
-Trains on the calibration windows (drawn from the *train* split) with the causal-LM loss,
+Trains on the training stream (``finetune.training_stream``: steps x batch fresh windows of
+the *train* split, drawn with the calibration's tokenizer) with the causal-LM loss,
 for ``steps`` AdamW steps, and keeps every pruned weight at zero so the sparsity pattern
 (and a packed ``SparseLinear``'s storage) survives:
 
@@ -27,7 +28,7 @@ from harness.config import check
 from harness.layers.base import linear_weight, set_module
 from harness.layers.sparse import SparseLinear
 from harness.techniques.base import Applied, Technique, register
-from harness.techniques.finetune import cycled_windows, train
+from harness.techniques.finetune import cycled_windows, train, training_stream
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,8 @@ def recover(model: nn.Module, calibration, cfg: RecoveryConfig) -> list[float]:
         return model(input_ids=ids, labels=ids, use_cache=False).loss
 
     try:  # in the model's current mode, as pruning leaves it (eval: no dropout)
-        return train(model, params, cycled_windows(calibration, cfg.batch), loss, steps=cfg.steps, lr=cfg.lr,
-                     train_mode=False)
+        return train(model, params, cycled_windows(training_stream(calibration, cfg.steps, cfg.batch), cfg.batch), loss,
+                     steps=cfg.steps, lr=cfg.lr, train_mode=False)
     finally:
         for n, w in wrappers.items():
             set_module(model, n, w.merged())
@@ -117,6 +118,7 @@ def recover(model: nn.Module, calibration, cfg: RecoveryConfig) -> list[float]:
 @register
 class Recover(Technique):
     name = "recover"
+    config_version = 2  # v2: trains on the training stream (train split), not the calibration windows
     family = "pruning"
     config_cls = RecoveryConfig
     storage = "dense"

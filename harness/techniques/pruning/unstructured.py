@@ -157,8 +157,8 @@ class UnstructuredPruning(Technique):
         if self.config.format == "dense":
             return Applied(model, ["format=dense: pruned weights are zeros in dense tensors (a mask); "
                                    "no size or speed saving"])
-        return Applied(model, ["packed sparse storage (values + bitmask/CSR indices); forward decompresses, "
-                               "so no CPU speed-up"])
+        return Applied(model, ["packed sparse storage (values + bitmask/CSR indices); CPU forward uses a dense "
+                               "cache decompressed once: storage savings only, no CPU speed-up"])
 
 
 @register

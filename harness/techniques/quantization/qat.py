@@ -7,8 +7,9 @@ in the forward and passes gradients straight through. Both the weights and the
 per-group scales ``s`` (``[out, ceil(in / group)]``, a ragged last group included;
 initialised by RTN, LSQ-style learnable, rounded to float16 in
 the forward exactly as stored) are trained with AdamW on the causal-LM loss of the
-calibration windows (drawn from the *train* split; pass a larger calibration set for a
-longer fine-tune). The default loss is distillation from the unquantized model (a frozen
+training stream (``finetune.training_stream``: steps x batch fresh windows of the
+*train* split, drawn with the calibration's tokenizer; a calibration without one is
+cycled). The default loss is distillation from the unquantized model (a frozen
 copy, so QAT needs twice the model memory); ``loss=ce`` uses the windows' next tokens.
 Zeros stay at their RTN values. Export quantizes with the learned
 scales, so the packed model computes exactly what was trained. Only the quantized
@@ -29,7 +30,7 @@ from harness.config import check
 from harness.layers.base import linear_weight
 from harness.primitives.quant import expand_groups, group_width, n_groups, pad_to_groups, qparams
 from harness.techniques.base import Applied, Technique, register
-from harness.techniques.finetune import cycled_windows, train
+from harness.techniques.finetune import cycled_windows, train, training_stream
 from harness.techniques.quantization.common import (
     WeightQuantConfig,
     calibration_notes,
@@ -127,7 +128,8 @@ def qat_finetune(model: nn.Module, calibration, cfg: QATConfig) -> list[float]:
         return F.kl_div(st.flatten(0, 1), t.flatten(0, 1), log_target=True, reduction="batchmean")
 
     try:
-        return train(model, params, cycled_windows(calibration, cfg.batch), loss, steps=cfg.steps, lr=cfg.lr)
+        return train(model, params, cycled_windows(training_stream(calibration, cfg.steps, cfg.batch), cfg.batch), loss,
+                     steps=cfg.steps, lr=cfg.lr)
     finally:
         teacher = None
         for n, m in fq.items():
@@ -139,6 +141,7 @@ def qat_finetune(model: nn.Module, calibration, cfg: QATConfig) -> list[float]:
 @register
 class QAT(Technique):
     name = "qat"
+    config_version = 2  # v2: trains on the training stream (train split), not the calibration windows
     family = "quantization"
     config_cls = QATConfig
     storage = "packed"
@@ -150,6 +153,6 @@ class QAT(Technique):
 
     def apply(self, model: nn.Module, calibration=None) -> Applied:
         ls = qat_finetune(model, calibration, self.config)
-        extra = ([f"QAT fine-tune {len(ls)} steps on calibration windows: loss {ls[0]:.3f} -> {ls[-1]:.3f}"]
+        extra = ([f"QAT fine-tune {len(ls)} steps on the training stream: loss {ls[0]:.3f} -> {ls[-1]:.3f}"]
                  if ls else [])
         return Applied(model, calibration_notes(calibration) + extra)

@@ -2,8 +2,8 @@
 
 Every linear in the transformer blocks becomes a ``QuantLinear`` holding packed codes,
 float16 scales and (asymmetric) uint8 zeros: real storage savings, measured by
-``measure.size``. No calibration. The reference forward dequantizes on the fly, so on
-CPU it is slower than fp32; the Triton kernels (CUDA) are what make it fast.
+``measure.size``. No calibration. On CPU the layers run torch's int4pack/int8pack kernels
+(``harness.layers.exec``), on CUDA the Triton kernels; the torch reference dequantizes per call.
 """
 from __future__ import annotations
 
@@ -34,4 +34,4 @@ class RTN(Technique):
         check_config(linears, cfg.bits, cfg.group)
         for name, mod in linears.items():
             replace(model, name, to_quant_linear(mod, bits=cfg.bits, group=cfg.group, sym=cfg.sym))
-        return Applied(model, ["weight-only; torch reference forward dequantizes per call (no CPU speed-up)"])
+        return Applied(model, ["weight-only; CPU forward: int4pack/int8pack kernels (harness.layers.exec)"])

@@ -20,6 +20,7 @@ import harness
 import harness.techniques  # noqa: F401  (registers every technique)
 from harness.calibration import Calibration
 from harness.config import SpecError
+from harness.layers.exec import reference_forward
 from harness.layers.qlr import QLRLinear
 from harness.layers.quant import CodebookLinear, QuantLinear
 from harness.measure.size import measure_size, weight_storage
@@ -116,7 +117,8 @@ def test_quant_linear_ragged_forward_and_storage(bits, sym):
     assert torch.all((deq - w).abs() <= expand_groups(layer.scales.float(), GROUP, 72) / 2 * (1 + 1e-3) + 1e-6)
     x = torch.randn(5, 72)
     with torch.no_grad():
-        assert torch.allclose(layer(x), x @ deq.T + b, atol=1e-5)
+        with reference_forward():  # the torch path (the CPU kernel's bf16 error: tests/layers/test_exec.py)
+            assert torch.allclose(layer(x), x @ deq.T + b, atol=1e-5)
     # stored bits: codes for exactly 72 inputs, one float16 scale (+ uint8 zero) per group
     hand = bits * 72 * 24 + 16 * 24 * 3 + (0 if sym else 8 * 24 * 3)
     lin = torch.nn.Sequential(layer)
@@ -181,7 +183,8 @@ def test_qlr_linear_ragged_groups(tmp_path):
     assert torch.all((Qd - Q).abs() <= expand_groups(layer.q_scales.float(), GROUP, 72) / 2 * (1 + 1e-3) + 1e-6)
     x = torch.randn(3, 72)
     with torch.no_grad():
-        assert torch.allclose(layer(x), x @ (Qd + Ld @ Rd).T, atol=1e-4)
+        with reference_forward():  # the torch path (the CPU kernel's bf16 error: tests/layers/test_exec.py)
+            assert torch.allclose(layer(x), x @ (Qd + Ld @ Rd).T, atol=1e-4)
 
 
 def test_caldera_ragged_q_group(tmp_path):  # LDLQ, LPLR and the LoRA fine-tune of L, R
@@ -275,7 +278,8 @@ def test_kernel_dispatch_falls_back_on_a_ragged_group():
         assert "group=32 does not divide in_features=72" in reason and "torch reference" in reason
     assert dispatch.maybe_triton_linear(*args, None, 72) is None
     ref = reference.quant_matmul_ref(*args, 72)
-    assert torch.allclose(ref, layer(x), atol=1e-5)
+    with reference_forward():  # the layer's torch path, not its CPU kernel
+        assert torch.allclose(ref, layer(x), atol=1e-5)
     assert torch.equal(dispatch.quant_matmul(*args, 72), ref)
     L, R = torch.randn(24, 4), torch.randn(4, 72)
     assert dispatch.maybe_triton_qlr(*args, L, R, None, 72) is None
@@ -339,6 +343,10 @@ def test_default_spec_runs_on_small_odd_width_models(name, mname):
     head, emb = model.get_output_embeddings(), model.get_input_embeddings()
     if name == "tie-embeddings" and head is not None and head.weight is emb.weight:
         pytest.skip("tie-embeddings does not apply: this model's embeddings are already tied")
+    if name == "gqa" and mname == "gpt2-64":
+        pytest.skip("gqa does not apply to GPT-2 (no separate KV heads): a one-line error, tests/techniques/architecture")
+    if name == "distill":
+        pytest.skip("distill's default trains 100 steps; short runs on each family: tests/techniques/distillation")
     calib = _calib() if (cls.needs_calibration or cls.uses_calibration) else None
     res = harness.compress(model, name, calibration=calib)  # the default spec: no options
     out = _logits(res.model, ids())

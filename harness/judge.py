@@ -1,0 +1,129 @@
+"""One metric of one run against its baseline: the statistical verdict and comparability.
+
+Outcomes: ``improved``, ``pass``, ``regressed``, ``inconclusive`` (with the samples that
+would decide) and ``not-comparable`` (the two fingerprints differ in a field that moves
+the figure, named in the note). How each metric is judged:
+
+- latency and speed-ups: a bootstrap interval of the ratio of medians of the two runs'
+  samples (per-repeat timings; per-round interleaved speed-up ratios);
+- ``ppl.window``: a paired bootstrap over the same windows' NLL (unpaired, and said so,
+  when the window ids differ);
+- ``fidelity.top1``: the paired difference of per-token agreement and McNemar's test;
+- everything else (sizes, KL, memory, compress time): the value against the tolerance,
+  exactly (sizes are deterministic), or, for a spread-only baseline (no samples, the
+  schema before raw samples), the old rule: a change whose p10-p90 band overlaps the
+  baseline's is noise; the note says "spread-only".
+
+``harness.stats`` holds the statistics; tolerances come from the metric registry, the
+suite's baseline file, or ``--harness-fail-on`` overrides, as before.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from harness import stats
+from harness.baseline_file import MetricBaseline, Tolerance
+from harness.records import Record
+
+# Fingerprint fields that change performance figures; a difference in any of them makes
+# latency / memory / energy figures not comparable (accuracy and sizes still are).
+COMPARABLE_FIELDS = ("cpu", "cpu_affinity", "torch_threads", "omp_num_threads", "torch", "transformers",
+                     "gpu", "gpu_torch_name", "driver", "cuda_runtime", "cuda_driver", "sm_clock_max_mhz",
+                     "mem_clock_max_mhz", "power_limit_w", "cuda_device")
+PERFORMANCE_PREFIXES = ("latency.", "memory.", "energy.", "compress.", "train.wall_s")
+
+
+@dataclass
+class Verdict:
+    status: str
+    metric: str
+    model: str
+    spec: str
+    profile: str = "full"
+    test_id: str = ""
+    baseline: float | None = None
+    measured: float | None = None
+    tolerance: Tolerance | None = None
+    note: str = ""
+
+    def line(self) -> str:
+        """One line naming metric, baseline, measured value and tolerance."""
+        what = f"{self.model} {self.spec}"
+        if self.baseline is None or self.measured is None:
+            return f"{self.metric} {self.status} ({what}): {self.note}"
+        pct = f" ({(self.measured / self.baseline - 1) * 100:+.1f}%)" if self.baseline else ""
+        return (f"{self.metric} {self.status}: baseline {self.baseline:.6g}, measured {self.measured:.6g}"
+                f"{pct}, tolerance {self.tolerance} ({what}){'; ' + self.note if self.note else ''}")
+
+
+def fingerprint_diff(run: dict[str, Any] | None, base: dict[str, Any] | None) -> list[str]:
+    """``field: base -> run`` for every comparability field the two fingerprints disagree on
+    (a field absent from either side is not compared)."""
+    if not run or not base:
+        return []
+    return [f"{k}: {base[k]} -> {run[k]}" for k in COMPARABLE_FIELDS
+            if k in run and k in base and str(run[k]) != str(base[k])]
+
+
+def is_performance(metric: str) -> bool:
+    return metric.startswith(PERFORMANCE_PREFIXES)
+
+
+def change_interval(rec: Record, base: MetricBaseline) -> tuple[stats.Interval | None, bool]:
+    """(the change interval from both sides' raw samples, whether it is relative), or
+    (None, _) when the samples do not support a test."""
+    rs, bs = rec.samples or {}, base.samples or {}
+    hib = bool(base.higher_is_better)
+    if rec.metric == "ppl.window" and rs.get("window_nll") and bs.get("window_nll"):
+        paired = rs.get("window_ids") == bs.get("window_ids")
+        fn = stats.paired_ppl_change if paired else stats.unpaired_ppl_change
+        return fn(rs["window_nll"], bs["window_nll"], float(rec.value), base.value), True
+    if rec.metric == "fidelity.top1" and rs.get("agree_bits") and bs.get("agree_bits"):
+        n_r, n_b = int(rs.get("tokens", [0])[0]), int(bs.get("tokens", [0])[0])
+        if n_r == n_b and n_r >= 2:
+            return stats.paired_proportion_change(stats.unpack_bits(rs["agree_bits"], n_r),
+                                                  stats.unpack_bits(bs["agree_bits"], n_b), hib), False
+    if len(rs.get("values", [])) >= 2 and len(bs.get("values", [])) >= 2:
+        return stats.ratio_of_medians(rs["values"], bs["values"], hib), True
+    return None, True
+
+
+def compare(rec: Record, base: MetricBaseline, tolerance: Tolerance | None = None) -> Verdict:
+    """Verdict of one measured record against its baseline value."""
+    tol = tolerance or base.tolerance
+    v = Verdict("pass", rec.metric, rec.model, rec.spec, str(rec.extra.get("profile", "full")), rec.test_id,
+                base.value, rec.value, tol)
+    if rec.value is None:
+        v.status, v.note = "missing", f"not measured: {rec.reason or rec.status}"
+        return v
+    try:
+        change, relative = change_interval(rec, base)
+    except ValueError as e:  # too few samples on one side: judged as spread-only below
+        change, relative, why = None, True, str(e)
+    else:
+        why = ""
+    if change is not None:
+        if relative:
+            allowed = tol.allowed(base.value) / abs(base.value) if base.value else float("inf")
+        else:
+            allowed = tol.allowed(base.value)
+        v.status, decided = stats.decide(change, allowed)
+        v.note = "; ".join(x for x in (change.describe(relative), decided) if x)
+        return v
+    worse = (base.value - rec.value) if base.higher_is_better else (rec.value - base.value)
+    has_samples = bool(base.samples)
+    label = "" if has_samples or not (rec.samples or base.spread) else \
+        f"spread-only baseline{' (' + why + ')' if why else ''}: `harness baseline update` stores samples"
+    if abs(worse) <= tol.allowed(base.value):
+        v.note = label
+        return v
+    lo_b, hi_b = base.spread.get("p10", base.value), base.spread.get("p90", base.value)
+    lo_m, hi_m = (rec.spread or {}).get("p10", rec.value), (rec.spread or {}).get("p90", rec.value)
+    if (base.spread or rec.spread) and lo_m <= hi_b and lo_b <= hi_m:
+        v.note = "; ".join(x for x in (f"within noise: measured p10-p90 [{lo_m:.4g}, {hi_m:.4g}] overlaps "
+                                       f"baseline [{lo_b:.4g}, {hi_b:.4g}]", label) if x)
+        return v
+    v.status = "regressed" if worse > 0 else "improved"
+    v.note = label
+    return v

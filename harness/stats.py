@@ -1,0 +1,175 @@
+"""The statistics behind verdicts: intervals of a change and the decision they support.
+
+Every comparison is reduced to one interval of the *change in the worse direction*
+(positive = worse; relative or absolute, as the metric's tolerance is), estimated from raw
+samples:
+
+- ``ratio_of_medians``: two independent sample sets (latency repeats of two runs; per-round
+  speed-up ratios of two runs): a percentile bootstrap of median(a) / median(b).
+- ``paired_ppl_change``: per-window NLL of the same windows in two runs: a bootstrap over
+  windows of the perplexity ratio (pairing removes the between-window variance, so a
+  +0.5% change on 64 windows is decided where an unpaired test sees noise).
+- ``unpaired_ppl_change``: the same without pairing (window ids differ).
+- ``paired_proportion_change``: per-token top-1 agreement bits of two runs: the paired
+  difference of proportions (its Wald interval from the discordant counts) and McNemar's
+  exact test on them.
+
+``decide`` turns the interval and the tolerance into a verdict (equivalence-test style):
+regressed only when the whole interval lies beyond the tolerance, pass when it lies inside,
+inconclusive when it straddles the tolerance, with the sample size that would decide.
+scipy does the resampling and the exact test; the seed is fixed, so a verdict is a
+function of the samples.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+CONFIDENCE = 0.95
+N_RESAMPLES = 2000
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate of a change (worse direction positive) with its confidence interval."""
+
+    est: float
+    lo: float
+    hi: float
+    n: int  # samples behind the narrower side (repeats, rounds, windows, tokens)
+    method: str
+    p_value: float | None = None
+
+    def describe(self, relative: bool) -> str:
+        f = (lambda v: f"{100 * v:+.2f}%") if relative else (lambda v: f"{v:+.4g}")
+        p = f", p={self.p_value:.3g}" if self.p_value is not None else ""
+        conf = int(CONFIDENCE * 100)
+        return f"{self.method}: change {f(self.est)} [{f(self.lo)}, {f(self.hi)}] ({conf}%, n={self.n}{p})"
+
+
+def _bootstrap(data: tuple[np.ndarray, ...], statistic, paired: bool) -> tuple[float, float]:
+    from scipy.stats import bootstrap
+
+    if all(np.ptp(d) == 0 for d in data):  # no variation: the interval is the point
+        v = float(statistic(*[d[None, :] for d in data], axis=-1)[0])
+        return v, v
+    res = bootstrap(data, statistic, paired=paired, vectorized=True, n_resamples=N_RESAMPLES,
+                    confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(SEED))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def ratio_of_medians(run: Sequence[float], base: Sequence[float], higher_is_better: bool) -> Interval:
+    """Relative change of median(run) against median(base), worse direction positive."""
+    a, b = np.asarray(run, float), np.asarray(base, float)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"a bootstrap needs >= 2 samples per side (have {len(a)} and {len(b)})")
+
+    def stat(x, y, axis=-1):
+        return np.median(x, axis=axis) / np.median(y, axis=axis)
+
+    lo, hi = _bootstrap((a, b), stat, paired=False)
+    est = float(np.median(a) / np.median(b))
+    sign = -1.0 if higher_is_better else 1.0  # worse = lower ratio for higher-is-better
+    w = sorted((sign * (lo - 1), sign * (hi - 1)))
+    return Interval(sign * (est - 1), w[0], w[1], min(len(a), len(b)), "bootstrap ratio of medians")
+
+
+def _tokens_per_window(nll: np.ndarray, value: float) -> float:
+    """ppl = exp(sum nll / tokens) -> tokens per window (windows hold equal token counts)."""
+    return float(nll.sum() / math.log(value) / len(nll)) if value > 1 else 1.0
+
+
+def paired_ppl_change(run_nll: Sequence[float], base_nll: Sequence[float], run_value: float,
+                      base_value: float) -> Interval:
+    """Relative perplexity change (run vs base) over the same windows: windows resampled
+    together, so each resample's change is exp(mean NLL difference per token) - 1."""
+    r, b = np.asarray(run_nll, float), np.asarray(base_nll, float)
+    if len(r) != len(b) or len(r) < 2:
+        raise ValueError(f"paired test needs the same >= 2 windows (have {len(r)} and {len(b)})")
+    t = _tokens_per_window(b, base_value)
+
+    def stat(d, axis=-1):
+        return np.expm1(np.mean(d, axis=axis) / t)
+
+    d = r - b
+    lo, hi = _bootstrap((d,), stat, paired=False)
+    return Interval(run_value / base_value - 1, lo, hi, len(d), "paired bootstrap over windows")
+
+
+def unpaired_ppl_change(run_nll: Sequence[float], base_nll: Sequence[float], run_value: float,
+                        base_value: float) -> Interval:
+    """Relative perplexity change when the windows cannot be paired (different window ids)."""
+    r, b = np.asarray(run_nll, float), np.asarray(base_nll, float)
+    if len(r) < 2 or len(b) < 2:
+        raise ValueError(f"a bootstrap needs >= 2 windows per side (have {len(r)} and {len(b)})")
+    tr, tb = _tokens_per_window(r, run_value), _tokens_per_window(b, base_value)
+
+    def stat(x, y, axis=-1):
+        return np.expm1(np.mean(x, axis=axis) / tr - np.mean(y, axis=axis) / tb)
+
+    lo, hi = _bootstrap((r, b), stat, paired=False)
+    return Interval(run_value / base_value - 1, lo, hi, min(len(r), len(b)), "unpaired bootstrap (window ids differ)")
+
+
+def pack_bits(bits: Sequence[bool], width: int = 30) -> list[int]:
+    """Booleans -> ints of ``width`` bits each (JSON-exact), first bit lowest."""
+    out = []
+    for i in range(0, len(bits), width):
+        out.append(sum(1 << j for j, b in enumerate(bits[i: i + width]) if b))
+    return out
+
+
+def unpack_bits(words: Sequence[int], n: int, width: int = 30) -> np.ndarray:
+    """Inverse of ``pack_bits`` for ``n`` booleans."""
+    w = np.asarray(words, dtype=np.int64)[:, None]
+    bits = ((w >> np.arange(width, dtype=np.int64)[None, :]) & 1).astype(bool).reshape(-1)
+    return bits[:n]
+
+
+def paired_proportion_change(run: np.ndarray, base: np.ndarray, higher_is_better: bool = True) -> Interval:
+    """Change of a proportion measured on the same items in two runs (absolute, worse
+    direction positive): Wald interval of the paired difference from the discordant
+    counts, and McNemar's exact p-value (binomial test on the discordant pairs)."""
+    from scipy.stats import binomtest, norm
+
+    run, base = np.asarray(run, bool), np.asarray(base, bool)
+    if run.shape != base.shape or run.size < 2:
+        raise ValueError(f"paired proportions need the same >= 2 items (have {run.size} and {base.size})")
+    n = run.size
+    b = int((base & ~run).sum())   # the baseline right, this run wrong
+    c = int((~base & run).sum())   # this run right, the baseline wrong
+    diff = (c - b) / n             # run - base
+    se = math.sqrt(max((b + c) - (c - b) ** 2 / n, 0.0)) / n
+    z = float(norm.ppf(0.5 + CONFIDENCE / 2))
+    p = float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
+    sign = -1.0 if higher_is_better else 1.0
+    w = sorted((sign * (diff - z * se), sign * (diff + z * se)))
+    return Interval(sign * diff, w[0], w[1], n, f"McNemar ({b} vs {c} discordant)", p)
+
+
+def decide(change: Interval, allowed: float) -> tuple[str, str]:
+    """(verdict, why) of a change interval against the allowed change (>= 0).
+
+    regressed: the whole interval is worse than allowed; improved: the whole interval is
+    better than -allowed; pass: the interval lies below +allowed (it cannot be a regression
+    beyond tolerance); inconclusive: it straddles +allowed, with the samples that would decide
+    (the interval narrows as 1/sqrt(n))."""
+    if change.lo > allowed:
+        return "regressed", ""
+    if change.hi < -allowed:
+        return "improved", ""
+    if change.hi <= allowed:
+        return "pass", ""
+    half = max(change.hi - change.est, change.est - change.lo)
+    margin = abs(change.est - allowed)
+    if margin <= 1e-12 * max(1.0, abs(allowed)):
+        need = "far more samples (the estimate sits on the tolerance)"
+    else:
+        k = math.ceil(change.n * (half / margin) ** 2)
+        need = f"about {k} samples (have {change.n})" if k < 100 * max(change.n, 1) else \
+            f"more than {100 * change.n} samples (have {change.n})"
+    return "inconclusive", f"the interval straddles the tolerance; {need} would decide"

@@ -1,0 +1,166 @@
+"""Statistical verdicts against baselines that keep raw samples (issue 17): paired accuracy
+tests, McNemar, latency intervals, host drift, fingerprint comparability, spread-only files."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import numpy as np
+
+from harness import baselines as bl
+from harness import stats
+from harness.records import Record
+
+DC = "cpu-test-2c"
+FP = {"cpu": "Test CPU", "cpu_affinity": 2, "torch": "2.13.0", "transformers": "5.0", "torch_threads": 1}
+
+
+def rec(metric, value, samples=None, spec="rtn:bits=4", **kw):
+    return Record(metric, value, samples=samples or {}, model="m", spec=spec, technique=spec.split(":")[0],
+                  suite="default", device_class=DC, test_id=f"t[{spec}]", extra={"profile": "full"}, **kw)
+
+
+def ppl_rec(scale: float, ids=None, spec="rtn:bits=4"):
+    """ppl.window over 64 windows of 127 predicted tokens, every window scaled by ``scale``."""
+    g = np.random.default_rng(0)
+    nll = 127 * (3.0 + 0.5 * g.standard_normal(64)) + 127 * math.log(scale)
+    value = math.exp(nll.sum() / (64 * 127))
+    return rec("ppl.window", value, {"window_nll": list(nll), "window_ids": ids or list(range(64))}, spec=spec)
+
+
+def lat_rec(metric, median, n=20, spread=0.03, seed=0, spec="rtn:bits=4"):
+    v = list(median * (1 + spread * np.random.default_rng(seed).standard_normal(n)))
+    return rec(metric, float(np.median(v)), {"values": v}, spec=spec)
+
+
+def judge(records, base_records, tmp_path, fingerprint=None, base_fp=None, refs=()):
+    bl.update(base_records, tmp_path, fingerprint=base_fp)
+    return bl.verdicts(records, bl.BaselineStore(tmp_path), DC, missing=False, fingerprint=fingerprint,
+                       reference_records=refs)
+
+
+def test_planted_two_percent_perplexity_is_regressed_and_a_tenth_of_it_passes(tmp_path):
+    [v] = judge([ppl_rec(1.02)], [ppl_rec(1.0)], tmp_path)
+    assert v.status == "regressed" and "paired bootstrap over windows" in v.note
+    [v] = judge([ppl_rec(1.002)], [ppl_rec(1.0)], tmp_path)
+    assert v.status == "pass"
+    [v] = judge([ppl_rec(0.97)], [ppl_rec(1.0)], tmp_path)
+    assert v.status == "improved"
+
+
+def test_mismatched_window_ids_fall_back_to_unpaired_and_say_so(tmp_path):
+    [v] = judge([ppl_rec(1.02, ids=list(range(1, 65)))], [ppl_rec(1.0)], tmp_path)
+    assert "unpaired bootstrap (window ids differ)" in v.note
+    assert v.status in ("inconclusive", "pass")  # the between-window variance hides 2%
+
+
+def test_top1_is_judged_by_mcnemar_on_the_same_tokens(tmp_path):
+    n = 4096
+    base = np.ones(n, bool)
+    base[::10] = False
+    run = base.copy()
+    run[1:200:2] = False                                  # 100 more tokens disagree: -2.4 points
+    mk = lambda bits: rec("fidelity.top1", float(bits.mean()),  # noqa: E731
+                          {"agree_bits": stats.pack_bits(list(bits)), "tokens": [n]}, higher_is_better=True)
+    [v] = judge([mk(run)], [mk(base)], tmp_path)
+    assert v.status == "regressed" and "McNemar (100 vs 0 discordant)" in v.note and "p=" in v.note
+    [v] = judge([mk(base)], [mk(base)], tmp_path)
+    assert v.status == "pass"
+
+
+def test_speedup_interval_flags_a_fifteen_percent_slowdown_not_noise(tmp_path):
+    base = lat_rec("latency.speedup_decode", 2.0, seed=1)
+    base.higher_is_better = True
+    slow = lat_rec("latency.speedup_decode", 2.0 / 1.15, seed=2)
+    same = lat_rec("latency.speedup_decode", 2.0, seed=3)
+    for r in (slow, same):
+        r.higher_is_better = True
+    [v] = judge([slow], [base], tmp_path)
+    assert v.status == "regressed" and "bootstrap ratio of medians" in v.note
+    [v] = judge([same], [base], tmp_path)
+    assert v.status == "pass"
+
+
+def test_noisy_latency_is_inconclusive_with_the_repeats_needed(tmp_path):
+    base = lat_rec("latency.speedup_decode", 2.0, n=4, spread=0.25, seed=1)
+    run = lat_rec("latency.speedup_decode", 1.75, n=4, spread=0.25, seed=2)
+    base.higher_is_better = run.higher_is_better = True
+    [v] = judge([run], [base], tmp_path)
+    assert v.status == "inconclusive" and "samples (have 4) would decide" in v.note
+
+
+def test_raw_latency_is_gated_only_when_the_reference_is_consistent(tmp_path):
+    base = [lat_rec("latency.prefill_ms", 10.0, seed=1, spec="none"), lat_rec("latency.prefill_ms", 5.0, seed=2)]
+    # Same host: the reference is consistent, a technique 40% slower is regressed.
+    run = [lat_rec("latency.prefill_ms", 10.0, seed=3, spec="none"), lat_rec("latency.prefill_ms", 7.0, seed=4)]
+    vs = {v.spec: v for v in judge(run, base, tmp_path)}
+    assert vs["none"].status == "pass" and vs["rtn:bits=4"].status == "regressed"
+    # The host slowed everything by 40%: nothing is flagged, and the note says by how much.
+    run = [lat_rec("latency.prefill_ms", 14.0, seed=3, spec="none"), lat_rec("latency.prefill_ms", 7.0, seed=4)]
+    vs = {v.spec: v for v in judge(run, base, tmp_path)}
+    assert {v.status for v in vs.values()} == {"inconclusive"}
+    assert re.search(r"host moved: .* is \+(3[5-9]|4[0-5])% against its baseline", vs["rtn:bits=4"].note)
+    assert "would have been regressed" in vs["rtn:bits=4"].note
+
+
+def test_a_fingerprint_mismatch_is_not_comparable_for_performance_only(tmp_path):
+    other = {**FP, "torch": "2.14.0", "torch_threads": 2}
+    vs = {v.metric: v for v in judge([lat_rec("latency.prefill_ms", 10.0), ppl_rec(1.0)],
+                                     [lat_rec("latency.prefill_ms", 10.0), ppl_rec(1.0)], tmp_path,
+                                     fingerprint=other, base_fp=FP)}
+    lat = vs["latency.prefill_ms"]
+    assert lat.status == "not-comparable"
+    assert "torch: 2.13.0 -> 2.14.0" in lat.note and "torch_threads: 1 -> 2" in lat.note
+    assert vs["ppl.window"].status == "pass"  # accuracy does not depend on the host
+    [v] = judge([lat_rec("latency.prefill_ms", 10.0)], [lat_rec("latency.prefill_ms", 10.0)], tmp_path,
+                fingerprint=dict(FP), base_fp=FP)
+    assert v.status == "pass"
+
+
+def test_update_stores_samples_and_fingerprint_and_a_spread_only_file_still_works(tmp_path):
+    [(path, _, _)] = bl.update([ppl_rec(1.0), lat_rec("latency.prefill_ms", 10.0)], tmp_path, fingerprint=FP)
+    bf = bl.load_baseline(path)
+    assert bf.source["fingerprint"] == FP
+    ent = next(iter(bf.entries.values()))
+    assert len(ent.metrics["ppl.window"].samples["window_nll"]) == 64
+    assert len(ent.metrics["latency.prefill_ms"].samples["values"]) == 20
+    # A baseline written before samples existed: judged by the old band rule, labelled.
+    old = dataclasses.replace(lat_rec("latency.prefill_ms", 10.0), samples={}, spread={"p10": 9.5, "p90": 10.5})
+    bl.update([old], tmp_path / "old")
+    [v] = bl.verdicts([lat_rec("latency.prefill_ms", 10.2)], bl.BaselineStore(tmp_path / "old"), DC,
+                      missing=False)
+    assert v.status == "pass" and "spread-only baseline" in v.note and "harness baseline update" in v.note
+
+
+def test_bad_samples_in_a_baseline_file_are_a_one_line_error(tmp_path):
+    import json
+
+    import pytest
+
+    p = tmp_path / "default" / f"{DC}.json"
+    p.parent.mkdir(parents=True)
+    p.write_text(json.dumps({"schema": bl.SCHEMA, "suite": "default", "device_class": DC, "entries": [
+        {"model": "m", "spec": "none", "metrics": {"ppl.window": {
+            "value": 5.0, "direction": "lower", "tolerance": "1%", "samples": {"window_nll": ["x"]}}}}]}))
+    with pytest.raises(bl.BaselineError, match=r"samples: expected an object of number lists"):
+        bl.load_baseline(p)
+
+
+def test_a_relative_plus_absolute_tolerance_judges_near_zero_memory(tmp_path):
+    assert str(bl.parse_tolerance("25%+8")) == "25%+8"
+    assert bl.parse_tolerance("25%+8").allowed(100.0) == 33.0
+    [v] = judge([rec("memory.step_peak_mb", 0.0078)], [rec("memory.step_peak_mb", 0.0)], tmp_path)
+    assert v.status == "pass"  # the registry's 25%+8 MiB: a page of RSS is not a regression
+    [v] = judge([rec("memory.step_peak_mb", 20.0)], [rec("memory.step_peak_mb", 0.0)], tmp_path)
+    assert v.status == "regressed"
+
+
+def test_compression_wall_time_is_not_judged_while_the_host_moved(tmp_path):
+    base = [lat_rec("latency.prefill_ms", 10.0, seed=1, spec="none"), rec("compress.wall_s", 1.0)]
+    run = [lat_rec("latency.prefill_ms", 30.0, seed=3, spec="none"), rec("compress.wall_s", 4.0)]
+    vs = {v.metric: v for v in judge(run, base, tmp_path)}
+    assert vs["compress.wall_s"].status == "inconclusive"
+    assert "reference's own latency.prefill_ms" in vs["compress.wall_s"].note
+    [v] = judge([rec("compress.wall_s", 4.0)], [rec("compress.wall_s", 1.0)], tmp_path / "quiet")
+    assert v.status == "regressed"  # same host: a 4x slower compression is a regression
