@@ -20,6 +20,7 @@ from harness.evaluation import EvalContext, evaluate
 from harness.measure.environment import device_class, fingerprint
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "models.md"
+HAND_WRITTEN = "\n<!-- hand-written below: kept by bench_models.py -->\n"
 
 
 def fmt(r) -> str:
@@ -59,7 +60,8 @@ def main() -> int:
                 v += f" ({r.value / 2**20:.2f} MiB)"
             lines.append(f"| `{r.metric}` | {v} |")
         lines.append("")
-    OUT.write_text("\n".join(lines))
+    keep = OUT.read_text().partition(HAND_WRITTEN)[2] if OUT.is_file() else ""  # sections written by hand
+    OUT.write_text("\n".join(lines) + (HAND_WRITTEN + keep if keep else ""))
     print(f"wrote {OUT}")
     return 0
 

@@ -103,8 +103,9 @@ class Bench:
         names = parse_metrics(None, self.lm.kind)
         if self.quick and not reference:
             names = [m for m in names if m not in QUICK_ONLY_REFERENCE]
+        tasks = [m for m in self.session.opts.eval_opts.get("task_metrics", []) if self.lm.kind == "causal-lm"]
         return names + [m.name for m in METRICS.ordered() if m.derive and self.lm.kind in m.kinds
-                        and m.derive[0] in names]
+                        and m.derive[0] in names] + tasks
 
     def measure(self, target=None, metrics: Iterable[str] | str | None = None) -> list[Record]:
         """Measure a CompressionResult (or a module; default: the last compressed model) next

@@ -28,8 +28,9 @@ class Calibration:
 
     input_ids: torch.Tensor  # [n, seq_len]
     attention_mask: torch.Tensor | None = None
-    split: str = "train"
+    split: str = "train"  # or "text" for --calibration-text (its sha256 in text_sha256)
     seed: int = 0
+    text_sha256: str | None = None
     # The tokenizer the windows came from: techniques that train draw their token stream
     # with it (``harness.models.train_data.for_technique``). Not part of equality or repr.
     tokenizer: Any = field(default=None, repr=False, compare=False)
@@ -44,7 +45,8 @@ class Calibration:
 
     def describe(self) -> dict[str, Any]:
         return {"calibration_split": self.split, "calibration_n": self.n,
-                "calibration_seq_len": self.seq_len, "calibration_seed": self.seed}
+                "calibration_seq_len": self.seq_len, "calibration_seed": self.seed,
+                **({"calibration_text_sha256": self.text_sha256} if self.text_sha256 else {})}
 
     def batches(self, batch_size: int = 8) -> Iterable[dict[str, torch.Tensor]]:
         for i in range(0, self.n, batch_size):
@@ -55,16 +57,27 @@ class Calibration:
 
 
 def get_calibration(tokenizer, n: int = 32, seq_len: int = 128, seed: int = 0,
-                    split: str = "train") -> Calibration:
-    """``n`` random windows of ``seq_len`` tokens from ``split``, reproducible by ``seed``."""
+                    split: str = "train", text_file: str | None = None) -> Calibration:
+    """``n`` random windows of ``seq_len`` tokens from ``split`` (or from the UTF-8 file
+    ``text_file``: calibrate on the user's own domain), reproducible by ``seed``."""
     check(n >= 1, f"calibration n={n} must be >= 1")
     check(seq_len >= 2, f"calibration seq_len={seq_len} must be >= 2")
-    ids = data.split_ids(tokenizer, split)
+    sha = None
+    if text_file is not None:
+        from harness.models.textfile import read_text
+
+        text, sha = read_text(text_file)
+        ids, split = data.token_ids(tokenizer, text), "text"
+        check(ids.numel() > seq_len + 1, f"calibration text {text_file!r} has {ids.numel()} tokens, too few for "
+                                         f"seq_len={seq_len}")
+    else:
+        ids = data.split_ids(tokenizer, split)
     check(ids.numel() > seq_len + 1, f"split {split!r} has {ids.numel()} tokens, too few for seq_len={seq_len}")
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seq_len, (n,), generator=g)
     windows = torch.stack([ids[s: s + seq_len] for s in starts.tolist()])
-    return Calibration(windows, torch.ones_like(windows), split=split, seed=seed, tokenizer=tokenizer)
+    return Calibration(windows, torch.ones_like(windows), split=split, seed=seed, tokenizer=tokenizer,
+                       text_sha256=sha)
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:

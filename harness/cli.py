@@ -67,12 +67,23 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", default=None, metavar="N",
                    help="torch CPU threads (an integer >= 1, or 'auto': usable cores); default: torch's own. "
                         "1 is steadiest on a shared runner")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help="score at most N tokens in the perplexity/fidelity protocols (like lm-eval's --limit)")
+    p.add_argument("--split", default="validation", choices=["validation", "test", "train"],
+                   help="bundled corpus split the perplexity protocols score (default: validation)")
+    p.add_argument("--text", default=None, metavar="FILE",
+                   help="score this UTF-8 text instead of a split (its sha256 goes into the records)")
+    p.add_argument("--calibration-text", default=None, metavar="FILE",
+                   help="draw calibration windows from this UTF-8 text instead of the train split")
+    p.add_argument("--lm-eval-tasks", default=None, metavar="NAME,...",
+                   help="lm-eval tasks to score offline (acc, acc_norm), e.g. harness_cloze (bundled)")
 
     def run(a: argparse.Namespace) -> int:
         import torch
 
         import harness
-        from harness.evaluation import compress_and_measure, parse_metrics
+        from harness.config import EvalConfig
+        from harness.evaluation import EvalContext, compress_and_measure, parse_metrics
         from harness.measure.environment import device_class, fingerprint_id
 
         if a.threads is not None:  # before any work: a bad value fails in a second
@@ -90,12 +101,28 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
             check_save_target(a.save, overwrite=a.overwrite)
         elif a.overwrite:
             raise UsageError("--overwrite only applies together with --save DIR")
+        if a.max_tokens is not None and a.max_tokens < 1:
+            raise UsageError(f"--max-tokens {a.max_tokens}: expected an integer >= 1")
+        ctx = EvalContext(eval=EvalConfig(max_tokens=a.max_tokens, split=a.split, text=a.text))
+        for f in (a.text, a.calibration_text):  # a bad file fails before the model loads
+            if f is not None:
+                from harness.models.textfile import read_text
+
+                read_text(f)
+        tasks = [t.strip() for t in (a.lm_eval_tasks or "").split(",") if t.strip()]
+        if a.lm_eval_tasks is not None:
+            from harness.measure.tasks import check_tasks
+
+            if not tasks:
+                raise UsageError("--lm-eval-tasks is empty; give e.g. --lm-eval-tasks harness_cloze")
+            check_tasks(tasks)  # unknown task or missing dataset: one line, before any work
         harness.make(a.technique)  # a bad spec fails before the model loads
         lm = harness.load_model(a.model, device=a.device, trust_remote_code=a.trust_remote_code)
-        metrics = parse_metrics(a.metrics, lm.kind)
+        metrics = parse_metrics(a.metrics, lm.kind) + [f"task.{t}.{w}" for t in tasks for w in ("acc", "acc_norm")]
         res, records = compress_and_measure(
-            lm, a.technique, metrics, device=a.device, deltas=False,
-            calibration=lambda: harness.get_calibration(lm.tokenizer, n=a.calibration))
+            lm, a.technique, parse_metrics(metrics, lm.kind), ctx=ctx, device=a.device, deltas=False,
+            calibration=lambda: harness.get_calibration(lm.tokenizer, n=a.calibration,
+                                                        text_file=a.calibration_text))
         extra = dict(technique=res.technique, spec=res.spec, config=res.config_dict, storage=res.storage,
                      device=fingerprint_id(a.device), device_class=device_class(a.device))
         records = [r.with_context(**extra) for r in records]
@@ -142,9 +169,15 @@ def _models_cmd(p: argparse.ArgumentParser) -> None:
             return 0
         if not a.name:
             raise UsageError(f"'harness models {a.action}' needs a model name ({', '.join(MODELS)})")
+        if a.action == "build" and a.name == "smollm2-135m":  # GGUF -> cached safetensors directory
+            from harness.models.real import build
+
+            path, wall = build()
+            print(f"{a.name}: " + (f"built in {wall:.1f} s" if wall is not None else "already built") + f": {path}")
+            return 0
         if a.action == "build":
             if a.name != "harness-tiny":
-                raise UsageError(f"only 'harness-tiny' has a build recipe (got {a.name!r})")
+                raise UsageError(f"only 'harness-tiny' and 'smollm2-135m' have a build recipe (got {a.name!r})")
             from harness.measure.accuracy import perplexity_window
             from harness.models.build import build_tiny
 

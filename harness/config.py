@@ -155,14 +155,21 @@ class LatencyConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Accuracy protocol settings."""
+    """Accuracy protocol settings: ``max_tokens`` bounds every perplexity/fidelity protocol
+    (lm-eval's ``--limit`` in tokens), ``split`` picks the bundled split, and ``text`` (a
+    UTF-8 file) replaces the split with any text."""
 
     window: int = 128
     max_tokens: int | None = None
     batch: int = 8
+    split: str = "validation"
+    text: str | None = None
 
     def __post_init__(self) -> None:
         check(self.window >= 2, f"window={self.window} must be >= 2")
+        check(self.max_tokens is None or self.max_tokens >= 1, f"max_tokens={self.max_tokens} must be >= 1")
+        check(self.split in ("validation", "test", "train"),
+              f"split={self.split!r} is not a bundled split; choose one of validation, test, train")
         check(self.max_tokens is None or self.max_tokens >= self.window,
               f"max_tokens={self.max_tokens} must be >= window={self.window}")
         check(self.batch >= 1, f"batch={self.batch} must be >= 1")

@@ -71,6 +71,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> Any:
     ray = import_ray()
     if ray.is_initialized():
         return ray
+    if address and address != "auto":
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -80,6 +82,22 @@ def connect(address: str | None, num_cpus: int | None = None) -> Any:
         raise ValueError(f"--address {address!r}: cannot connect to a Ray cluster "
                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     return ray
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A TCP connect to HOST:PORT first: ``ray.init`` waits minutes for a GCS that is not
+    there; this says so in seconds."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--address {address!r}: expected auto or HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ValueError(f"--address {address!r}: cannot connect to a Ray cluster "
+                         f"({e.strerror or type(e).__name__} within {timeout_s:.0f} s)") from None
 
 
 def _run_cell(nodeid: str, args: list[str], run_id: str, root: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ measurement, its producer in ``harness/measure/producers.py``) and its test.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from harness.registry import Registry
@@ -53,7 +54,36 @@ class Metric:
 
 MetricInfo = Metric  # the name records and older callers use
 
-METRICS: Registry[Metric] = Registry("metric")
+_TASK_METRIC = re.compile(r"task\.([A-Za-z0-9_\-]+)\.(acc|acc_norm)")
+
+
+def task_metric(task: str, which: str = "acc", column: bool = False) -> Metric:
+    """Zero-shot accuracy on one lm-eval task (``task.<task>.acc`` / ``.acc_norm``), measured
+    by ``harness.measure.tasks``; its stderr and per-item results are in the record."""
+    norm = " (length-normalized)" if which == "acc_norm" else ""
+    return Metric(f"task.{task}.{which}", "fraction", True, f"lm-eval {task}: zero-shot accuracy{norm}",
+                  CAUSAL, "0.02", Column(f"{task} {which}", ".3f") if column else None, "lm_eval_tasks")
+
+
+class _Metrics(Registry[Metric]):
+    """The registry, where any lm-eval task's ``task.<task>.acc`` / ``.acc_norm`` registers on
+    first use (a run directory written with ``--lm-eval-tasks`` is readable by every process)."""
+
+    def _task(self, name: object) -> bool:
+        m = _TASK_METRIC.fullmatch(name) if isinstance(name, str) else None
+        if m and name not in self._items:
+            self.register(name, task_metric(m.group(1), m.group(2)))
+        return m is not None
+
+    def get(self, name: str) -> Metric:
+        self._task(name)
+        return super().get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or self._task(name)
+
+
+METRICS: Registry[Metric] = _Metrics("metric")
 
 for _m in [
     Metric("size.bytes", "B", False, "serialized bytes of the stored state (safetensors)", tolerance="1%",
@@ -77,6 +107,7 @@ for _m in [
            Column("top-1", ".3f"), "fidelity", default=True),
     Metric("fidelity.cosine", "cosine", True, "mean embedding cosine vs the reference (encoders)", ENCODER,
            "0.005", Column("cosine", ".4f", terminal=True), "fidelity", default=True),
+    task_metric("harness_cloze", "acc", column=True), task_metric("harness_cloze", "acc_norm"),
     Metric("latency.prefill_ms", "ms", False, "time to first token (prompt forward)", CAUSAL, "25%",
            Column("prefill ms", ".1f"), "latency", default=True),
     Metric("latency.decode_ms_per_token", "ms", False, "time per output token with KV cache", CAUSAL, "25%",

@@ -53,6 +53,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--harness-threads", metavar="N", default="auto",
                 help="torch CPU threads per process (auto: usable cores / xdist workers; 1 is steadier "
                      "on shared machines)")
+    g.addoption("--harness-max-tokens", metavar="N", type=int, default=None,
+                help="score at most N tokens in the perplexity/fidelity protocols (>= the 128-token window)")
+    g.addoption("--harness-split", choices=["validation", "test", "train"], default=None,
+                help="bundled split the perplexity protocols score (default: validation)")
+    g.addoption("--harness-text", metavar="FILE", default=None, help="score this UTF-8 text instead of a split")
+    g.addoption("--harness-calibration-text", metavar="FILE", default=None,
+                help="draw calibration windows from this UTF-8 text instead of the train split")
+    g.addoption("--harness-lm-eval-tasks", metavar="NAME,...", default=None,
+                help="also measure these lm-eval tasks' acc/acc_norm offline (e.g. harness_cloze, bundled)")
+
+
+def _eval_opts(get) -> dict:
+    """--harness-max-tokens/-split/-text/-calibration-text/-lm-eval-tasks, checked now."""
+    from harness.config import EvalConfig
+    from harness.models.textfile import read_text
+
+    ev = {k: get(f"harness_{k}") for k in ("max_tokens", "split", "text") if get(f"harness_{k}") is not None}
+    tasks = [t.strip() for t in (get("harness_lm_eval_tasks") or "").split(",") if t.strip()]
+    try:
+        EvalConfig(**ev)
+        for f in (get("harness_text"), get("harness_calibration_text")):
+            if f is not None:
+                read_text(f)
+        if tasks:  # unknown task or missing dataset: a usage error now, not a failure per test
+            from harness.measure.tasks import check_tasks
+
+            check_tasks(tasks)
+    except ValueError as e:
+        raise pytest.UsageError(f"--harness-*: {e}") from None
+    return {"eval": ev, "calibration_text": get("harness_calibration_text"),
+            "task_metrics": [f"task.{t}.{w}" for t in tasks for w in ("acc", "acc_norm")]}
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -113,7 +144,7 @@ def _options(config: pytest.Config) -> Options:
                    fail_on=fail_on, strict=get("harness_strict"), device=get("harness_device"),
                    models=get("harness_model") or ["harness-tiny"], quick=get("harness_quick"),
                    shard=_parse_shard(get("harness_shard")), markdown=Path(md) if md else None,
-                   threads=None if threads == "auto" else int(threads),
+                   threads=None if threads == "auto" else int(threads), eval_opts=_eval_opts(get),
                    worker=str(wi.get("workerid", "main")) if wi else "main",
                    workers=int(wi.get("workercount", 1)) if wi else 1)
 

@@ -51,6 +51,7 @@ class Options:
     threads: int | None = None  # None: usable cores / xdist workers
     worker: str = "main"  # xdist worker id of this process
     workers: int = 1  # xdist worker count
+    eval_opts: dict[str, Any] = field(default_factory=dict)  # plugin._eval_opts: EvalConfig fields, texts, tasks
 
     @property
     def gating(self) -> bool:
@@ -154,18 +155,18 @@ class Session:
             from harness.calibration import get_calibration
 
             n = 16 if self.opts.quick else 32
-            self._calib[lm.name] = get_calibration(lm.tokenizer, n=n, seq_len=128, seed=0)
+            self._calib[lm.name] = get_calibration(lm.tokenizer, n=n, seq_len=128, seed=0,
+                                                   text_file=self.opts.eval_opts.get("calibration_text"))
         return self._calib[lm.name]
 
     def eval_context(self, reference=None, cache_factory=None, compression=None):
         from harness.config import EvalConfig, LatencyConfig
         from harness.evaluation import EvalContext
 
-        if self.opts.quick:
-            return EvalContext(LatencyConfig(prompt_len=64, decode_tokens=16, budget_s=1.0, min_repeats=6),
-                               EvalConfig(max_tokens=8192), reference=reference, cache_factory=cache_factory,
-                               compression=compression)
-        return EvalContext(reference=reference, cache_factory=cache_factory, compression=compression)
+        ev = {**({"max_tokens": 8192} if self.opts.quick else {}), **self.opts.eval_opts.get("eval", {})}
+        lat = LatencyConfig(prompt_len=64, decode_tokens=16, budget_s=1.0, min_repeats=6) if self.opts.quick else None
+        return EvalContext(lat or LatencyConfig(), EvalConfig(**ev), reference=reference, cache_factory=cache_factory,
+                           compression=compression)
 
     def reference(self, lm, metrics: Iterable[str]) -> dict[str, Record]:
         """The uncompressed model's records for ``metrics``: measured once per run."""

@@ -11,7 +11,11 @@ from harness.cli import main
 from harness.records import load_records
 from harness.rundir import load_outcomes, read_run_info
 
-ray = pytest.importorskip("ray", reason="ray is not installed (optional extra 'cluster')")
+try:
+    import ray
+except ImportError:  # the optional extra 'cluster' is not installed
+    ray = None
+needs_ray = pytest.mark.skipif(ray is None, reason="ray is not installed (optional extra 'cluster')")
 
 SUITE = """
 import os, signal
@@ -37,6 +41,7 @@ def keyed(run):
     return sorted((r.model, r.spec, r.metric, r.value) for r in load_records(run))
 
 
+@needs_ray
 def test_ray_records_equal_a_serial_run(tmp_path, monkeypatch, capsys, local_ray):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "test_cells.py").write_text(SUITE.format(marker=str(tmp_path / "kill")))
@@ -56,6 +61,7 @@ def test_ray_records_equal_a_serial_run(tmp_path, monkeypatch, capsys, local_ray
     assert not (Path(tempfile.gettempdir()) / f"harness-ray-{info['run_id']}").exists()  # staging removed
 
 
+@needs_ray
 def test_killed_cell_is_reported_not_lost(tmp_path, monkeypatch, capsys, local_ray):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "kill").write_text("")
@@ -70,13 +76,25 @@ def test_killed_cell_is_reported_not_lost(tmp_path, monkeypatch, capsys, local_r
     json.dumps(info)  # run.json stays plain JSON
 
 
-def test_unreachable_address_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("address, msg", [
+    ("auto", "'auto': cannot connect to a Ray cluster"),             # ray.init fails (mocked)
+    ("127.0.0.1:{port}", ":{port}': cannot connect to a Ray cluster"),  # nothing listens: refused in seconds
+    ("nonsense", "expected auto or HOST:PORT"),
+])
+def test_unreachable_address_is_one_line_exit_2(tmp_path, capsys, monkeypatch, address, msg):
+    import socket
+
     from harness import executor_ray
 
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     monkeypatch.setattr(executor_ray, "import_ray", lambda: _Unreachable())
-    assert main(["run", "--executor", "ray", "--address", "10.255.255.1:6379", "--out", str(tmp_path / "r")]) == 2
+    assert main(["run", "--executor", "ray", "--address", address.format(port=port),
+                 "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "'10.255.255.1:6379': cannot connect to a Ray cluster" in err[0]
+    assert len(err) == 1 and msg.format(port=port) in err[0]
+    assert not (tmp_path / "r").exists()
 
 
 class _Unreachable:
@@ -89,3 +107,10 @@ class _Unreachable:
     @staticmethod
     def init(**kw):
         raise ConnectionError(f"Failed to connect to GCS at {kw.get('address')}")
+
+
+def test_without_ray_installed_one_line_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # import ray -> ImportError
+    assert main(["run", "--executor", "ray", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'llm-compression-harness[cluster]'" in err[0]

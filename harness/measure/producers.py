@@ -25,30 +25,81 @@ def size(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
     return [r for r in size_mod.measure_size(model) if r.metric in want]
 
 
+def _source(lm, ctx: Ctx) -> tuple[str, dict[str, Any]]:
+    """What the perplexity protocols score: the bundled split, or ``--text FILE`` (its
+    sha256 goes into the records); plus the model's provenance note (``smollm2-135m``)."""
+    note = {"model_note": lm.info["note"]} if getattr(lm, "info", {}).get("note") else {}
+    if ctx.eval.text:
+        from pathlib import Path
+
+        from harness.models.textfile import read_text
+
+        text, sha = read_text(ctx.eval.text)
+        return text, {"split": "text", "text_file": Path(ctx.eval.text).name, "text_sha256": sha, **note}
+    return ctx.eval.split, {"split": ctx.eval.split, **note}
+
+
 def ppl_window(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
     if lm.accuracy_na:
         return [Record.na("ppl.window", lm.accuracy_na)]
-    value, samples = accuracy.perplexity_window_samples(model, lm.tokenizer, "validation", window=ctx.eval.window,
+    src, extra = _source(lm, ctx)
+    value, samples = accuracy.perplexity_window_samples(model, lm.tokenizer, src, window=ctx.eval.window,
                                                         max_tokens=ctx.eval.max_tokens, batch=ctx.eval.batch)
     return [Record("ppl.window", value, n=len(samples["window_ids"]), samples=samples,
-                   extra={"window": ctx.eval.window, "split": "validation", "max_tokens": ctx.eval.max_tokens})]
+                   extra={"window": ctx.eval.window, "max_tokens": ctx.eval.max_tokens, **extra})]
 
 
 def ppl_lm_eval(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
     if lm.accuracy_na:
         return [Record.na("ppl.lm_eval", lm.accuracy_na)]
+    if ctx.eval.text or ctx.eval.split == "train":
+        return [Record.na("ppl.lm_eval", "its lm-eval tasks serve the bundled validation and test splits only; "
+                          "ppl.window scores --text and the train split")]
     from harness.measure.lm_eval_ppl import perplexity_lm_eval
+    from harness.tasks.corpus_task import documents
 
-    res = perplexity_lm_eval(model, lm.tokenizer, "validation", max_length=ctx.eval.window,
-                             batch_size=ctx.eval.batch)
-    return [Record("ppl.lm_eval", res.pop("token_perplexity"), extra=res)]
+    limit = None
+    if ctx.eval.max_tokens:  # lm-eval's --limit is in documents: the fewest whose tokens reach the budget
+        limit, seen = 0, 0
+        for doc in documents(ctx.eval.split):
+            limit += 1
+            seen += len(lm.tokenizer(doc, add_special_tokens=False)["input_ids"])
+            if seen >= ctx.eval.max_tokens:
+                break
+    res = perplexity_lm_eval(model, lm.tokenizer, ctx.eval.split, max_length=ctx.eval.window,
+                             batch_size=ctx.eval.batch, limit=limit)
+    return [Record("ppl.lm_eval", res.pop("token_perplexity"), extra={**res, **_source(lm, ctx)[1]})]
 
 
 def ppl_unigram(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
     if lm.accuracy_na:
         return [Record.na("ppl.unigram", lm.accuracy_na)]
-    return [Record("ppl.unigram", accuracy.unigram_perplexity(lm.tokenizer, window=ctx.eval.window,
-                                                                max_tokens=ctx.eval.max_tokens))]
+    src, extra = _source(lm, ctx)
+    return [Record("ppl.unigram", accuracy.unigram_perplexity(lm.tokenizer, eval_split=src, window=ctx.eval.window,
+                                                                max_tokens=ctx.eval.max_tokens), extra=extra)]
+
+
+def lm_eval_tasks(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
+    """``task.<task>.acc`` / ``.acc_norm``: every named task in one lm-eval run."""
+    if lm.accuracy_na:
+        return [Record.na(m, lm.accuracy_na) for m in want]
+    from harness.measure.tasks import run_tasks
+
+    tasks = list(dict.fromkeys(m.split(".")[1] for m in want))
+    res = run_tasks(model, lm.tokenizer, tasks, batch_size=ctx.eval.batch)
+    note = _source(lm, ctx)[1].get("model_note")
+    out = []
+    for m in want:
+        task, which = m.split(".")[1], m.split(".")[2]
+        r = res[task]
+        bits = r["correct_norm" if which == "acc_norm" else "correct"]
+        se = r[f"{which}_stderr"]
+        out.append(Record(m, r[which], n=r["n"], spread={"stderr": se} if se is not None else {},
+                          samples={"correct_bits": bits, "items": [r["n"]]},
+                          extra={"task": task, "stderr": se, "num_fewshot": 0,
+                                 **({"model_note": note} if note else {})}) if r[which] is not None else
+                   Record.na(m, f"lm-eval task {task!r} reports no {which}"))
+    return out
 
 
 def fidelity(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
@@ -58,9 +109,10 @@ def fidelity(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
         return [Record("fidelity.cosine", accuracy.embedding_cosine(ctx.reference, model, lm.tokenizer))]
     if lm.accuracy_na:
         return [Record.na(m, lm.accuracy_na) for m in want]
-    f, samples = accuracy.fidelity_samples(ctx.reference, model, lm.tokenizer, window=ctx.eval.window,
+    src, extra = _source(lm, ctx)
+    f, samples = accuracy.fidelity_samples(ctx.reference, model, lm.tokenizer, src, window=ctx.eval.window,
                                            max_tokens=min(ctx.eval.max_tokens or 4096, 4096))
-    return [Record(f"fidelity.{k}", v, samples=samples[k], extra={"window": ctx.eval.window})
+    return [Record(f"fidelity.{k}", v, samples=samples[k], extra={"window": ctx.eval.window, **extra})
             for k, v in f.items() if f"fidelity.{k}" in want]
 
 
@@ -121,6 +173,7 @@ def compression(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]
 
 # The names ``Metric.producer`` uses -> functions (``latency_``/``energy_``: the modules keep their names).
 PRODUCERS = {"size": size, "ppl_window": ppl_window, "ppl_lm_eval": ppl_lm_eval, "ppl_unigram": ppl_unigram,
+             "lm_eval_tasks": lm_eval_tasks,
              "fidelity": fidelity, "latency": latency_, "kv_cache": kv_cache, "peak_rss": step_memory,
              "model_memory": model_memory,
              "gpu_memory": gpu_memory, "energy": energy_, "compression": compression}

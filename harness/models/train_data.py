@@ -109,17 +109,34 @@ def source_ids(tokenizer, source: str = "train", max_tokens: int = 1 << 62) -> t
     return _cached(key, source, stamp, max_tokens if source != "train" else 0, tokenizer)
 
 
+def _specials(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a text (BERT: [CLS] / [SEP])."""
+    build = getattr(tokenizer, "build_inputs_with_special_tokens", None)
+    if build is None:
+        return [], []
+    framed = list(build([-1]))
+    i = framed.index(-1)
+    return framed[:i], framed[i + 1:]
+
+
 def training_windows(tokenizer, *, tokens: int, seq_len: int = 128, seed: int = 0,
-                     source: str = "train") -> TrainingData:
-    """``ceil(tokens / seq_len)`` non-overlapping windows of ``source`` in a seeded order."""
+                     source: str = "train", special_tokens: bool = False) -> TrainingData:
+    """``ceil(tokens / seq_len)`` non-overlapping windows of ``source`` in a seeded order.
+    ``special_tokens``: each window is framed as the tokenizer frames a text (BERT's
+    ``[CLS] ... [SEP]``, the input format encoders were trained and are scored on), the
+    text part ``seq_len`` minus those tokens long."""
     check(tokens >= 1, f"token budget tokens={tokens} must be >= 1")
     check(seq_len >= 2, f"seq_len={seq_len} must be >= 2")
+    pre, post = _specials(tokenizer) if special_tokens else ([], [])
+    full = seq_len
+    seq_len -= len(pre) + len(post)
+    check(seq_len >= 1, f"seq_len={full} leaves no room for text between {len(pre) + len(post)} special tokens")
     ids = source_ids(tokenizer, source, max_tokens=tokens + seq_len)
     n_src = ids.numel() // seq_len
     if n_src < 1:
         raise SpecError(f"data={source!r} has {ids.numel()} tokens, fewer than one window of seq_len={seq_len}")
     windows = ids[: n_src * seq_len].view(n_src, seq_len)
-    need = math.ceil(tokens / seq_len)
+    need = math.ceil(tokens / full)
     order: list[torch.Tensor] = []
     epoch = 0
     while sum(o.numel() for o in order) < need:
@@ -127,13 +144,17 @@ def training_windows(tokenizer, *, tokens: int, seq_len: int = 128, seed: int = 
         order.append(torch.randperm(n_src, generator=g))
         epoch += 1
     idx = torch.cat(order)[:need]
-    return TrainingData(windows[idx].contiguous(), None, split="train" if source == "train" else "external",
-                        seed=seed, source=source, tokens=need * seq_len, source_tokens=int(n_src * seq_len),
+    chosen = windows[idx]
+    if pre or post:
+        chosen = torch.cat([torch.tensor(pre, dtype=torch.long).expand(need, -1), chosen,
+                            torch.tensor(post, dtype=torch.long).expand(need, -1)], 1)
+    return TrainingData(chosen.contiguous(), None, split="train" if source == "train" else "external",
+                        seed=seed, source=source, tokens=need * full, source_tokens=int(n_src * seq_len),
                         epochs=need / n_src)
 
 
 def for_technique(calibration: Calibration | None, *, tokens: int, seq_len: int = 128, seed: int = 0,
-                  source: str = "train") -> TrainingData:
+                  source: str = "train", special_tokens: bool = False) -> TrainingData:
     """The training stream for a technique given ``calibration``: drawn with the tokenizer
     the calibration came with; without one (a hand-built calibration), its own windows
     cycled to the budget (``source`` then says "calibration windows")."""
@@ -141,7 +162,8 @@ def for_technique(calibration: Calibration | None, *, tokens: int, seq_len: int 
         return calibration
     tok = getattr(calibration, "tokenizer", None)
     if tok is not None:
-        return training_windows(tok, tokens=tokens, seq_len=seq_len, seed=seed, source=source)
+        return training_windows(tok, tokens=tokens, seq_len=seq_len, seed=seed, source=source,
+                                special_tokens=special_tokens)
     if calibration is None:
         raise SpecError("this technique trains and needs training data: pass calibration="
                         "harness.calibration.get_calibration(tokenizer) (it carries the tokenizer)")

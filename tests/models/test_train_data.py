@@ -74,3 +74,33 @@ def test_for_technique_uses_the_calibration_tokenizer_else_its_windows(tok):
     assert torch.equal(fb.input_ids[2], bare.input_ids[0])  # cycled
     with pytest.raises(SpecError, match="needs the tokenizer"):
         for_technique(bare, tokens=32, source="some.txt")
+
+
+class _Framing:
+    """The tiny tokenizer, framing texts as BERT's does: [7] text [8]."""
+
+    def __init__(self, tok) -> None:
+        self.tok = tok
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+    def __len__(self) -> int:
+        return len(self.tok)
+
+    def __call__(self, *a, **kw):
+        return self.tok(*a, **kw)
+
+    def build_inputs_with_special_tokens(self, ids):
+        return [7, *ids, 8]
+
+
+def test_encoder_windows_are_framed_like_the_texts_they_are_scored_on(tok):
+    w = training_windows(_Framing(tok), tokens=640, seq_len=64, seed=1, special_tokens=True)
+    assert w.input_ids.shape == (10, 64) and w.tokens == 640
+    assert (w.input_ids[:, 0] == 7).all() and (w.input_ids[:, -1] == 8).all()
+    ids = data.split_ids(tok, "train")
+    chunks = ids[: ids.numel() // 62 * 62].view(-1, 62)  # the text between is one aligned 62-token chunk
+    assert all((chunks == x[1:-1]).all(1).any() for x in w.input_ids)
+    plain = training_windows(_Framing(tok), tokens=640, seq_len=64, seed=1)
+    assert not (plain.input_ids[:, 0] == 7).all()

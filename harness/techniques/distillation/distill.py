@@ -7,8 +7,9 @@ is the first stage), frozen in eval mode. The student is built by
 (self-distillation). Training: AdamW on every student parameter (and the hidden-state
 projections, where widths differ) for ``steps`` steps of ``batch`` windows of the training
 stream (``harness.models.train_data``: the bundled train split, a text file or an HF
-dataset directory, seeded order, ``steps x batch x seq_len`` tokens), warm-up then linear
-decay of the learning rate.
+dataset directory, seeded order, ``steps x batch x seq_len`` tokens; an encoder's windows
+are framed ``[CLS] ... [SEP]`` as its tokenizer frames the sentences it is scored on), warm-up
+then linear decay of the learning rate.
 
 Loss per step, for causal LMs: ``alpha * sum(distillation terms) + (1 - alpha) * CE`` on
 the window's next tokens (``alpha=0`` with ``loss=logits`` trains the student without the
@@ -30,7 +31,6 @@ from harness.techniques.architecture.student import Init, Select, StudentConfig,
 from harness.techniques.base import Applied, Technique, from_config, register
 from harness.techniques.distillation import losses as L
 from harness.techniques.finetune import cycled_windows, is_causal_lm, loss_summary, train, warmup_linear
-from harness.techniques.pruning.surgery import heads
 
 
 @dataclass(frozen=True)
@@ -88,21 +88,15 @@ class Objective:
         self.terms = L.parse_losses(cfg.loss)
         self.causal = is_causal_lm(teacher)
         self.dev = next(student.parameters()).device
-        self.pairs = L.hidden_pairs(kept)
+        self.pairs = L.hidden_pairs(kept, len(find_blocks(teacher)[1]))
         d_s, d_t = student.config.hidden_size, teacher.config.hidden_size
         self.proj = L.Projections(d_s, d_t, len(self.pairs), self.dev)
-        self.values: dict[str, torch.Tensor] = {}
-        self.hooks = []
-        self.rel_heads = 1
-        if "relation" in self.terms:
-            tb, sb = find_blocks(teacher)[1][-1], find_blocks(student)[1][-1]
-            self.hooks = [L.value_tap(tb, self.values, "t"), L.value_tap(sb, self.values, "s")]
-            from harness.techniques.pruning.surgery import attn_of
-
-            a = attn_of(tb)
-            d_vt = heads(tb, a)[1] * a.head_dim
-            a_s = attn_of(sb)
-            self.rel_heads = L.relation_heads(heads(sb, a_s)[1] * a_s.head_dim, d_vt, heads(tb, a)[1])
+        self.taps: list[L.AttentionTap] = []
+        if "relation" in self.terms:  # MiniLM: the teacher's last block onto the student's last
+            self.taps = [L.AttentionTap(find_blocks(m)[1][-1]) for m in (student, teacher)]
+            s, t = self.taps
+            self.at_heads = L.relation_heads(s.n_q * s.head_dim, t.n_q * t.head_dim, t.n_q)
+            self.vr_heads = L.relation_heads(s.n_kv * s.head_dim, t.n_kv * t.head_dim, t.n_kv)
         # alpha=0 with the response loss only: the teacher's outputs are never used
         self.uses_teacher = not (self.causal and cfg.alpha == 0)
 
@@ -124,15 +118,14 @@ class Objective:
             if hidden:
                 kd = kd + L.hidden_mse(s.hidden_states, t.hidden_states, self.pairs, self.proj)
             if "relation" in self.terms:
-                kd = kd + L.value_relation(self.values["s"], self.values["t"], self.rel_heads, self.causal)
+                kd = kd + L.minilm(*self.taps, self.at_heads, self.vr_heads, self.causal)
         if not self.causal:
             return kd
         return self.cfg.alpha * kd + (1 - self.cfg.alpha) * L.hard_ce(s.logits, ids)
 
     def close(self) -> None:
-        for h in self.hooks:
-            h.remove()
-        self.values.clear()
+        for tap in self.taps:
+            tap.remove()
 
 
 def distill(teacher: nn.Module, calibration, cfg: DistillConfig) -> tuple[nn.Module, list[str], dict[str, float]]:
@@ -142,7 +135,7 @@ def distill(teacher: nn.Module, calibration, cfg: DistillConfig) -> tuple[nn.Mod
         p.requires_grad_(False)
     st = build_student(teacher, cfg.student, calibration)
     data = for_technique(calibration, tokens=cfg.steps * cfg.batch * cfg.seq_len, seq_len=cfg.seq_len,
-                         seed=cfg.seed, source=cfg.data)
+                         seed=cfg.seed, source=cfg.data, special_tokens=not is_causal_lm(teacher))
     obj = Objective(teacher, st.model, st.kept, cfg)
     t0 = time.perf_counter()
     try:

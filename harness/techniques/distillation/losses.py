@@ -3,15 +3,22 @@ teacher outputs on the same tokens:
 
 - response (``logits``): ``T^2 KL(softmax(t/T) || softmax(s/T))`` per token (Hinton et al.);
   encoders have no logits, so their response is the output token embedding and the loss
-  is ``1 - cosine`` to the teacher's (what the harness scores them by);
+  is ``1 - cosine`` to the teacher's, of the mean-pooled window embedding (what
+  ``fidelity.cosine`` scores) and per token, averaged;
 - feature (``hidden``): MSE between mapped hidden states, student block j against the
-  teacher block it was taken from (TinyBERT's uniform map), through a learned linear
+  teacher block it was taken from and the final state against the final state (TinyBERT's
+  uniform map), through a learned linear
   projection where the widths differ; divided by the teacher state's mean square, so
   layers with large residual norms do not drown the others;
-- relation (``relation``): MiniLM's self-attention value-relation, ``KL(softmax(V_t V_t^T /
-  sqrt(d)) || softmax(V_s V_s^T / sqrt(d)))`` over relation heads of the last block's
-  values (the number of relation heads is free, so teacher and student head counts may
-  differ); future positions are masked for causal LMs.
+- relation (``relation``): MiniLM (Wang et al. 2020), teacher's LAST block against the
+  student's last block: KL(teacher || student) of the self-attention distributions
+  ``softmax(Q K^T / sqrt(d))`` per head plus KL of the value relation ``softmax(V V^T /
+  sqrt(d))`` per head, summed; means over batch, heads and query positions. Q, K, V are
+  taken by hooks (rotary embeddings applied, GQA's KV heads repeated), so sdpa and eager
+  attention give the same loss and no dropout-perturbed probabilities are used. When the
+  head counts differ, the projections are split into shared "relation heads"
+  (MiniLMv2). Future positions are masked for causal LMs, padded keys and queries for
+  every model (the training windows have none, but the functions take a mask).
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.config import SpecError
-from harness.techniques.pruning.surgery import attn_of
+from harness.techniques.pruning.surgery import attn_of, heads
 
 LOSSES = ("logits", "hidden", "relation")
 
@@ -52,8 +59,14 @@ def hard_ce(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def embedding_cos(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """1 - mean token cosine of the output embeddings (encoders' response loss)."""
-    return 1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1).mean()
+    """Encoders' response loss: the mean of (1 - cosine of the mean-pooled window
+    embeddings), which is what ``fidelity.cosine`` scores (sentence-transformers' pooling;
+    the windows have no padding), and (1 - mean token cosine), which gives the pooled
+    term one target per token instead of one per window."""
+    s, t = student.float(), teacher.float()
+    pooled = F.cosine_similarity(s.mean(1), t.mean(1), dim=-1).mean()
+    token = F.cosine_similarity(s, t, dim=-1).mean()
+    return 1 - (pooled + token) / 2
 
 
 class Projections(nn.Module):
@@ -79,45 +92,116 @@ def hidden_mse(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, .
     return total / len(pairs)
 
 
-def hidden_pairs(kept: list[int]) -> list[tuple[int, int]]:
-    """(student, teacher) hidden-state indices: embeddings, then each student block's output
-    against the output of the teacher block it came from."""
-    return [(0, 0)] + [(j + 1, t + 1) for j, t in enumerate(kept)]
+def hidden_pairs(kept: list[int], n_teacher: int) -> list[tuple[int, int]]:
+    """(student, teacher) hidden-state indices: embeddings, each student block's output
+    against the output of the teacher block it came from, and the last against the last
+    (transformers returns the final state after the final norm, as TinyBERT maps it)."""
+    k = len(kept)
+    return [(0, 0)] + [(j + 1, t + 1) for j, t in enumerate(kept[:-1])] + [(k, n_teacher)]
 
 
-def value_tap(block: nn.Module, store: dict[str, torch.Tensor], key: str):
-    """Forward hook recording the value projection of ``block`` in ``store[key]``."""
-    a = attn_of(block)
-    fused = a.v is None  # GPT-2 c_attn = [q | k | v]
-    mod = block.get_submodule(a.q if fused else a.v)
+class AttentionTap:
+    """Forward hooks on one block recording its query, key and value projections (and the
+    rotary position embeddings the attention module is called with, if any), so the
+    attention distributions and value relations can be rebuilt outside the model: the
+    same path for every attention implementation (sdpa/eager), never the dropout-perturbed
+    probabilities ``output_attentions`` returns in training mode."""
 
-    def hook(_m, _args, out):
-        store[key] = out[..., 2 * out.shape[-1] // 3:] if fused else out
-    return mod.register_forward_hook(hook)
+    def __init__(self, block: nn.Module) -> None:
+        a = attn_of(block)
+        self.head_dim, self.n_q, self.n_kv = a.head_dim, *heads(block, a)
+        self.store: dict[str, object] = {}
+        fused = a.v is None  # GPT-2 c_attn = [q | k | v]
+
+        def out_hook(key: str):
+            def hook(_m, _args, out):
+                if fused:
+                    d = out.shape[-1] // 3
+                    self.store.update(q=out[..., :d], k=out[..., d:2 * d], v=out[..., 2 * d:])
+                else:
+                    self.store[key] = out
+            return hook
+
+        def pre_hook(_m, _args, kwargs):
+            self.store["rope"] = kwargs.get("position_embeddings")
+
+        mods = [(a.q, "q")] if fused else [(a.q, "q"), (a.k, "k"), (a.v, "v")]
+        self.handles = [block.get_submodule(m).register_forward_hook(out_hook(k)) for m, k in mods]
+        self.handles.append(block.get_submodule(a.module).register_forward_pre_hook(pre_hook, with_kwargs=True))
+
+    def qkv(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, k, v) as [batch, seq, width]: rotary embeddings applied to q and k where the
+        model uses them, KV heads repeated to the query heads under GQA."""
+        q, k, v = (self.store[x].float() for x in "qkv")
+        b, n = q.shape[:2]
+        d = self.head_dim
+        q, k = q.view(b, n, -1, d).transpose(1, 2), k.view(b, n, -1, d).transpose(1, 2)
+        rope = self.store.get("rope")
+        if rope is not None:
+            from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+            q, k = apply_rotary_pos_emb(q, k, rope[0].float(), rope[1].float())
+        k = k.repeat_interleave(self.n_q // self.n_kv, dim=1)
+        flat = lambda x: x.transpose(1, 2).reshape(b, n, -1)  # noqa: E731
+        return flat(q), flat(k), v
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.store.clear()
 
 
 def relation_heads(d_student: int, d_teacher: int, preferred: int) -> int:
-    """Relation heads dividing both value widths: ``preferred`` when it does, else their gcd's
+    """Relation heads dividing both widths: ``preferred`` when it does, else their gcd's
     largest divisor not above it."""
     g = math.gcd(d_student, d_teacher)
     return max(h for h in range(1, preferred + 1) if g % h == 0)
 
 
-def value_relation(v_s: torch.Tensor, v_t: torch.Tensor, n_heads: int, causal: bool) -> torch.Tensor:
-    """MiniLM value-relation KL, mean over batch, heads and query positions."""
-    def rel(v: torch.Tensor) -> torch.Tensor:
-        b, n, d = v.shape
-        v = v.float().view(b, n, n_heads, d // n_heads).transpose(1, 2)
-        s = v @ v.transpose(-1, -2) / math.sqrt(d // n_heads)
-        if causal:
-            s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=v.device).triu(1), float("-inf"))
-        return F.log_softmax(s, -1)
+def _log_relation(a: torch.Tensor, b: torch.Tensor, n_heads: int, causal: bool,
+                  valid: torch.Tensor | None) -> torch.Tensor:
+    """log softmax(a_h b_h^T / sqrt(d_h)) per relation head h: [batch, heads, seq, seq];
+    future positions masked for causal LMs, padded keys (``valid`` False) for every model."""
+    bs, n, d = a.shape
+    a = a.view(bs, n, n_heads, d // n_heads).transpose(1, 2)
+    b = b.view(bs, n, n_heads, d // n_heads).transpose(1, 2)
+    s = a @ b.transpose(-1, -2) / math.sqrt(d // n_heads)
+    if causal:
+        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool, device=s.device).triu(1), float("-inf"))
+    if valid is not None:
+        s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+    return F.log_softmax(s, -1)
 
-    s, t = rel(v_s), rel(v_t)
-    p = t.exp()
-    kl = (p * (t - s)).nan_to_num(0.0).sum(-1)  # masked entries: 0 * (-inf - -inf)
-    return kl.mean()
+
+def relation_kl(s_pair: tuple[torch.Tensor, torch.Tensor], t_pair: tuple[torch.Tensor, torch.Tensor],
+                n_heads: int, causal: bool, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(teacher || student) of one relation (rows of softmax(X Y^T / sqrt(d)) per head),
+    mean over batch, heads and the query positions that are not padding."""
+    s = _log_relation(*s_pair, n_heads, causal, valid)
+    t = _log_relation(*t_pair, n_heads, causal, valid)
+    kl = (t.exp() * (t - s)).nan_to_num(0.0).sum(-1)  # masked entries: 0 * (-inf - -inf)
+    if valid is None:
+        return kl.mean()
+    w = valid[:, None, :].float().expand_as(kl)
+    return (kl * w).sum() / w.sum().clamp(min=1)
+
+
+def value_relation(v_s: torch.Tensor, v_t: torch.Tensor, n_heads: int, causal: bool,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
+    """MiniLM value-relation KL: softmax(V V^T / sqrt(d)) per relation head."""
+    return relation_kl((v_s, v_s), (v_t, v_t), n_heads, causal, valid)
+
+
+def minilm(s: AttentionTap, t: AttentionTap, at_heads: int, vr_heads: int, causal: bool,
+           valid: torch.Tensor | None = None) -> torch.Tensor:
+    """MiniLM's deep self-attention distillation (Wang et al. 2020) on the last blocks:
+    attention-distribution KL (softmax(Q K^T / sqrt(d)), the model's own attention when the
+    relation heads are its heads) plus the value-relation KL."""
+    qs, ks, vs = s.qkv()
+    qt, kt, vt = t.qkv()
+    return (relation_kl((qs, ks), (qt, kt), at_heads, causal, valid)
+            + relation_kl((vs, vs), (vt, vt), vr_heads, causal, valid))
 
 
 __all__ = ["LOSSES", "Projections", "embedding_cos", "hard_ce", "hidden_mse", "hidden_pairs", "logits_kd",
-           "parse_losses", "relation_heads", "value_relation", "value_tap"]
+           "minilm", "parse_losses", "relation_heads", "relation_kl", "value_relation", "AttentionTap"]

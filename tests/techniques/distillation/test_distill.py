@@ -24,10 +24,43 @@ def test_loss_terms_vanish_only_at_the_teacher():
     # T^2 scaling: at a high temperature the gradient scale is kept (Hinton et al.)
     assert 0.2 < float(L.logits_kd(s, t, 8.0) / L.logits_kd(s, t, 1.0)) < 5
     v, w = torch.randn(2, 6, 8, generator=g), torch.randn(2, 6, 4, generator=g)
-    assert L.value_relation(v, v, 4, causal=True).abs() < 1e-6
+    assert L.value_relation(v, v, 4, causal=True).abs() < 1e-6 < L.value_relation(v.flip(1), v, 4, causal=True)
     assert L.value_relation(w, v, L.relation_heads(4, 8, 4), causal=False) > 0  # widths differ
+    assert L.hidden_pairs([0, 2], 4) == [(0, 0), (1, 1), (2, 4)]  # the last (final-normed) onto the last
     proj = L.Projections(4, 8, 1, torch.device("cpu"))
     assert L.hidden_mse((w,), (v,), [(0, 0)], proj) > 0 and proj.maps is not None
+
+
+@pytest.mark.parametrize("make", ["bert", "llama"])
+def test_minilm_attention_is_the_models_own_attention(make):
+    """The hooked Q/K (rotary applied, GQA's KV heads repeated) rebuild the probabilities
+    the eager attention returns, and the MiniLM loss vanishes between a model and itself."""
+    from harness.calibration import find_blocks
+
+    m = (random_bert if make == "bert" else random_llama)().eval()
+    for mod in m.modules():
+        if hasattr(mod, "config"):
+            mod.config._attn_implementation = "eager"
+    tap = L.AttentionTap(find_blocks(m)[1][-1])
+    with torch.no_grad():
+        att = m(input_ids=ids(batch=2, seq=12), output_attentions=True).attentions[-1]
+    q, k, v = tap.qkv()
+    causal = make == "llama"
+    assert torch.allclose(L._log_relation(q, k, tap.n_q, causal, None).exp(), att, atol=1e-5)
+    assert L.minilm(tap, tap, tap.n_q, tap.n_kv, causal).abs() < 1e-6
+    tap.remove()
+
+
+def test_relation_loss_ignores_padding():
+    g = torch.Generator().manual_seed(1)
+    v_s, v_t = torch.randn(2, 6, 8, generator=g), torch.randn(2, 6, 8, generator=g)
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    valid[1, 4:] = False
+    noisy_s, noisy_t = v_s.clone(), v_t.clone()
+    noisy_s[1, 4:], noisy_t[1, 4:] = 100.0, -50.0  # whatever sits in the padding
+    a = L.value_relation(v_s, v_t, 2, causal=False, valid=valid)
+    assert torch.allclose(a, L.value_relation(noisy_s, noisy_t, 2, causal=False, valid=valid))
+    assert not torch.allclose(a, L.value_relation(noisy_s, noisy_t, 2, causal=False))
 
 
 @pytest.mark.parametrize("loss", ["logts", "logits+logits", "hidden+kl"])
@@ -53,11 +86,18 @@ def _kl_to(teacher, student, x):
 def test_distillation_brings_the_student_closer_to_the_teacher(tiny_lm, tiny_calibration):
     teacher = tiny_lm.model
     x = tiny_calibration.input_ids[:4, :64]
-    spec = "loss=logits+hidden+relation,layers=2,steps=12,batch=4,seq_len=64,alpha=1"
+    spec = "loss=logits+hidden,layers=2,steps=12,batch=4,seq_len=64,alpha=1"
     untrained = harness.compress(copy.deepcopy(teacher), "student:layers=2").model
     res = harness.compress(copy.deepcopy(teacher), f"distill:{spec}", tiny_calibration)
     assert _kl_to(teacher, res.model, x) < 0.8 * _kl_to(teacher, untrained, x)
     assert res.figures["train.loss_last"] < res.figures["train.loss_first"]
+
+
+def test_relation_distillation_lowers_its_loss():
+    t = random_llama()
+    res = harness.compress(copy.deepcopy(t), "distill:loss=relation,layers=1,steps=8,batch=2,alpha=1,lr=3e-3",
+                           Calibration(ids(batch=4, seq=16)))
+    assert res.figures["train.loss_last"] < 0.8 * res.figures["train.loss_first"]
 
 
 def test_encoder_students_distill_with_every_loss():

@@ -344,7 +344,7 @@ def test_default_spec_runs_on_small_odd_width_models(name, mname):
     if name == "tie-embeddings" and head is not None and head.weight is emb.weight:
         pytest.skip("tie-embeddings does not apply: this model's embeddings are already tied")
     if name == "gqa" and mname == "gpt2-64":
-        pytest.skip("gqa does not apply to GPT-2 (no separate KV heads): a one-line error, tests/techniques/architecture")
+        pytest.skip("gqa does not apply to GPT-2 (no separate KV heads): a one-line error (test_gqa.py)")
     if name == "distill":
         pytest.skip("distill's default trains 100 steps; short runs on each family: tests/techniques/distillation")
     calib = _calib() if (cls.needs_calibration or cls.uses_calibration) else None
