@@ -27,8 +27,10 @@ from harness.baseline_file import MetricBaseline, Tolerance
 from harness.records import Record
 
 # Fingerprint fields that change performance figures; a difference in any of them makes
-# latency / memory / energy figures not comparable (accuracy and sizes still are).
-COMPARABLE_FIELDS = ("cpu", "cpu_affinity", "torch_threads", "omp_num_threads", "torch", "transformers",
+# latency / memory / energy figures not comparable (accuracy and sizes still are). Thread
+# counts are compared as torch applies them (``torch_threads``), not as the environment
+# spells them: OMP_NUM_THREADS unset on a 2-core host and OMP_NUM_THREADS=2 run the same.
+COMPARABLE_FIELDS = ("cpu", "cpu_affinity", "torch_threads", "torch", "transformers",
                      "gpu", "gpu_torch_name", "driver", "cuda_runtime", "cuda_driver", "sm_clock_max_mhz",
                      "mem_clock_max_mhz", "power_limit_w", "cuda_device")
 PERFORMANCE_PREFIXES = ("latency.", "memory.", "energy.", "compress.", "train.wall_s")

@@ -116,6 +116,10 @@ def test_a_fingerprint_mismatch_is_not_comparable_for_performance_only(tmp_path)
     [v] = judge([lat_rec("latency.prefill_ms", 10.0)], [lat_rec("latency.prefill_ms", 10.0)], tmp_path,
                 fingerprint=dict(FP), base_fp=FP)
     assert v.status == "pass"
+    # OMP_NUM_THREADS spelled out, same effective torch thread count: still comparable.
+    [v] = judge([lat_rec("latency.prefill_ms", 10.0)], [lat_rec("latency.prefill_ms", 10.0)], tmp_path,
+                fingerprint={**FP, "omp_num_threads": "1"}, base_fp={**FP, "omp_num_threads": None})
+    assert v.status == "pass"
 
 
 def test_update_stores_samples_and_fingerprint_and_a_spread_only_file_still_works(tmp_path):
