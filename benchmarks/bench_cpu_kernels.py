@@ -27,7 +27,6 @@ from _common import table
 from torch import nn
 
 import harness
-from harness.layers.base import set_module
 from harness.layers.dynamic import DynamicInt8Linear
 from harness.layers.exec import PLANNERS, kernel_summary, reference_forward
 from harness.layers.lowrank import LowRankLinear
@@ -146,15 +145,9 @@ def layer_table(rounds: int, quick: bool) -> list[list]:
 
 
 # -- end to end -------------------------------------------------------------------------------
-def int4_head(model: nn.Module) -> nn.Module:
-    """The lm_head as int4 g128 too (43% of harness-speed's weight bytes)."""
-    set_module(model, "lm_head", QuantLinear.from_linear(model.lm_head, bits=4, group=128))
-    return model
-
-
 def e2e_variants(quick: bool) -> list[tuple[str, str, Callable[[nn.Module], nn.Module] | None]]:
     v = [("rtn:bits=4,group=128", "int4 g128, decoder layers", None),
-         ("rtn:bits=4,group=128", "int4 g128 + int4 lm_head", int4_head),
+         ("rtn:bits=4,group=128,head=true", "int4 g128 + int4 lm_head", None),
          ("rtn:bits=8", "int8 per-channel", None)]
     if not quick:
         v += [("rtn:bits=3,group=64", "int3 g64", None), ("rtn:bits=2,group=64", "int2 g64", None),

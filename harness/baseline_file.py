@@ -93,7 +93,8 @@ class MetricBaseline:
         return d
 
 
-SAMPLE_KEYS = ("values", "window_nll", "window_ids", "agree_bits", "tokens")  # what verdicts test on
+# What verdicts test on (``reference_values``: the reference timed beside a latency test).
+SAMPLE_KEYS = ("values", "reference_values", "window_nll", "window_ids", "agree_bits", "tokens")
 
 
 def baseline_samples(samples: dict[str, Any] | None) -> dict[str, list[float]]:

@@ -35,7 +35,14 @@ from harness.baseline_file import (  # noqa: F401  (re-exported: the names calle
     resolve_spec,
     resolved_key,
 )
-from harness.judge import Verdict, compare, fingerprint_diff, is_performance  # noqa: F401  (re-exported)
+from harness.judge import (  # noqa: F401  (re-exported)
+    RAW_OF,
+    Verdict,
+    compare,
+    fingerprint_diff,
+    hold_if_host_moved,
+    is_performance,
+)
 from harness.metrics import METRICS
 from harness.paths import atomic_write, inside, safe_component
 from harness.records import Record
@@ -152,10 +159,9 @@ def _verdicts(records: Iterable[Record], store: BaselineStore | None, device_cla
               overrides: dict[str, Tolerance], missing: bool, fingerprint: dict[str, Any] | None) -> list[Verdict]:
     out: list[Verdict] = []
     seen: dict[tuple[str, str, str, str], set[str]] = {}
-    for r in records:
-        if r.device_class and r.device_class != device_class:
-            continue
-        key = baseline_key(r)
+    keyed = [(r, baseline_key(r)) for r in records if not (r.device_class and r.device_class != device_class)]
+    by_metric = {(r.suite, key, r.metric): r for r, key in keyed}
+    for r, key in keyed:
         seen.setdefault((r.suite, *key), set()).add(r.metric)
         if r.status != "ok" or r.value is None:
             continue
@@ -180,6 +186,9 @@ def _verdicts(records: Iterable[Record], store: BaselineStore | None, device_cla
                             r.value, base.tolerance, "fingerprints differ: " + "; ".join(diff))
             else:
                 v = compare(r, base, overrides.get(r.metric))
+                if r.metric in RAW_LATENCY or r.metric in RAW_OF:
+                    raw = RAW_OF.get(r.metric, r.metric)
+                    hold_if_host_moved(v, by_metric.get((r.suite, key, raw)), ent.metrics.get(raw))
         out.append(v)
     if store and missing:
         for (suite, model, resolved, profile), measured in seen.items():

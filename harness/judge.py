@@ -68,6 +68,43 @@ def fingerprint_diff(run: dict[str, Any] | None, base: dict[str, Any] | None) ->
             if k in run and k in base and str(run[k]) != str(base[k])]
 
 
+# Timings whose test also timed the uncompressed reference beside them (interleaved rounds,
+# ``samples.reference_values`` on the raw metric): the speed-ups, and the raw latencies.
+RAW_OF = {"latency.speedup_prefill": "latency.prefill_ms", "latency.speedup_decode": "latency.decode_ms_per_token",
+          "latency.decode_tok_s": "latency.decode_ms_per_token"}
+
+
+def reference_moved(run_raw: Record | None, base_raw: MetricBaseline | None, allowed: float) -> str | None:
+    """How far the reference timed beside a test moved against the reference timed beside
+    the same test in the baseline (``+31% [+28%, +35%]``), when that is not shown within
+    ``±allowed``; None when it is, or when either side lacks the samples."""
+    r = (run_raw.samples or {}).get("reference_values") if run_raw else None
+    b = (base_raw.samples or {}).get("reference_values") if base_raw else None
+    if not r or not b or len(r) < 2 or len(b) < 2:
+        return None
+    c = stats.ratio_of_medians(r, b, higher_is_better=False)  # + : the reference is slower now
+    if -allowed <= c.lo and c.hi <= allowed:
+        return None
+    return f"{100 * c.est:+.0f}% [{100 * c.lo:+.0f}%, {100 * c.hi:+.0f}%]"
+
+
+def hold_if_host_moved(v: Verdict, run_raw: Record | None, base_raw: MetricBaseline | None) -> None:
+    """A timing verdict (raw or speed-up) is only ``regressed``/``improved`` while the
+    reference timed beside it is consistent with the baseline's within the metric's own
+    tolerance. Speed-ups cancel a uniform change of host speed, not a large one: kernels
+    scale differently when the host runs 30% faster (measured: speed-ups moved 15-23% while
+    their interleaved reference moved 22-33%), so beyond that the verdict is inconclusive."""
+    if v.status not in ("regressed", "improved") or v.spec == "none" or v.tolerance is None or not v.baseline:
+        return
+    allowed = v.tolerance.allowed(v.baseline) / abs(v.baseline)
+    moved = reference_moved(run_raw, base_raw, allowed)
+    if moved:
+        v.note = "; ".join(x for x in (v.note, (
+            f"host moved: the reference timed beside this test is {moved} against the baseline's, beyond "
+            f"±{allowed:.0%}, so this timing is not judged; alone it would have been {v.status}")) if x)
+        v.status = "inconclusive"
+
+
 def is_performance(metric: str) -> bool:
     return metric.startswith(PERFORMANCE_PREFIXES)
 

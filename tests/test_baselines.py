@@ -151,7 +151,7 @@ def test_update_writes_reviewable_file_and_keeps_hand_tuned_tolerance(tmp_path):
 # -- keys pin the full resolved config (issue 12) ------------------------------------------------
 
 def test_resolved_key_includes_defaults_and_version():
-    assert bl.resolve_spec("rtn:bits=4") == "rtn:bits=4,group=none,sym=true@v1"
+    assert bl.resolve_spec("rtn:bits=4") == "rtn:bits=4,group=none,head=false,sym=true@v1"
     assert bl.resolve_spec("rtn:bits=4") == bl.resolve_spec("rtn:bits=4,sym=true")  # same behaviour, same key
     assert bl.resolve_spec("none") == "none@v1"
 
@@ -164,7 +164,7 @@ def test_a_changed_default_is_never_compared_with_the_old_numbers(tmp_path):
     moved = dataclasses.replace(rec("ppl.window", 70.0), config={"bits": 4, "group": 64, "sym": True})
     [v] = bl.verdicts([moved], bl.BaselineStore(tmp_path), DC, missing=False)
     assert v.status == "new"
-    same = dataclasses.replace(rec("ppl.window", 50.4), config={"bits": 4, "group": None, "sym": True})
+    same = dataclasses.replace(rec("ppl.window", 50.4), config={"bits": 4, "group": None, "sym": True, "head": False})
     [v] = bl.verdicts([same], bl.BaselineStore(tmp_path), DC, missing=False)
     assert v.status == "pass"
 

@@ -168,3 +168,27 @@ def test_compression_wall_time_is_not_judged_while_the_host_moved(tmp_path):
     assert "reference's own latency.prefill_ms" in vs["compress.wall_s"].note
     [v] = judge([rec("compress.wall_s", 4.0)], [rec("compress.wall_s", 1.0)], tmp_path / "quiet")
     assert v.status == "regressed"  # same host: a 4x slower compression is a regression
+
+
+def test_a_speedup_is_held_when_the_reference_timed_beside_it_moved(tmp_path):
+    """Speed-ups cancel small host changes, not large ones: a 15% lower speed-up is regressed
+    while the interleaved reference matches the baseline's, inconclusive when that reference
+    ran 30% faster (the host moved), and the note says by how much."""
+    def pair(ref_ms, speedup, seed):
+        raw = lat_rec("latency.prefill_ms", ref_ms / speedup, seed=seed)
+        raw.samples["reference_values"] = lat_rec("latency.prefill_ms", ref_ms, seed=seed + 1).samples["values"]
+        sp = lat_rec("latency.speedup_prefill", speedup, seed=seed + 2)
+        sp.higher_is_better = True
+        return [raw, sp]
+
+    base = pair(10.0, 1.0, 1)
+    vs = {v.metric: v for v in judge(pair(10.0, 0.85, 10), base, tmp_path)}
+    assert vs["latency.speedup_prefill"].status == "regressed"
+    vs = {v.metric: v for v in judge(pair(7.0, 0.85, 10), base, tmp_path)}
+    sp = vs["latency.speedup_prefill"]
+    assert sp.status == "inconclusive"
+    assert re.search(r"reference timed beside this test is -3\d% .* beyond ±10%.*would have been regressed", sp.note)
+    # a raw latency 40% slower is held by the same check (its own tolerance, 25%)
+    vs = {v.metric: v for v in judge(pair(7.0, 0.5, 10), base, tmp_path)}
+    raw = vs["latency.prefill_ms"]
+    assert raw.status == "inconclusive" and "would have been regressed" in raw.note

@@ -27,9 +27,10 @@ from harness.techniques.quantization.common import (
     WeightQuantConfig,
     calibration_notes,
     check_config,
+    head_notes,
     to_quant_linear,
 )
-from harness.techniques.quantization.sequential import quantize_sequential
+from harness.techniques.quantization.sequential import quantize_head, quantize_sequential
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,12 @@ class AWQ(Technique):
                                             input_scale=s)
             return out
 
+        notes = head_notes(model, cfg.head)
         quantize_sequential(model, calibration, quantize_group, hessian=False, keep_samples=cfg.samples)
+        if cfg.head:
+            quantize_head(model, calibration, quantize_group, hessian=False, keep_samples=cfg.samples)
         return Applied(model, calibration_notes(calibration)
-                       + ["input scales kept per layer (float16 [in], counted in size)"])
+                       + ["input scales kept per layer (float16 [in], counted in size)", *notes])
 
 
 __all__ = ["AWQ", "AWQConfig", "search_clip", "search_scale"]

@@ -28,9 +28,10 @@ from harness.techniques.quantization.common import (
     WeightQuantConfig,
     calibration_notes,
     check_config,
+    head_notes,
     to_quant_linear,
 )
-from harness.techniques.quantization.sequential import quantize_sequential
+from harness.techniques.quantization.sequential import quantize_head, quantize_sequential
 
 
 @dataclass(frozen=True)
@@ -129,5 +130,8 @@ class GPTQ(Technique):
                 out[name] = to_quant_linear(mod, bits=cfg.bits, group=cfg.group, sym=cfg.sym, codes=codes)
             return out
 
+        notes = head_notes(model, cfg.head)
         quantize_sequential(model, calibration, quantize_group)
-        return Applied(model, calibration_notes(calibration))
+        if cfg.head:  # the head's Hessian: final hidden states of the quantized model
+            quantize_head(model, calibration, quantize_group)
+        return Applied(model, calibration_notes(calibration) + notes)

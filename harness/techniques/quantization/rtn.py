@@ -14,8 +14,10 @@ from harness.techniques.base import Applied, Technique, register
 from harness.techniques.quantization.common import (
     WeightQuantConfig,
     check_config,
+    head_notes,
     replace,
     to_quant_linear,
+    untie_head,
 )
 
 
@@ -30,8 +32,11 @@ class RTN(Technique):
 
     def apply(self, model: nn.Module, calibration=None) -> Applied:
         cfg = self.config
-        linears = target_linears(model)
+        linears = target_linears(model, head=cfg.head)
         check_config(linears, cfg.bits, cfg.group)
+        notes = head_notes(model, cfg.head)
+        if cfg.head:
+            untie_head(model)
         for name, mod in linears.items():
             replace(model, name, to_quant_linear(mod, bits=cfg.bits, group=cfg.group, sym=cfg.sym))
-        return Applied(model, ["weight-only; CPU forward: int4pack/int8pack kernels (harness.layers.exec)"])
+        return Applied(model, ["weight-only; CPU forward: int4pack/int8pack kernels (harness.layers.exec)", *notes])

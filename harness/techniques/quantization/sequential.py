@@ -21,6 +21,7 @@ from harness.calibration import (
     find_blocks,
     for_each_block,
 )
+from harness.layers.base import set_module
 
 GroupFn = Callable[[dict[str, nn.Module], dict[str, InputStats]], dict[str, nn.Module]]
 
@@ -88,4 +89,41 @@ def quantize_sequential(model: nn.Module, calibration, fn: GroupFn, *, hessian: 
     return replaced
 
 
-__all__ = ["quantize_sequential"]
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def quantize_head(model: nn.Module, calibration, fn: GroupFn, *, hessian: bool = True,
+                  keep_samples: int = 0, batch_size: int = 8) -> list[str]:
+    """After the blocks: quantize the output head with ``fn`` on statistics of its real
+    inputs, the final hidden states of the already-compressed model over the calibration
+    windows (the logits themselves are never computed). Returns the head's name, or []
+    when the model has no linear head."""
+    from harness.techniques.quantization.common import output_head, untie_head
+
+    found = output_head(model)
+    if found is None:
+        return []
+    name, head = found
+    dev = next(model.parameters()).device
+
+    def feed() -> None:
+        stop = head.register_forward_pre_hook(lambda *_: (_ for _ in ()).throw(_Stop()))
+        try:
+            for b in calibration.batches(batch_size):
+                try:
+                    model(**{k: v.to(dev) for k, v in b.items()}, use_cache=False)
+                except _Stop:
+                    pass
+        finally:
+            stop.remove()
+
+    stats = collect_linear_stats({name: head}, feed, hessian=hessian, keep_samples=keep_samples)
+    untie_head(model)
+    for full, new in fn({name: head}, stats).items():
+        set_module(model, full, new)
+    return [name]
+
+
+__all__ = ["quantize_head", "quantize_sequential"]

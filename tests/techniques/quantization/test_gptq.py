@@ -70,3 +70,23 @@ def test_gptq_beats_rtn_on_tiny(tiny_lm, tiny_calibration):
 def test_gptq_needs_calibration(llama):
     with pytest.raises(CalibrationRequiredError, match="gptq"):
         harness.compress(llama, "gptq:bits=4")
+
+
+def test_head_option_gptq_calibrates_the_head_on_final_hidden_states(tiny_lm, tiny_calibration):
+    """gptq/awq head=true quantize lm_head from statistics of its real inputs (the final hidden
+    states of the already-quantized model); GPTQ's error feedback beats round-to-nearest there too."""
+    tok = tiny_lm.tokenizer
+
+    def ppl(m):
+        with torch.no_grad():
+            return perplexity_window(m, tok, "validation", max_tokens=2048)
+
+    calib = harness.Calibration(tiny_calibration.input_ids[:8], tiny_calibration.attention_mask[:8])
+    rtn = harness.compress(copy.deepcopy(tiny_lm.model), "rtn:bits=3,group=64,head=true").model
+    gptq = harness.compress(copy.deepcopy(tiny_lm.model), "gptq:bits=3,group=64,head=true", calibration=calib).model
+    awq = harness.compress(copy.deepcopy(tiny_lm.model), "awq:bits=3,group=64,head=true,grid=4",
+                           calibration=calib).model
+    for m in (rtn, gptq, awq):
+        assert isinstance(m.get_output_embeddings(), QuantLinear) and m.get_output_embeddings().bits == 3
+    assert awq.get_output_embeddings().input_scale is not None  # AWQ's scale kept on the head
+    assert ppl(gptq) < ppl(rtn)
