@@ -43,12 +43,30 @@ def _v(rec, fmt: str = ".3f") -> str:
     return "N/A" if rec is None or rec.value is None else format(rec.value, fmt)
 
 
-def causal(steps: int, batch: int) -> tuple[str, dict[str, float]]:
+def causal(steps: int, batch: int) -> tuple[str, dict[str, float], tuple[str, dict[str, list[float]]]]:
     """harness-tiny: a 2-layer student, distilled or trained without the teacher."""
     lm = harness.load_model("harness-tiny")
     calib = harness.get_calibration(lm.tokenizer, n=16, seq_len=128, seed=0)
+    specs = causal_specs(steps, batch)
+    ppl, rows, trained = {}, [], {}
+    for label, spec in specs.items():
+        r = _run(lm, spec, ["ppl.window", "size.bytes", *TRAIN], calib)
+        ppl[label] = r["ppl.window"].value
+        if label in DIAG:
+            trained[DIAG[label]] = (spec, r["_result"].model)
+        rows.append([label, f"`{spec}`", _v(r["ppl.window"], ".2f"), f"{r['size.bytes'].value / 1e6:.2f}",
+                     _v(r["train.tokens"], ".0f"), _v(r["train.loss_first"]), _v(r["train.loss_last"]),
+                     _v(r["train.wall_s"], ".1f") if spec != "none" else "-",
+                     f"{r['_result'].wall_s:.1f}" if spec != "none" else "-"])
+    md = table(["model", "spec", "ppl.window (validation)", "size MB", "train tokens", "loss first",
+                "loss last (mean of 10)", "train s", "compress s"], rows)
+    return md, ppl, hidden_table(lm, trained)
+
+
+def causal_specs(steps: int, batch: int) -> dict[str, str]:
+    """The harness-tiny rows: label -> spec."""
     common = f"layers=2,steps={steps},batch={batch}"
-    specs = {
+    return {
         "teacher (4 layers, uncompressed)": "none",
         "student, teacher init, untrained": "student:layers=2",
         "random init, CE only (no teacher)": f"distill:loss=logits,alpha=0,init=random,{common}",
@@ -57,18 +75,10 @@ def causal(steps: int, batch: int) -> tuple[str, dict[str, float]]:
         "distilled: logits+hidden": f"distill:loss=logits+hidden,{common}",
         "distilled: logits, data seed 1": f"distill:loss=logits,{common},seed=1",
         "distilled: logits+hidden, data seed 1": f"distill:loss=logits+hidden,{common},seed=1",
+        "distilled: logits+hidden, origin map": f"distill:loss=logits+hidden,hidden_map=origin,{common}",
+        "distilled: logits+hidden, origin map, data seed 1":
+            f"distill:loss=logits+hidden,hidden_map=origin,{common},seed=1",
     }
-    ppl, rows = {}, []
-    for label, spec in specs.items():
-        r = _run(lm, spec, ["ppl.window", "size.bytes", *TRAIN], calib)
-        ppl[label] = r["ppl.window"].value
-        rows.append([label, f"`{spec}`", _v(r["ppl.window"], ".2f"), f"{r['size.bytes'].value / 1e6:.2f}",
-                     _v(r["train.tokens"], ".0f"), _v(r["train.loss_first"]), _v(r["train.loss_last"]),
-                     _v(r["train.wall_s"], ".1f") if spec != "none" else "-",
-                     f"{r['_result'].wall_s:.1f}" if spec != "none" else "-"])
-    md = table(["model", "spec", "ppl.window (validation)", "size MB", "train tokens", "loss first",
-                "loss last (mean of 10)", "train s", "compress s"], rows)
-    return md, ppl
 
 
 def encoder(steps: int, batch: int) -> tuple[str, dict[str, float]]:
@@ -130,6 +140,76 @@ def relation_reach(lm, calib) -> str:
             + table(["student parameters", "gradient norm of the relation loss"], rows))
 
 
+DIAG = {"student, teacher init, untrained": "untrained", "distilled: logits": "logits",
+        "distilled: logits+hidden": "logits+hidden (uniform map)",
+        "distilled: logits+hidden, origin map": "logits+hidden (origin map)"}
+
+
+def hidden_table(lm, models: dict[str, tuple[str, torch.nn.Module]],
+                 windows: int = 16) -> tuple[str, dict[str, list[float]]]:
+    """Where the hidden-state term pulls, measured on ``windows`` validation windows of 128
+    tokens: each 2-layer student's distance to the teacher states the two maps target
+    (relative MSE, the loss's own scale-free form), its KL to the teacher and its perplexity."""
+    import math
+
+    import torch.nn.functional as F
+
+    from harness.models import data
+
+    x = data.split_ids(lm.tokenizer, "validation")[: windows * 128].view(windows, 128)
+    rows, vals = [], {}
+    for label, (spec, m) in {"teacher (4 layers)": ("none", lm.model), **models}.items():
+        num, den = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+        kl = ce = 0.0
+        with torch.no_grad():
+            for i in range(0, windows, 4):
+                xb = x[i:i + 4]
+                t = lm.model(input_ids=xb, output_hidden_states=True)
+                s = m.eval()(input_ids=xb, output_hidden_states=True)
+                pairs = [(s.hidden_states[1], t.hidden_states[2]), (s.hidden_states[1], t.hidden_states[1]),
+                         (s.hidden_states[-1], t.hidden_states[-1])]
+                for k, (a, b) in enumerate(pairs):
+                    num[k] += float((a.float() - b.float()).square().sum())
+                    den[k] += float(b.float().square().sum())
+                ls, lt = F.log_softmax(s.logits.float(), -1), F.log_softmax(t.logits.float(), -1)
+                kl += float(F.kl_div(ls.flatten(0, 1), lt.flatten(0, 1), log_target=True, reduction="sum"))
+                ce += float(F.cross_entropy(s.logits[:, :-1].float().flatten(0, 1), xb[:, 1:].flatten(),
+                                            reduction="sum"))
+        vals[label] = [*(num / den).tolist(), kl / x.numel(), math.exp(ce / (x.shape[0] * (x.shape[1] - 1)))]
+        rows.append([label, f"`{spec}`", *(f"{v:.4f}" for v in vals[label][:4]), f"{vals[label][4]:.2f}"])
+        print(f"  hidden diag {label}: {rows[-1][2:]}", flush=True)
+    return table(["model", "spec", "state after block 1 vs teacher state 2 (uniform target)",
+                  "state after block 1 vs teacher state 1 (origin target)", "final state vs teacher final",
+                  "KL to teacher per token", "ppl (these windows)"], rows), vals
+
+
+def _diag_note(vals: dict[str, list[float]]) -> str:
+    """What the diagnostic table says about logits+hidden against logits, from its numbers."""
+    lo, un = vals["logits"], vals["logits+hidden (uniform map)"]
+    nums = (f"KL to the teacher per token {un[3]:.4f} vs {lo[3]:.4f}, final-state relative MSE {un[2]:.3f} vs "
+            f"{lo[2]:.3f}, state after block 1 to teacher state 2 {un[0]:.3f} vs {lo[0]:.3f}; perplexity on the "
+            f"same windows {un[4]:.2f} vs {lo[4]:.2f}")
+    if un[3] < lo[3] and un[4] > lo[4]:
+        return (" Measured on 16 validation windows (table below), the feature term does what it is for: the "
+                f"`logits+hidden` student is closer to the teacher than the `logits` one ({nums}). Perplexity "
+                "scores the data, not the teacher: at 2 of 4 layers the student cannot match both, and the feature "
+                "term moves it towards the teacher, at a small cost in perplexity.")
+    return f" Measured on 16 validation windows (table below), `logits+hidden` against `logits`: {nums}."
+
+
+def hidden_diag(steps: int, batch: int) -> tuple[str, dict[str, list[float]]]:
+    """``hidden_table`` on its own (``--only hidden-diag``): trains the table's students with
+    the same specs and seed, so (training being bit-reproducible) the same weights."""
+    import copy
+
+    lm = harness.load_model("harness-tiny")
+    calib = harness.get_calibration(lm.tokenizer, n=16, seq_len=128, seed=0)
+    specs = causal_specs(steps, batch)
+    return hidden_table(lm, {short: (specs[label], harness.compress(copy.deepcopy(lm.model), specs[label],
+                                                                   calib).model)
+                             for label, short in DIAG.items()})
+
+
 def gqa(steps: int, batch: int) -> tuple[str, dict[str, float]]:
     lm = harness.load_model("harness-tiny")
     calib = harness.get_calibration(lm.tokenizer, n=16, seq_len=128, seed=0)
@@ -187,25 +267,37 @@ def _met(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
 
-def _seed_note(ppl: dict[str, float], lh: float, d: float) -> str:
-    """Why logits+hidden lost, by measurement: the same pair on a second data order."""
+def _hidden_note(ppl: dict[str, float], lh: float, d: float) -> str:
+    """logits+hidden against logits, by measurement: a second data order, and the hidden-state
+    map (the default ``uniform`` against ``origin``, the map of the first runs of this bench)."""
     d1, lh1 = ppl["distilled: logits, data seed 1"], ppl["distilled: logits+hidden, data seed 1"]
+    o0, o1 = ppl["distilled: logits+hidden, origin map"], ppl["distilled: logits+hidden, origin map, data seed 1"]
     spread = max(abs(d1 - d), abs(lh1 - lh))
-    head = (f" (by {lh - d:.2f}). On a second data order (seed 1) the pair is {lh1:.2f} vs {d1:.2f} "
-            f"({lh1 - d1:+.2f}); the same spec moves by up to {spread:.2f} ppl between the two orders. ")
-    if lh1 > d1:
-        body = (f"The feature term costs {lh - d:.2f} and {lh1 - d1:.2f} ppl on both orders: a small, consistent "
-                "loss on this model at this budget with its weight 1 (unswept). Likely reason (not measured): the "
-                "map ties the student's block-0 output to the teacher's block-0 output, where it starts at zero "
-                "feature loss, so the one block that must also do the work of the dropped teacher block 1 is held "
-                "in place; only the last-to-last pair gives the student a target it does not already meet.")
+    uni = (lh - d, lh1 - d1)
+    ori = (o0 - d, o1 - d1)
+    if max(uni) <= 0 < min(ori):
+        verdict = ("On both orders the map accounts for the sign: held to the next kept block's input, the term "
+                   "helps; held to the block's own output, it costs.")
+    elif max(uni) <= 0 and max(ori) <= 0:
+        verdict = "On both orders the term helps with either map."
+    elif min(uni) > 0 and min(ori) > 0:
+        verdict = ("On both orders the term costs with either map: on this model at this budget, with its weight 1 "
+                   "(unswept), the feature term does not pay.")
     else:
-        body = ("On that order the ordering flips, so the gap is within seed noise: at this budget the feature "
-                "term neither helps nor hurts measurably on this model.")
-    return head + body
+        verdict = (f"The signs differ between the orders, so at this budget the differences are within the "
+                   f"{spread:.2f} ppl the data order alone moves a spec.")
+    return (f" ({lh - d:+.2f}). On a second data order (seed 1): {lh1:.2f} vs {d1:.2f} ({lh1 - d1:+.2f}) "
+            f"{_met(lh1 <= d1)}; the same spec moves by up to {spread:.2f} ppl between the two orders. "
+            "Hidden-state map: the default `hidden_map=uniform` holds the student's block 0 (teacher block 0) to "
+            "the state teacher block 2 read as its input, so the block is asked to do the work of the dropped "
+            "teacher block 1 as well (TinyBERT's uniform map: student layer m onto teacher layer m N / M); "
+            "`hidden_map=origin` holds it to teacher block 0's own output, which the teacher-initialised block "
+            f"meets before training, so that pair only pins it in place: {o0:.2f} (seed 0) and {o1:.2f} (seed 1), "
+            f"{ori[0]:+.2f} and {ori[1]:+.2f} against `logits` alone. " + verdict)
 
 
-def render(a, ppl, cos, g, sp, causal_md, enc_md, gqa_md, speed_md, total_s: float, host: str) -> str:
+def render(a, ppl, cos, g, sp, causal_md, enc_md, gqa_md, speed_md, total_s: float, host: str,
+           diag: tuple[str, dict[str, list[float]]] | None = None) -> str:
     """docs/distillation.md: the targets with their measured verdicts, then the tables."""
     d, ce_t, ce_r = ppl["distilled: logits"], ppl["teacher init, CE only (no teacher)"], \
         ppl["random init, CE only (no teacher)"]
@@ -215,8 +307,8 @@ def render(a, ppl, cos, g, sp, causal_md, enc_md, gqa_md, speed_md, total_s: flo
              f"(teacher init, CE only): ppl {d:.2f} vs {ce_t:.2f} (margin {ce_t - d:+.2f}, "
              f"{100 * (ce_t / d - 1):+.1f}%) {_met(d < ce_t)}; vs random init on the same tokens: {ce_r:.2f} "
              f"(margin {ce_r - d:+.2f}) {_met(d < ce_r)}.",
-             f"- `logits+hidden` <= `logits`: {lh:.2f} vs {d:.2f} {_met(lh <= d)}"
-             + ("." if lh <= d else _seed_note(ppl, lh, d))]
+             f"- `logits+hidden` <= `logits`: {lh:.2f} vs {d:.2f} {_met(lh <= d)}" + _hidden_note(ppl, lh, d)
+             + (_diag_note(diag[1]) if diag else "")]
     if cos:
         base, rel = cos["student, teacher init, no distillation"], cos["distilled: relation (MiniLM attention + value relation)"]
         lr, lo = cos["distilled: logits+relation"], cos["distilled: logits (output-embedding cosine)"]
@@ -260,12 +352,18 @@ def render(a, ppl, cos, g, sp, causal_md, enc_md, gqa_md, speed_md, total_s: flo
         "window 128). minilm-l6 runs train "
         f"{a.enc_steps} steps x {a.batch} x 128 tokens of the same split (its WordPiece tokens), lr 1e-4; GQA uptraining "
         f"{a.gqa_steps} steps x {a.batch} x 128 tokens (self-distillation to the dense model, lr 3e-4). "
-        "One seed each (the logits / logits+hidden pair also on a second data order, seed 1): the margins "
-        "are single-run figures, not averages. Dropout in the student draws from torch's global generator, "
-        "so a rerun moves the minilm figures in the fourth decimal.", "",
+        "One seed each (the logits / logits+hidden rows also on a second data order, seed 1): the margins "
+        "are single-run figures, not averages. Dropout is seeded too (the spec's seed, in a forked RNG "
+        "state), so a rerun on the same software reproduces every loss and perplexity; only the wall "
+        "times move.", "",
         "## Targets", "", *lines, "",
         "## harness-tiny: 2-layer students (blocks 0 and 2 of 4)", "", causal_md, "",
         "`alpha=0` with `loss=logits` is the hard-label loss alone: the teacher is never run.", "",
+        "Where the hidden-state term pulls (the seed-0 students above, 16 validation windows x 128 tokens): "
+        "relative MSE (`|s - t|^2 / |t|^2`, the loss's scale-free form) between the state after the "
+        "student's first block and the teacher state each map targets (state 2 for `uniform`, state 1 for "
+        "`origin`), and between the final states; KL to the teacher and perplexity on the same windows.", "",
+        diag[0] if diag else "not measured in this run", "",
         "## minilm-l6: 3-layer students (blocks 0, 2, 4 of 6)", "",
         "Scored by `fidelity.cosine`: mean-pooled, L2-normalized sentence embeddings of 64 validation "
         "paragraphs, student against teacher (the untrained student is the control: an encoder has no hard "
@@ -287,11 +385,17 @@ def main() -> None:
     ap.add_argument("--gqa-steps", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "distillation.md")
+    ap.add_argument("--only", choices=["hidden-diag"], default=None,
+                    help="print one section's table instead of the full run (writes nothing)")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.only == "hidden-diag":
+        md, vals = hidden_diag(a.steps, a.batch)
+        print(md + "\n\n" + _diag_note(vals))
+        return
     t0 = time.time()
     print("harness-tiny students:", flush=True)
-    causal_md, ppl = causal(a.steps, a.batch)
+    causal_md, ppl, diag = causal(a.steps, a.batch)
     print("minilm-l6 students:", flush=True)
     enc_md, cos = encoder(a.enc_steps, a.batch)
     print("gqa:", flush=True)
@@ -301,7 +405,8 @@ def main() -> None:
     speed_md = "\n".join(["| layers | teacher ms/token | student ms/token | speed-up | ideal (linear weights) |",
                           "|---|---|---|---|---|", *[s[0] for s in sp]])
     text = render(a, ppl, cos, g, sp, causal_md, enc_md, gqa_md, speed_md, time.time() - t0,
-                  f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 torch thread")
+                  f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 torch thread",
+                  diag)
     atomic_write(a.out, text)
     print(text)
 

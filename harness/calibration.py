@@ -10,7 +10,10 @@ sit in one ``nn.ModuleList`` (Llama, Qwen, Mistral, OPT, GPT-2, BERT).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import contextvars
+import fnmatch
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -93,6 +96,46 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
+# Layer-name patterns (fnmatch) that restrict what ``target_linears`` and ``block_linears``
+# return, set by ``restrict_targets`` (a pipeline stage with ``targets``), with the root model
+# that block-relative names are resolved against.
+_TARGETS: contextvars.ContextVar[tuple[nn.Module, tuple[str, ...]] | None] = contextvars.ContextVar(
+    "harness_targets", default=None)
+
+
+@contextlib.contextmanager
+def restrict_targets(model: nn.Module, patterns: Iterable[str] | None) -> Iterator[None]:
+    """Inside this block the model walk (``target_linears``, ``block_linears``) returns only
+    layers whose full name in ``model`` matches one of the fnmatch ``patterns``, so any
+    technique built on the walk compresses just those layers. None or empty: no restriction."""
+    pats = tuple(patterns or ())
+    token = _TARGETS.set((model, pats) if pats else None)
+    try:
+        yield
+    finally:
+        _TARGETS.reset(token)
+
+
+def in_targets(name: str, patterns: Iterable[str]) -> bool:
+    """True when the full module name matches one of the fnmatch patterns."""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _restricted(named: dict[str, nn.Module], root: nn.Module | None = None) -> dict[str, nn.Module]:
+    """``named`` filtered by the active ``restrict_targets`` (names relative to ``root``;
+    None: the names are already full names)."""
+    active = _TARGETS.get()
+    if active is None:
+        return named
+    model, pats = active
+    if root is None:
+        return {n: m for n, m in named.items() if in_targets(n, pats)}
+    full = {id(m): n for n, m in model.named_modules()}
+    if id(root) not in full:  # not part of the restricted model (e.g. a copy): unrestricted
+        return named
+    return {n: m for n, m in named.items() if in_targets(full.get(id(m), ""), pats)}
+
+
 def target_linears(model: nn.Module, *, scope: Literal["blocks", "all"] = "blocks", head: bool = False,
                    also: tuple[type[nn.Module], ...] = ()) -> dict[str, nn.Module]:
     """The layers a technique compresses, by full name, in module order: every Linear /
@@ -107,12 +150,12 @@ def target_linears(model: nn.Module, *, scope: Literal["blocks", "all"] = "block
 
     out_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if scope == "all":
-        return {n: m for n, m in model.named_modules() if wanted(m) and (head or m is not out_head)}
+        return _restricted({n: m for n, m in model.named_modules() if wanted(m) and (head or m is not out_head)})
     prefix, blocks = find_blocks(model)
     out = {f"{prefix}.{i}.{n}": m for i, b in enumerate(blocks) for n, m in b.named_modules() if wanted(m)}
     if head and out_head is not None and is_linear(out_head):
         out.update({n: m for n, m in model.named_modules() if m is out_head})
-    return out
+    return _restricted(out)
 
 
 class _Stop(Exception):
@@ -240,5 +283,6 @@ def collect_linear_stats(modules: dict[str, nn.Module], feed: Callable[[], None]
 
 
 def block_linears(block: nn.Module) -> dict[str, nn.Module]:
-    """Linear / Conv1D layers inside one block, by their name within the block."""
-    return {n: m for n, m in block.named_modules() if is_linear(m)}
+    """Linear / Conv1D layers inside one block, by their name within the block (only those
+    in the active ``restrict_targets``)."""
+    return _restricted({n: m for n, m in block.named_modules() if is_linear(m)}, block)

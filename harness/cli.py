@@ -24,7 +24,7 @@ EXAMPLES = textwrap.dedent("""\
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {}
 # modules that call command(...) to add subcommands
-EXTENSIONS = ["harness.cli_run", "harness.cli_reports", "harness.cli_history"]
+EXTENSIONS = ["harness.cli_run", "harness.cli_reports", "harness.cli_history", "harness.cli_search"]
 
 
 def command(name: str, help: str):
@@ -207,7 +207,7 @@ def _techniques_cmd(p: argparse.ArgumentParser) -> None:
         rows = []
         for name, cls in TECHNIQUES.items():
             opts = {f.name: (None if f.default is dataclasses.MISSING else f.default)
-                    for f in dataclasses.fields(cls.config_cls)}
+                    for f in dataclasses.fields(cls.config_cls) if f.init}
             rows.append({"name": name, "family": cls.family, "storage": cls.storage,
                          "calibration": cls.needs_calibration, "cuda_only": cls.requires_cuda,
                          "options": opts, "description": cls.description})

@@ -162,7 +162,10 @@ def _measure(lm: LoadedModel, model: nn.Module, want: list[str], ctx: EvalContex
     recs: list[Record] = []
     for producer, names in groups.items():
         got = PRODUCERS[producer](lm, model, ctx, names)
+        stages = (getattr(ctx.compression, "extra", None) or {}) if producer == "compression" else {}
         for r in got:  # which code path produced a latency, and what the layouts cost
+            if stages and r.metric.startswith("compress."):  # a pipeline: its spec and per-stage figures
+                r.extra = {**r.extra, **stages}
             if r.metric.startswith("latency."):
                 r.extra = {**r.extra, "kernel": kern["kernel"], **({"kernel_why_not": kern["why_not"]}
                                                                    if kern["why_not"] else {})}
@@ -190,7 +193,19 @@ def compress_model(lm: LoadedModel, spec: Any, *, calibration: Callable[[], Any]
     if tech.needs_calibration or tech.uses_calibration:
         calib = calibration() if callable(calibration) else calibration
     model = lm.model if tech.name == "none" else copy.deepcopy(lm.model)
-    return compress(model, tech, calibration=calib, kind=lm.kind)
+    from harness.techniques.pipeline import observe_stages, stage_observer
+
+    with observe_stages(stage_observer() or _stage_size):  # a pipeline records its size after each stage
+        return compress(model, tech, calibration=calib, kind=lm.kind)
+
+
+def _stage_size(_stage: int, model: nn.Module) -> dict[str, Any]:
+    """Size of a pipeline's model after one stage: the safetensors bytes and the bits per
+    parameter of ``size.bytes`` / ``size.bits_per_param``."""
+    from harness.measure.size import serialized_bytes, weight_storage
+
+    bits, logical = weight_storage(model)
+    return {"size_bytes": serialized_bytes(model), **({"bits_per_param": bits / logical} if logical else {})}
 
 
 def unwrap(lm: LoadedModel, result: Any) -> tuple[nn.Module, bool]:

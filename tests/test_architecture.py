@@ -24,13 +24,14 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("techniques", ["harness.techniques"]),                 # model -> compressed model
     ("measure", ["harness.measure"]),                       # compressed model -> figures
     ("evaluation", ["harness.evaluation"]),                 # figures -> Records, one path for all
+    ("search", ["harness.search"]),                         # budgeted multi-objective search (a frontier)
     ("baselines", ["harness.baselines", "harness.baseline_file", "harness.judge"]),  # Records -> verdicts
     ("history", ["harness.leaderboard", "harness.changepoints"]),                   # runs -> SQLite history and ranking
     ("report", ["harness.report"]),                         # Records + verdicts -> HTML/Markdown
     ("runs", ["harness.runner", "harness.bench", "harness.session",  # pytest sessions, run dirs
               "harness.executor_ray"]),                     # (model x technique) cells as Ray tasks
     ("entry", ["harness.plugin", "harness.cli", "harness.cli_run", "harness.cli_reports", "harness.cli_history",
-               "harness"]),                                 # user-facing entry points
+               "harness.cli_search", "harness"]),                                 # user-facing entry points
 ]
 # Within one layer, these pairs must not import each other in this direction either.
 FORBIDDEN = [

@@ -133,3 +133,39 @@ def test_compression_figures_of_the_uncompressed_model_are_na(capsys):
     rows = {r["metric"]: r for r in map(json.loads, out.splitlines())}
     assert rows["compress.wall_s"]["status"] == "na" and "no compression step" in rows["compress.wall_s"]["reason"]
     assert rows["size.compression_ratio"]["value"] == 1.0
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("student:layers=8", "layers=8 is larger than the teacher's 4 layers; a student has 1..4 layers"),
+    ("distill:layers=6,steps=1", "layers=6 is larger than the teacher's 4 layers; a student has 1..4 layers"),
+    ("gqa:kv_heads=3", "kv_heads=3 does not divide the 8 query heads; allowed: 1, 2"),
+    ("distill:loss=logts", "loss='logts': 'logts' is not a distillation loss; allowed: logits, hidden, relation"),
+])
+def test_eval_bad_distillation_and_architecture_input_is_exit_2(capsys, spec, match):
+    code, out, err = run(capsys, "eval", "harness-tiny", "-t", spec, "-m", "size.bytes", "--calibration", "2")
+    assert code == 2 and match in err and err.count("\n") == 1 and "Traceback" not in err and not out
+
+
+def test_eval_hidden_loss_without_hidden_states_is_exit_2(capsys, monkeypatch):
+    """No zoo model lacks hidden states: the CLI loads one that returns none."""
+    from conftest import random_llama
+    from transformers import LlamaForCausalLM
+
+    import harness
+    from harness.models.zoo import LoadedModel, _tiny_tokenizer
+
+    class NoHidden(LlamaForCausalLM):
+        def forward(self, *a, **kw):
+            out = super().forward(*a, **kw)
+            out.hidden_states = None
+            return out
+
+    tok = _tiny_tokenizer()
+    model = random_llama(vocab=len(tok))
+    model.__class__ = NoHidden
+    monkeypatch.setattr(harness, "load_model", lambda name, **kw: LoadedModel(
+        name=name, model=model, tokenizer=tok, kind="causal-lm", source="test: no hidden states"))
+    code, out, err = run(capsys, "eval", "no-hidden", "-t", "distill:loss=hidden,steps=1,batch=1,seq_len=16",
+                         "-m", "size.bytes", "--calibration", "2")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "loss=hidden needs hidden states, but NoHidden returns none; allowed without them: logits, relation" in err

@@ -33,6 +33,8 @@ LAYER_MODULES = {
     "clustered_linear": "harness.layers.quant",  # retired name: loads as a CodebookLinear
     "lowrank_linear": "harness.layers.lowrank", "qlr_linear": "harness.layers.qlr",
     "fp8_linear": "harness.layers.fp8", "dynamic_int8_linear": "harness.layers.dynamic",
+    "sparse_quant_linear": "harness.layers.stacked", "lowrank_quant_linear": "harness.layers.stacked",
+    "quant_embedding": "harness.layers.embedding",
 }
 
 

@@ -7,7 +7,7 @@
 - ``size.bits_per_param``: stored bits of the blocks' linear-layer weights *including*
   scales, zeros, codebooks, sparse metadata and factors, divided by the dense weight
   count those layers stand for. Biases, norms, embeddings and an uncompressed output
-  head are excluded (they are in size.bytes); a compressed head is included.
+  head are excluded (they are in size.bytes); a compressed head or embedding is included.
   A mask or fake-quant layer stores dense floats, so it stays at 16/32 bits: no saving.
 """
 from __future__ import annotations

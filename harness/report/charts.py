@@ -28,6 +28,7 @@ class Point:
     group: str = ""  # colour (technique family / model)
     hollow: bool = False
     reference: bool = False
+    frontier: bool = False  # on the frontier of a ``harness search`` run (frontier.json)
 
 
 def pareto_front(points: list[Point], x_higher: bool = False, y_higher: bool = False) -> list[Point]:
@@ -70,6 +71,7 @@ def pareto_svg(points: list[Point], xlabel: str, ylabel: str, title: str, *, log
             if len(front) > 1:
                 ax.plot([p.x for p in front], [p.y for p in front], color="#555", lw=1, ls="--", zorder=2,
                         label="Pareto front")
+            _search_frontier(ax, points, x_higher, y_higher)
             xs, ys = [p.x for p in points], [p.y for p in points]
             if logx or (min(xs) > 0 and max(xs) / min(xs) > 20):
                 ax.set_xscale("log")
@@ -126,6 +128,19 @@ def trend_svg(values: list[float], step_at: list[int], title: str, ylabel: str, 
         plt.close(fig)
     svg = re.sub(r"<metadata>.*?</metadata>", "", buf.getvalue(), flags=re.S)
     return svg[svg.index("<svg"):]
+
+
+def _search_frontier(ax, points: list[Point], x_higher: bool, y_higher: bool) -> None:
+    """A search run's frontier points ringed, and the line through those of them that are
+    non-dominated on this chart's two axes (the whole frontier when these are its objectives)."""
+    marked = [p for p in points if p.frontier]
+    if not marked:
+        return
+    ax.scatter([p.x for p in marked], [p.y for p in marked], s=110, facecolors="none", edgecolors="#c0392b",
+               linewidths=1.6, zorder=5, label="search frontier")
+    line = pareto_front(marked, x_higher, y_higher)
+    if len(line) > 1:
+        ax.step([p.x for p in line], [p.y for p in line], where="post", color="#c0392b", lw=1.4, zorder=4)
 
 
 def _labels(ax, fig, points: list[Point], front: list[Point]) -> None:

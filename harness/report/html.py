@@ -31,18 +31,20 @@ def environment() -> Environment:
     return env
 
 
-def _points(rows: list[Row], x_metric: str, y_metric: str, x_scale: float = 1.0) -> list[Point]:
+def _points(rows: list[Row], x_metric: str, y_metric: str, x_scale: float = 1.0,
+            frontier: frozenset = frozenset()) -> list[Point]:
     pts = []
     for r in rows:
         x, y = r.value(x_metric), r.value(y_metric)
-        if x is not None and y is not None:
+        if x is not None and y is not None and r.profile != "search-proxy":  # proxy: a shorter protocol
             pts.append(Point(r.spec, x * x_scale, y, group=r.storage or "?", hollow=r.simulated,
-                             reference=r.technique == "none"))
+                             reference=r.technique == "none", frontier=(r.model, r.spec, r.profile) in frontier))
     return pts
 
 
-def charts_for(rows: list[Row], model: str) -> list[Markup]:
-    """Accuracy-vs-size and accuracy-vs-latency Pareto charts for one model."""
+def charts_for(rows: list[Row], model: str, frontier: frozenset = frozenset()) -> list[Markup]:
+    """Accuracy-vs-size and accuracy-vs-latency Pareto charts for one model; the points of a
+    search run's frontier (``frontier``: (model, spec, profile) keys) are ringed and joined."""
     causal = any(r.value("ppl.window") is not None for r in rows)
     if causal:
         acc, acc_label, higher = "ppl.window", "perplexity (window protocol, lower is better)", False
@@ -51,9 +53,10 @@ def charts_for(rows: list[Row], model: str) -> list[Markup]:
         acc, acc_label, higher = "fidelity.cosine", "embedding cosine vs reference (higher is better)", True
         lat, lat_label = "latency.forward_ms", "forward ms (lower is better)"
     return [
-        Markup(pareto_svg(_points(rows, "size.bytes", acc, 1e-6), "serialized size (MB)", acc_label,
+        Markup(pareto_svg(_points(rows, "size.bytes", acc, 1e-6, frontier), "serialized size (MB)", acc_label,
                           f"{model}: accuracy vs size", y_higher=higher)),
-        Markup(pareto_svg(_points(rows, lat, acc), lat_label, acc_label, f"{model}: accuracy vs latency",
+        Markup(pareto_svg(_points(rows, lat, acc, frontier=frontier), lat_label, acc_label,
+                          f"{model}: accuracy vs latency",
                           y_higher=higher)),
     ]
 
@@ -78,11 +81,13 @@ def _cells(r: Row, columns) -> list[tuple[Any, str]]:
 
 
 def context(s: RunSummary) -> dict[str, Any]:
-    models = []
+    from harness.search.frontier import frontier_keys
+
+    front, models = frozenset(frontier_keys(s.run_dir)), []
     for m in s.models:
         rows = [r for r in s.rows if r.model == m]
-        models.append({"name": m, "rows": [(r, _cells(r, s.columns)) for r in rows],
-                       "charts": charts_for(rows, m)})
+        models.append({"name": m, "rows": [(r, _cells(r, s.columns)) for r in rows], "frontier": front,
+                       "charts": charts_for(rows, m, front)})
     fp = s.info.get("fingerprint") or {}
     return {
         "s": s, "info": s.info, "mixed_profiles": len({r.profile for r in s.rows}) > 1, "models": models,

@@ -27,6 +27,8 @@ _FAMILIES = [
     "harness.techniques.sharing",
     "harness.techniques.architecture",
     "harness.techniques.distillation",
+    "harness.techniques.embedding",
+    "harness.techniques.pipeline",
 ]
 
 

@@ -74,6 +74,9 @@ class Applied:
     # Figures of the compression step itself, by registered metric name (a technique that
     # trains reports ``train.steps``, ``train.tokens``, ``train.wall_s``, ``train.loss_*``).
     figures: dict[str, float] = field(default_factory=dict)
+    # JSON-safe facts about the run that go into the compress.* records' ``extra`` (a
+    # pipeline's per-stage spec, wall time, storage and size).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +95,7 @@ class CompressionResult:
     # None: the model's own cache.
     cache_factory: Callable[[], Any] | None = None
     figures: dict[str, float] = field(default_factory=dict)  # Applied.figures (train.*)
+    extra: dict[str, Any] = field(default_factory=dict)  # Applied.extra (compress.* records' extra)
 
     @property
     def config_dict(self) -> dict[str, Any]:
@@ -152,10 +156,15 @@ def load_all() -> None:
 
 
 def make(spec: str | Technique) -> Technique:
-    """Parse a spec string (``"rtn:bits=4,group=128"``) into a configured Technique."""
+    """Parse a spec string (``"rtn:bits=4,group=128"``) into a configured Technique; a
+    pipeline (``"a:... + b:..."``) or a recipe file (``path.yaml``) gives a ``pipeline``."""
     if isinstance(spec, Technique):
         return spec
     load_all()
+    from harness.techniques.pipeline import is_pipeline_spec, make_pipeline
+
+    if is_pipeline_spec(spec):
+        return make_pipeline(spec)
     name, opts = parse_spec(spec)
     cls = TECHNIQUES.get(name)
     cfg = build_config(cls.config_cls, opts, context=f"technique {name!r}")
@@ -163,7 +172,8 @@ def make(spec: str | Technique) -> Technique:
 
 
 def canonical_spec(t: Technique) -> str:
-    return config_to_spec(t.name, t.config)
+    own = getattr(t, "canonical", None)  # a pipeline: its stages' canonical specs joined by " + "
+    return own() if callable(own) else config_to_spec(t.name, t.config)
 
 
 def _rss_mb() -> float | None:
@@ -202,7 +212,7 @@ def compress(model: torch.nn.Module, spec: str | Technique, calibration: Any | N
     return CompressionResult(model=applied.model, technique=tech.name, spec=canonical_spec(tech),
                              config=tech.config, storage=tech.storage, wall_s=wall, peak_rss_mb=peak,
                              notes=list(applied.notes), cache_factory=applied.cache_factory,
-                             figures=dict(applied.figures))
+                             figures=dict(applied.figures), extra=dict(applied.extra))
 
 
 def is_spec_error(e: BaseException) -> bool:

@@ -1,25 +1,31 @@
 """The one fine-tune loop of the techniques (SVD-LLM's update, CALDERA's LoRA step,
-cross-layer sharing, tied embeddings, pruning recovery, QAT).
+cross-layer sharing, tied embeddings, pruning recovery, QAT, distillation, GQA uptraining).
 
-Training data are the calibration windows (drawn from the *train* split by
-``harness.calibration.get_calibration``; never validation or test). ``train`` runs AdamW
-(no weight decay) on the given parameters only -- every other parameter is frozen for
-the duration and restored afterwards -- for ``steps`` steps, each on the next batch of
-a batch source, with the loss a callback computes; it returns the loss of every step.
+Training data are the training stream (``harness.models.train_data``): ``steps x batch``
+fresh windows of the bundled *train* split (never validation or test), drawn with the
+calibration's tokenizer in a seeded order, so the token budget is ``steps x batch x
+seq_len`` and a run reproduces bit for bit. A calibration built by hand (no tokenizer)
+falls back to its own windows, cycled, and ``describe_stream`` says so.
 
-Batch sources: ``shuffled_windows`` (a seeded random order of window batches, cycled)
-and ``cycled_windows`` (the windows in order, cycled). Losses: ``distill_loss``
-(``"kl"``: self-distillation towards next-token distributions captured before
-compression by ``capture_targets``, which recovers what the compression lost without
-overfitting a handful of windows' labels; ``"ce"``: next-token cross-entropy; encoders
-without an LM head: MSE of the last hidden state to the uncompressed model's), or any
-callable. ``finetune`` is the distillation recipe: shuffled windows, warm-up then linear
-decay of the learning rate. Every random draw is from seeded generators, so a run
-reproduces bit for bit.
+``train`` runs AdamW (no weight decay) on the given parameters only -- every other
+parameter is frozen for the duration and restored afterwards -- for ``steps`` steps, each
+on the next batch of a batch source, with the loss a callback computes; it returns the
+loss of every step. It seeds torch's generator (``seed``) inside a forked RNG state, so
+dropout masks are the same on every run and the caller's random state is left alone.
+
+``finetune`` is the self-distillation recipe of the low-rank and sharing fine-tunes:
+the stream, warm-up then linear decay of the learning rate, and the loss of
+``self_distill_loss``: KL to the next-token distributions of ``frozen_teacher`` (a copy of
+the model taken before compression, run on each batch), which recovers what the
+compression lost instead of fitting the windows' labels; ``loss="ce"`` (no teacher):
+next-token cross-entropy; encoders without an LM head: MSE of the last hidden state to
+the teacher's.
 """
 from __future__ import annotations
 
+import copy
 import itertools
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -34,30 +40,18 @@ def is_causal_lm(model: nn.Module) -> bool:
     return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
 
 
-@torch.no_grad()
-def capture_targets(model: nn.Module, calibration, batch: int = 4, loss: str = "kl") -> list[torch.Tensor] | None:
-    """Reference outputs of the uncompressed model per batch: float16 log-probabilities
-    (causal LM, ``loss="kl"``), last hidden states (encoders), or None (``loss="ce"``)."""
-    causal = is_causal_lm(model)
-    if causal and loss == "ce":
+def frozen_teacher(model: nn.Module, loss: str = "kl") -> nn.Module | None:
+    """A frozen eval-mode copy of ``model``, taken before it is compressed: the teacher of
+    the self-distillation fine-tunes, run on every training batch. Targets captured in
+    advance would hold ``steps x batch x seq_len x vocab`` numbers for a stream of fresh
+    windows; the copy costs one model's memory (as QAT's and GQA's teachers do). None for
+    ``loss="ce"`` on a causal LM (the windows' own next tokens are the targets)."""
+    if is_causal_lm(model) and loss == "ce":
         return None
-    dev = next(model.parameters()).device
-    out = []
-    for i in range(0, calibration.n, batch):
-        o = model(input_ids=calibration.input_ids[i:i + batch].to(dev))
-        out.append(F.log_softmax(o.logits.float(), -1).half() if causal else o.last_hidden_state.detach().float())
-    return out
-
-
-def shuffled_windows(calibration, batch: int, seed: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(first window index, input_ids [batch, seq])`` in a seeded random order of the
-    window batches, repeated without end."""
-    ids = calibration.input_ids
-    starts = list(range(0, ids.shape[0], batch))
-    order = torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed))
-    for step in itertools.count():
-        k = starts[int(order[step % len(order)])]
-        yield k, ids[k:k + batch]
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def training_stream(calibration, steps: int, batch: int, seed: int = 0):
@@ -75,23 +69,40 @@ def cycled_windows(calibration, batch: int) -> Iterator[torch.Tensor]:
     return (b["input_ids"] for b in itertools.cycle(list(calibration.batches(batch))))
 
 
-def distill_loss(model: nn.Module, targets: list[torch.Tensor] | None, batch: int, device: torch.device
-                 ) -> Callable[[tuple[int, torch.Tensor]], torch.Tensor]:
-    """Loss of one ``shuffled_windows`` item: KL to ``targets`` (log-probabilities), MSE to
-    them (hidden states, encoders), or next-token cross-entropy when ``targets`` is None."""
-    def loss(item: tuple[int, torch.Tensor]) -> torch.Tensor:
-        k, x = item
-        dev = device
-        x = x.to(dev)
-        out = model(input_ids=x)
-        if targets is None:
+def stream_batches(calibration, steps: int, batch: int, seed: int = 0) -> Iterator[torch.Tensor]:
+    """The training stream's ``input_ids`` batches in their training order: ``steps``
+    batches of fresh windows (one stream may feed several ``finetune`` calls in turn)."""
+    return cycled_windows(training_stream(calibration, steps, batch, seed), batch)
+
+
+def describe_stream(calibration, steps: int, batch: int, seed: int = 0) -> str:
+    """Where the fine-tune's tokens came from, for the notes: budget, source, epochs."""
+    d = training_stream(calibration, steps, batch, seed).describe()
+    return (f"{d['train_tokens']} tokens of {d['train_source']} ({d['train_epochs']} epochs of its "
+            f"{d['train_source_tokens']} tokens, seed {seed})")
+
+
+def self_distill_loss(model: nn.Module, teacher: nn.Module | None, device: torch.device
+                      ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Loss of one batch of ``input_ids``: KL to the teacher's next-token distributions
+    (per token), MSE to its last hidden state (encoders), or next-token cross-entropy
+    when ``teacher`` is None."""
+    causal = is_causal_lm(model)
+    kw = {"use_cache": False} if causal else {}
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device)
+        out = model(input_ids=x, **kw)
+        if teacher is None:
             lg = out.logits[:, :-1].float()
             return F.cross_entropy(lg.reshape(-1, lg.shape[-1]), x[:, 1:].reshape(-1))
-        if getattr(out, "logits", None) is not None:
-            t = targets[k // batch].to(dev).float()
+        with torch.no_grad():
+            ref = teacher(input_ids=x, **kw)
+        if causal:
+            t = F.log_softmax(ref.logits.float(), -1)
             return F.kl_div(F.log_softmax(out.logits.float(), -1), t, log_target=True,
                             reduction="batchmean") / x.shape[1]
-        return F.mse_loss(out.last_hidden_state.float(), targets[k // batch].to(dev))
+        return F.mse_loss(out.last_hidden_state.float(), ref.last_hidden_state.float())
     return loss
 
 
@@ -100,12 +111,17 @@ def warmup_linear(steps: int) -> Callable[[int], float]:
     return lambda s: min(1.0, (s + 1) / max(1, steps // 10)) * max(0.0, 1 - s / steps)
 
 
+def _cuda_devices(params: list[nn.Parameter]) -> list[int]:
+    return sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
+
+
 def train(model: nn.Module, params: Iterable[nn.Parameter], batches: Iterable[B],
           loss_fn: Callable[[B], torch.Tensor], *, steps: int, lr: float,
-          schedule: Callable[[int], float] | None = None, train_mode: bool = True) -> list[float]:
+          schedule: Callable[[int], float] | None = None, train_mode: bool = True, seed: int = 0) -> list[float]:
     """AdamW on ``params`` only for ``steps`` steps, one item of ``batches`` per step;
     returns the losses. ``schedule(step)`` scales the learning rate (constant if None);
-    ``train_mode`` puts the model in training mode (dropout) while it trains."""
+    ``train_mode`` puts the model in training mode (dropout) while it trains; ``seed``
+    seeds torch's generator for the run (dropout masks), in a forked RNG state."""
     params = list(params)
     if steps <= 0 or not params:
         return []
@@ -121,8 +137,10 @@ def train(model: nn.Module, params: Iterable[nn.Parameter], batches: Iterable[B]
     was_training = model.training
     if train_mode:
         model.train()
+    devices = _cuda_devices(params)
     try:
-        with torch.enable_grad():
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            torch.manual_seed(seed)
             for _ in range(steps):
                 loss = loss_fn(next(source))
                 opt.zero_grad(set_to_none=True)
@@ -141,15 +159,18 @@ def train(model: nn.Module, params: Iterable[nn.Parameter], batches: Iterable[B]
 
 
 def finetune(model: nn.Module, params: Iterable[nn.Parameter], calibration, *, steps: int, lr: float,
-             batch: int = 4, targets: list[torch.Tensor] | None = None, seed: int = 0) -> list[float]:
-    """Self-distillation (or cross-entropy, ``targets=None``) on shuffled calibration
-    windows with warm-up and linear decay: the low-rank and sharing fine-tunes."""
+             batch: int = 4, teacher: nn.Module | None = None, seed: int = 0,
+             batches: Iterator[torch.Tensor] | None = None) -> list[float]:
+    """Self-distillation towards ``teacher`` (``frozen_teacher``; cross-entropy when None)
+    on the training stream (``steps x batch`` fresh windows drawn with ``calibration``'s
+    tokenizer, or the next ``steps`` items of ``batches``) with warm-up and linear decay:
+    the low-rank and sharing fine-tunes."""
     params = list(params)
     if steps <= 0 or not params:
         return []
-    loss = distill_loss(model, targets, batch, params[0].device)
-    return train(model, params, shuffled_windows(calibration, batch, seed), loss, steps=steps, lr=lr,
-                 schedule=warmup_linear(steps))
+    loss = self_distill_loss(model, teacher, params[0].device)
+    source = batches if batches is not None else stream_batches(calibration, steps, batch, seed)
+    return train(model, params, source, loss, steps=steps, lr=lr, schedule=warmup_linear(steps), seed=seed)
 
 
 def loss_summary(losses: list[float], tail: int = 10) -> str:
@@ -158,5 +179,21 @@ def loss_summary(losses: list[float], tail: int = 10) -> str:
     return f"{losses[0]:.4g} -> {sum(last) / len(last):.4g}"
 
 
-__all__ = ["capture_targets", "cycled_windows", "distill_loss", "finetune", "is_causal_lm", "loss_summary",
-           "shuffled_windows", "train", "training_stream", "warmup_linear"]
+def train_figures(losses: list[float], wall_s: float, tokens: int) -> dict[str, float]:
+    """The ``train.*`` figures of a training run (``harness.metrics``)."""
+    last = losses[-10:]
+    return {"train.steps": float(len(losses)), "train.tokens": float(tokens), "train.wall_s": wall_s,
+            "train.loss_first": losses[0], "train.loss_last": sum(last) / len(last)}
+
+
+def timed(run: Callable[[], list[float]], tokens: int) -> tuple[list[float], dict[str, float]]:
+    """Run a training call: (its losses, its ``train.*`` figures; none if it took no step).
+    ``tokens``: the stream's budget, ``steps x batch x seq_len``."""
+    t0 = time.perf_counter()
+    losses = run()
+    return losses, (train_figures(losses, time.perf_counter() - t0, tokens) if losses else {})
+
+
+__all__ = ["cycled_windows", "describe_stream", "finetune", "frozen_teacher", "is_causal_lm", "loss_summary",
+           "self_distill_loss", "stream_batches", "timed", "train", "train_figures", "training_stream",
+           "warmup_linear"]

@@ -4,8 +4,9 @@
   share one set of weights, initialised as the mean of the group's weights; the other
   blocks hold references to the same ``nn.Parameter`` objects, so the safetensors file
   stores each shared tensor once (``checkpoint.save_compressed`` records the aliases and
-  re-ties them on load). Optional short fine-tune (``steps``) of the shared weights on
-  the calibration windows (train split).
+  re-ties them on load). Optional short fine-tune (``steps``) of the shared weights by
+  self-distillation towards the model before sharing, on the training stream
+  (``finetune``: ``steps x batch`` fresh windows of the train split, seeded order).
 - ``cluster:clusters=K``: per-layer 1-D k-means of each block linear's weights into a
   float16 codebook of K values plus packed indices (an unscaled ``CodebookLinear``).
 - ``tie-embeddings``: the output head reuses the input embedding matrix (initialised
@@ -45,13 +46,19 @@ class ShareConfig:
         check(self.batch >= 1, f"batch={self.batch} must be >= 1")
 
 
-def _finetune(model: nn.Module, params: list[nn.Parameter], calibration, cfg, targets) -> list[str]:
+def _finetune(model: nn.Module, params: list[nn.Parameter], calibration, cfg, teacher,
+              notes: list[str]) -> Applied:
+    """The optional fine-tune (``cfg.steps``) and the Applied with its notes and train.* figures."""
     if not cfg.steps:
-        return []
-    losses = finetune.finetune(model, params, calibration, steps=cfg.steps, lr=cfg.lr, batch=cfg.batch,
-                               targets=targets)
-    return [f"fine-tuned {cfg.steps} steps on calibration windows (train split): loss "
-            f"{finetune.loss_summary(losses)}"]
+        return Applied(model, notes)
+    losses, figures = finetune.timed(
+        lambda: finetune.finetune(model, params, calibration, steps=cfg.steps, lr=cfg.lr, batch=cfg.batch,
+                                  teacher=teacher),
+        cfg.steps * cfg.batch * calibration.seq_len)
+    how = "self-distillation" if teacher is not None else "cross-entropy"
+    where = finetune.describe_stream(calibration, cfg.steps, cfg.batch)
+    return Applied(model, [*notes, f"fine-tuned {cfg.steps} steps on {where}: {how} loss "
+                                   f"{finetune.loss_summary(losses)}"], figures=figures)
 
 
 def share_blocks(blocks: nn.ModuleList, group: int) -> int:
@@ -73,10 +80,11 @@ def share_blocks(blocks: nn.ModuleList, group: int) -> int:
 @register
 class ShareLayers(Technique):
     name = "share-layers"
+    config_version = 2  # v2: the fine-tune (steps > 0) trains on the training stream, not calibration windows
     family = "sharing"
     config_cls = ShareConfig
     storage = "shared"
-    # the optional fine-tune reads the calibration windows (train split) and trains
+    # the optional fine-tune draws its training stream with the calibration's tokenizer
     needs_calibration = from_config(lambda cfg: cfg.steps > 0)
     needs_grad = from_config(lambda cfg: cfg.steps > 0)
     suite_specs = ("share-layers:group=2",)
@@ -89,12 +97,12 @@ class ShareLayers(Technique):
             divisors = [d for d in range(2, len(blocks) + 1) if len(blocks) % d == 0]
             raise SpecError(f"group={cfg.group} does not divide the {len(blocks)} layers; "
                             f"choose one of {', '.join(map(str, divisors)) or 'none (too few layers)'}")
-        targets = finetune.capture_targets(model, calibration) if cfg.steps else None
+        teacher = finetune.frozen_teacher(model) if cfg.steps else None
         saved = share_blocks(blocks, cfg.group)
         notes = [(f"{len(blocks) // cfg.group} shared sets for {len(blocks)} blocks; "
                   f"{saved} parameter elements no longer stored")]
         params = list({id(p): p for p in blocks.parameters()}.values())
-        return Applied(model, notes + _finetune(model, params, calibration, cfg, targets))
+        return _finetune(model, params, calibration, cfg, teacher, notes)
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,7 @@ class TieConfig:
 @register
 class TieEmbeddings(Technique):
     name = "tie-embeddings"
+    config_version = 2  # v2: the fine-tune (steps > 0) trains on the training stream, not calibration windows
     family = "sharing"
     config_cls = TieConfig
     storage = "shared"
@@ -186,7 +195,7 @@ class TieEmbeddings(Technique):
         model.config.tie_word_embeddings = True
         notes = [(f"output head tied to the input embedding ({emb.weight.numel()} elements stored once), "
                   f"init={cfg.init}")]
-        return Applied(model, notes + _finetune(model, [emb.weight], calibration, cfg, None))
+        return _finetune(model, [emb.weight], calibration, cfg, None, notes)
 
 
 __all__ = ["Cluster", "ShareLayers", "TieEmbeddings", "cluster_weights", "share_blocks"]

@@ -25,7 +25,7 @@ from harness.calibration import find_blocks
 from harness.config import SpecError, check
 from harness.models.train_data import for_technique
 from harness.techniques.base import Applied, Technique, from_config, register
-from harness.techniques.finetune import cycled_windows, loss_summary, train, warmup_linear
+from harness.techniques.finetune import cycled_windows, loss_summary, train, train_figures, warmup_linear
 from harness.techniques.pruning.surgery import _LLAMA_LIKE
 
 GQA_FAMILIES = sorted(_LLAMA_LIKE)
@@ -112,15 +112,8 @@ def uptrain(model: nn.Module, teacher: nn.Module | None, calibration, cfg: GQACo
 
     t0 = time.perf_counter()
     losses = train(model, list(model.parameters()), cycled_windows(data, cfg.batch), loss, steps=cfg.steps,
-                   lr=cfg.lr, schedule=warmup_linear(cfg.steps), train_mode=False)
+                   lr=cfg.lr, schedule=warmup_linear(cfg.steps), train_mode=False, seed=cfg.seed)
     return losses, time.perf_counter() - t0, cfg.steps * cfg.batch * data.seq_len
-
-
-def train_figures(losses: list[float], wall_s: float, tokens: int) -> dict[str, float]:
-    """The ``train.*`` figures of a training run (``harness.metrics``)."""
-    last = losses[-10:]
-    return {"train.steps": float(len(losses)), "train.tokens": float(tokens), "train.wall_s": wall_s,
-            "train.loss_first": losses[0], "train.loss_last": sum(last) / len(last)}
 
 
 @register

@@ -19,7 +19,6 @@ starting point of distillation.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,7 +28,7 @@ from torch import nn
 from harness.calibration import Calibration, find_blocks
 from harness.config import SpecError, check
 from harness.techniques.base import Applied, Technique, register
-from harness.techniques.pruning.structured import group_scores, neuron_scores, probe
+from harness.techniques.pruning.structured import angular_run, group_scores, neuron_scores, probe
 from harness.techniques.pruning.surgery import (
     _LLAMA_LIKE,
     attn_of,
@@ -79,20 +78,6 @@ def every_nth(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [0]
 
 
-@torch.no_grad()
-def angular_run(model: nn.Module, calib: Calibration, drop: int) -> int:
-    """Start of the run of ``drop`` blocks whose input and output hidden states have the
-    smallest mean angular distance arccos(cos)/pi over the calibration tokens."""
-    dev = next(model.parameters()).device
-    dist = torch.zeros(len(find_blocks(model)[1]) - drop + 1, dtype=torch.float64)
-    for b in calib.batches(8):
-        hs = model(input_ids=b["input_ids"].to(dev), output_hidden_states=True).hidden_states
-        for s in range(dist.numel()):
-            cos = torch.nn.functional.cosine_similarity(hs[s].float(), hs[s + drop].float(), dim=-1)
-            dist[s] += (torch.arccos(cos.clamp(-1, 1)) / math.pi).double().mean().cpu()
-    return int(dist.argmin())
-
-
 def select_blocks(model: nn.Module, cfg: StudentConfig, calib: Calibration | None) -> list[int]:
     n = len(find_blocks(model)[1])
     k = cfg.layers or n
@@ -136,8 +121,9 @@ def _cut_width(model: nn.Module, width: float, calib: Calibration | None) -> lis
 def _random_like(model: nn.Module, seed: int) -> nn.Module:
     """A freshly initialised model of ``model``'s (updated) config, on its device and dtype."""
     p = next(model.parameters())
-    torch.manual_seed(seed)
-    fresh = type(model)(copy.deepcopy(model.config))
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG state
+        torch.manual_seed(seed)
+        fresh = type(model)(copy.deepcopy(model.config))
     return fresh.to(device=p.device, dtype=p.dtype)
 
 

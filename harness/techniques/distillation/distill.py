@@ -20,29 +20,39 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from harness.config import SpecError, check
 from harness.models.train_data import for_technique
-from harness.techniques.architecture.gqa import train_figures
 from harness.techniques.architecture.student import Init, Select, StudentConfig, build_student
 from harness.techniques.base import Applied, Technique, from_config, register
 from harness.techniques.distillation import losses as L
-from harness.techniques.finetune import cycled_windows, is_causal_lm, loss_summary, train, warmup_linear
+from harness.techniques.finetune import (
+    cycled_windows,
+    is_causal_lm,
+    loss_summary,
+    train,
+    train_figures,
+    warmup_linear,
+)
 
 
 @dataclass(frozen=True)
 class DistillConfig:
     """loss: logits, hidden, relation or a + combination; temperature, alpha (weight of the
-    distillation terms against the hard-label CE); steps, lr, batch, seq_len: the training
-    run; layers, width, init, select: the student (as ``student:``); data: training source
-    (train, a text file or an HF dataset directory); seed: data order and random init."""
+    distillation terms against the hard-label CE); hidden_map: which teacher state each
+    student block's output is held to (``losses.hidden_pairs``); steps, lr, batch, seq_len:
+    the training run; layers, width, init, select: the student (as ``student:``); data:
+    training source (train, a text file or an HF dataset directory); seed: data order,
+    random init and dropout."""
 
     loss: str = "logits"
     temperature: float = 2.0
     alpha: float = 0.5
+    hidden_map: Literal["uniform", "origin"] = "uniform"
     steps: int = 100
     lr: float = 1e-3
     batch: int = 8
@@ -88,7 +98,7 @@ class Objective:
         self.terms = L.parse_losses(cfg.loss)
         self.causal = is_causal_lm(teacher)
         self.dev = next(student.parameters()).device
-        self.pairs = L.hidden_pairs(kept, len(find_blocks(teacher)[1]))
+        self.pairs = L.hidden_pairs(kept, len(find_blocks(teacher)[1]), cfg.hidden_map)
         d_s, d_t = student.config.hidden_size, teacher.config.hidden_size
         self.proj = L.Projections(d_s, d_t, len(self.pairs), self.dev)
         self.taps: list[L.AttentionTap] = []
@@ -128,26 +138,32 @@ class Objective:
             tap.remove()
 
 
-def distill(teacher: nn.Module, calibration, cfg: DistillConfig) -> tuple[nn.Module, list[str], dict[str, float]]:
-    """Build the student, train it against ``teacher``; (student, notes, train.* figures)."""
+def distill(teacher: nn.Module, calibration, cfg: DistillConfig, base: nn.Module | None = None
+            ) -> tuple[nn.Module, list[str], dict[str, float]]:
+    """Build the student, train it against ``teacher``; (student, notes, train.* figures).
+
+    ``base``: the model the student is built from (default: the teacher). A pipeline's
+    distill stage passes its current, already pruned model, so it recovers against the
+    uncompressed teacher."""
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    st = build_student(teacher, cfg.student, calibration)
+    st = build_student(teacher if base is None else base, cfg.student, calibration)
     data = for_technique(calibration, tokens=cfg.steps * cfg.batch * cfg.seq_len, seq_len=cfg.seq_len,
                          seed=cfg.seed, source=cfg.data, special_tokens=not is_causal_lm(teacher))
     obj = Objective(teacher, st.model, st.kept, cfg)
     t0 = time.perf_counter()
     try:
         losses = train(st.model, obj.params(), cycled_windows(data, cfg.batch), obj, steps=cfg.steps, lr=cfg.lr,
-                       schedule=warmup_linear(cfg.steps))
+                       schedule=warmup_linear(cfg.steps), seed=cfg.seed)
     finally:
         obj.close()
     wall = time.perf_counter() - t0
     tokens = cfg.steps * cfg.batch * data.seq_len
     d = data.describe()
     what = "+".join(obj.terms) if obj.uses_teacher else "none (alpha=0: hard labels only, no teacher)"
-    notes = [*st.notes, f"distillation loss {what}, T={cfg.temperature:g}, alpha={cfg.alpha:g}"
+    pairs = f", hidden map {cfg.hidden_map} (student, teacher state): {obj.pairs}" if "hidden" in obj.terms else ""
+    notes = [*st.notes, f"distillation loss {what}, T={cfg.temperature:g}, alpha={cfg.alpha:g}{pairs}"
              + ("" if obj.causal else " (encoder: no hard labels, distillation terms only)"),
              f"trained {len(losses)} steps on {tokens} tokens of {d['train_source']} "
              f"({d['train_epochs']} epochs of its {d['train_source_tokens']} tokens): loss {loss_summary(losses)}"]
@@ -158,6 +174,7 @@ def distill(teacher: nn.Module, calibration, cfg: DistillConfig) -> tuple[nn.Mod
 @register
 class Distill(Technique):
     name = "distill"
+    config_version = 2  # v2: hidden_map=uniform (was: block of origin), dropout seeded
     family = "distillation"
     config_cls = DistillConfig
     storage = from_config(lambda cfg: "structural" if cfg.layers or cfg.width < 1 else "dense")

@@ -5,11 +5,13 @@ teacher outputs on the same tokens:
   encoders have no logits, so their response is the output token embedding and the loss
   is ``1 - cosine`` to the teacher's, of the mean-pooled window embedding (what
   ``fidelity.cosine`` scores) and per token, averaged;
-- feature (``hidden``): MSE between mapped hidden states, student block j against the
-  teacher block it was taken from and the final state against the final state (TinyBERT's
-  uniform map), through a learned linear
+- feature (``hidden``): MSE between mapped hidden states through a learned linear
   projection where the widths differ; divided by the teacher state's mean square, so
-  layers with large residual norms do not drown the others;
+  layers with large residual norms do not drown the others. The map (``hidden_pairs``):
+  embeddings onto embeddings, the last state onto the last, and student block j's output
+  onto the teacher state the next kept block read as its input (``uniform``: the end of
+  the teacher segment the block stands for, TinyBERT's ``g(m) = m N / M`` when every n-th
+  block is kept), or onto the output of the teacher block it was taken from (``origin``);
 - relation (``relation``): MiniLM (Wang et al. 2020), teacher's LAST block against the
   student's last block: KL(teacher || student) of the self-attention distributions
   ``softmax(Q K^T / sqrt(d))`` per head plus KL of the value relation ``softmax(V V^T /
@@ -92,12 +94,19 @@ def hidden_mse(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, .
     return total / len(pairs)
 
 
-def hidden_pairs(kept: list[int], n_teacher: int) -> list[tuple[int, int]]:
-    """(student, teacher) hidden-state indices: embeddings, each student block's output
-    against the output of the teacher block it came from, and the last against the last
+HIDDEN_MAPS = ("uniform", "origin")
+
+
+def hidden_pairs(kept: list[int], n_teacher: int, how: str = "uniform") -> list[tuple[int, int]]:
+    """(student, teacher) hidden-state indices: embeddings onto embeddings; student block
+    j's output onto teacher state ``kept[j+1]`` (``uniform``: the input the next kept block
+    had in the teacher, so block j is asked to do the work of the teacher blocks dropped
+    after it) or ``kept[j] + 1`` (``origin``: the output of the block it was taken from,
+    which a teacher-initialised block already meets); the last onto the last
     (transformers returns the final state after the final norm, as TinyBERT maps it)."""
     k = len(kept)
-    return [(0, 0)] + [(j + 1, t + 1) for j, t in enumerate(kept[:-1])] + [(k, n_teacher)]
+    inner = kept[1:] if how == "uniform" else [t + 1 for t in kept[:-1]]
+    return [(0, 0)] + [(j + 1, t) for j, t in enumerate(inner)] + [(k, n_teacher)]
 
 
 class AttentionTap:
@@ -203,5 +212,5 @@ def minilm(s: AttentionTap, t: AttentionTap, at_heads: int, vr_heads: int, causa
             + relation_kl((vs, vs), (vt, vt), vr_heads, causal, valid))
 
 
-__all__ = ["LOSSES", "Projections", "embedding_cos", "hard_ce", "hidden_mse", "hidden_pairs", "logits_kd",
-           "minilm", "parse_losses", "relation_heads", "relation_kl", "value_relation", "AttentionTap"]
+__all__ = ["HIDDEN_MAPS", "LOSSES", "Projections", "embedding_cos", "hard_ce", "hidden_mse", "hidden_pairs",
+           "logits_kd", "minilm", "parse_losses", "relation_heads", "relation_kl", "value_relation", "AttentionTap"]

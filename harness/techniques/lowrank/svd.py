@@ -16,7 +16,8 @@ All three factor ``W T = U Σ Vᵀ`` for an input-side transform ``T`` and keep 
 ``update_steps > 0`` adds SVD-LLM's parameter update after truncation (any of the three
 methods): the ``B`` factors are fine-tuned first with ``A`` frozen, then ``A`` with ``B``
 frozen (the paper's *sequential* low-rank update), by self-distillation towards the
-uncompressed model on the calibration windows (``harness.techniques.finetune``). It recovers what the
+uncompressed model on the training stream (``harness.techniques.finetune``: ``update_steps x
+update_batch`` fresh windows of the train split, one seeded stream for both phases). It recovers what the
 per-layer objective cannot see: errors that compound across layers.
 
 Ranks come from ``rank_alloc`` (uniform, singular-value energy, or measured calibration
@@ -161,6 +162,7 @@ def output_error(W: torch.Tensor, What: torch.Tensor, H: torch.Tensor) -> float:
 
 class _LowRank(Technique):
     family = "lowrank"
+    config_version = 2  # v2: the update (update_steps > 0) trains on the training stream, not calibration windows
     config_cls = LowRankConfig
     storage = "structural"
     model_kinds = ("causal-lm", "encoder")
@@ -195,8 +197,7 @@ class _LowRank(Technique):
             target = {n: rank_alloc.rank_for_ratio(m, 1 - cfg.reduction) for n, m in linears.items()}
         stats = (calibration_stats(model, linears, calibration, hessian=self.needs_hessian)
                  if self.uses_stats else {})
-        targets = (finetune.capture_targets(model, calibration, cfg.update_batch)
-                   if cfg.update_steps else None)
+        teacher = finetune.frozen_teacher(model) if cfg.update_steps else None
         decomps = {n: self.decompose(n, m, stats.get(n), target[n]) for n, m in linears.items()}
         if cfg.rank is not None or cfg.alloc == "uniform":
             ranks = target
@@ -212,21 +213,27 @@ class _LowRank(Technique):
         notes = [(f"factorized {sum(r is not None for r in ranks.values())}/{len(linears)} block linears; "
                   f"kept {kept / total:.3f} of their weight parameters"),
                  "ranks: " + ",".join(str(r) for r in ranks.values()), *self.extra_notes(decomps)]
+        figures: dict[str, float] = {}
         if cfg.update_steps:
-            notes.append(self._update(model, calibration, targets))
-        return Applied(model, notes)
+            _, figures = finetune.timed(lambda: self._update(model, calibration, teacher, notes),
+                                        cfg.update_steps * cfg.update_batch * calibration.seq_len)
+        return Applied(model, notes, figures=figures)
 
-    def _update(self, model: nn.Module, calibration, targets) -> str:
-        """SVD-LLM's sequential update: fine-tune every ``B``, then every ``A``."""
+    def _update(self, model: nn.Module, calibration, teacher: nn.Module | None, notes: list[str]) -> list[float]:
+        """SVD-LLM's sequential update: fine-tune every ``B``, then every ``A``; its note goes
+        into ``notes``, its losses are returned."""
         cfg = self.config
         layers = [m for m in model.modules() if isinstance(m, LowRankLinear)]
         first = cfg.update_steps // 2
-        kw = dict(lr=cfg.update_lr, batch=cfg.update_batch, targets=targets)
+        stream = finetune.stream_batches(calibration, cfg.update_steps, cfg.update_batch)  # B's, then A's
+        kw = dict(lr=cfg.update_lr, batch=cfg.update_batch, teacher=teacher, batches=stream)
         lb = finetune.finetune(model, [m.B for m in layers], calibration, steps=first, **kw)
         la = finetune.finetune(model, [m.A for m in layers], calibration, steps=cfg.update_steps - first,
                                seed=1, **kw)
-        return (f"sequential update (B then A): {cfg.update_steps} steps on calibration windows (train split), "
-                f"self-distillation loss {finetune.loss_summary(lb + la)}")
+        where = finetune.describe_stream(calibration, cfg.update_steps, cfg.update_batch)
+        notes.append(f"sequential update (B then A): {cfg.update_steps} steps on {where}, "
+                     f"self-distillation loss {finetune.loss_summary(lb + la)}")
+        return lb + la
 
 
 @register

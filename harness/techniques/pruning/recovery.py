@@ -28,7 +28,7 @@ from harness.config import check
 from harness.layers.base import linear_weight, set_module
 from harness.layers.sparse import SparseLinear
 from harness.techniques.base import Applied, Technique, register
-from harness.techniques.finetune import cycled_windows, train, training_stream
+from harness.techniques.finetune import cycled_windows, timed, train, training_stream
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,7 @@ class Recover(Technique):
     description = "short LoRA or full fine-tune after pruning; keeps pruned weights at zero"
 
     def apply(self, model: nn.Module, calibration=None) -> Applied:
-        ls = recover(model, calibration, self.config)
-        return Applied(model, [f"recovery fine-tune ({self.config.mode}, {len(ls)} steps): train loss "
-                               f"{ls[0]:.3f} -> {ls[-1]:.3f}" if ls else "recovery fine-tune"])
+        cfg = self.config
+        ls, figures = timed(lambda: recover(model, calibration, cfg), cfg.steps * cfg.batch * calibration.seq_len)
+        return Applied(model, [f"recovery fine-tune ({cfg.mode}, {len(ls)} steps): train loss "
+                               f"{ls[0]:.3f} -> {ls[-1]:.3f}" if ls else "recovery fine-tune"], figures=figures)

@@ -6,12 +6,18 @@ config update, reload support) is in ``surgery.py``. Importance:
   calibration, ``||W_out[:, j]|| * ||W_in[j, :]||``;
 - head groups: the same, summed over the group's output-projection columns (with
   calibration) or ``||W_o[:, g]|| * ||W_v[g]||``;
-- layers: Block Influence (ShortGPT: 1 - cosine(block input, block output)) on the
-  calibration windows, or on a seeded random-token probe without calibration.
+- layers: Block Influence (ShortGPT: 1 - cosine(block input, block output)), each block
+  scored alone (``select=influence``), or the angular distance between the input of a
+  block and the output ``count`` blocks later (Gromov et al., "The Unreasonable
+  Ineffectiveness of the Deeper Layers"), which drops the contiguous run that changes the
+  residual stream least (``select=angular``); on the calibration windows, or on a seeded
+  random-token probe without calibration.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -42,23 +48,30 @@ class FractionConfig:
 
 @dataclass(frozen=True)
 class DropLayersConfig:
-    """count: number of whole transformer blocks removed."""
+    """count: number of whole transformer blocks removed; select: which ones -- the
+    ``count`` blocks of lowest Block Influence (ShortGPT), or the contiguous run of
+    ``count`` blocks of smallest input-to-output angular distance (Gromov et al.)."""
 
     count: int = 1
+    select: Literal["influence", "angular"] = "influence"
 
     def __post_init__(self) -> None:
         check(self.count >= 1, f"count={self.count} must be >= 1")
 
 
 # ---------------------------------------------------------------- importance
-def _run(model: nn.Module, calib: Calibration, batch_size: int = 8) -> None:
+def _forward(model: nn.Module, batch: dict[str, torch.Tensor]) -> None:
     dev = next(model.parameters()).device
+    kw = {k: v.to(dev) for k, v in batch.items()}
+    try:
+        model(**kw, use_cache=False)
+    except TypeError:
+        model(**kw)
+
+
+def _run(model: nn.Module, calib: Calibration, batch_size: int = 8) -> None:
     for b in calib.batches(batch_size):
-        kw = {k: v.to(dev) for k, v in b.items()}
-        try:
-            model(**kw, use_cache=False)
-        except TypeError:
-            model(**kw)
+        _forward(model, b)
 
 
 def probe(model: nn.Module, n: int = 4, seq_len: int = 64) -> Calibration:
@@ -144,6 +157,46 @@ def block_influence(model: nn.Module, calib: Calibration) -> torch.Tensor:
     return 1 - sums / count.clamp(min=1)
 
 
+@torch.no_grad()
+def angular_distances(model: nn.Module, calib: Calibration, n: int) -> torch.Tensor:
+    """Gromov et al.'s ``d(x_s, x_{s+n}) = arccos(cos(x_s, x_{s+n})) / pi`` for every start
+    ``s``: ``x_s`` is block s's input and ``x_{s+n}`` the output of block ``s+n-1`` (taken by
+    hooks, so the last block's output is the residual stream before the final norm), mean
+    over every calibration token (the paper takes each sequence's last token; with causal
+    attention every position is the last token of its prefix)."""
+    _, blocks = find_blocks(model)
+    states: list[torch.Tensor | None] = [None] * (len(blocks) + 1)
+
+    def grab(i: int, output: bool):
+        def hook(_m, args, kwargs, *out):
+            x = (out[0] if output else (args[0] if args else kwargs["hidden_states"]))
+            states[i] = (x[0] if isinstance(x, (tuple, list)) else x).detach().float()
+        return hook
+
+    handles = [b.register_forward_pre_hook(grab(i, False), with_kwargs=True) for i, b in enumerate(blocks)]
+    handles.append(blocks[-1].register_forward_hook(grab(len(blocks), True), with_kwargs=True))
+    dist = torch.zeros(len(blocks) - n + 1, dtype=torch.float64)
+    tokens = 0
+    try:
+        for b in calib.batches(8):
+            _forward(model, b)
+            mask = b.get("attention_mask")
+            w = (torch.ones(b["input_ids"].shape) if mask is None else mask.float()).double()
+            for s in range(dist.numel()):
+                cos = torch.nn.functional.cosine_similarity(states[s], states[s + n], dim=-1)
+                dist[s] += ((torch.arccos(cos.clamp(-1, 1)) / math.pi).double().cpu() * w).sum()
+            tokens += float(w.sum())
+    finally:
+        for h in handles:
+            h.remove()
+    return dist / max(tokens, 1.0)
+
+
+def angular_run(model: nn.Module, calib: Calibration, n: int) -> int:
+    """Start of the contiguous run of ``n`` blocks with the smallest angular distance."""
+    return int(angular_distances(model, calib, n).argmin())
+
+
 def _removal_count(fraction: float, total: int, what: str) -> int:
     """Units to remove per layer: the nearest count, at least one (a prune request that
     removes nothing would measure the dense model under a pruning label). The realized
@@ -210,8 +263,8 @@ class PruneHeads(_Structured):
 class DropLayers(_Structured):
     name = "drop-layers"
     config_cls = DropLayersConfig
-    suite_specs = ("drop-layers:count=1",)
-    description = "remove whole transformer blocks with the lowest Block Influence (ShortGPT)"
+    suite_specs = ("drop-layers:count=1", "drop-layers:count=1,select=angular")
+    description = "remove whole transformer blocks: lowest Block Influence (ShortGPT) or angular distance (Gromov)"
 
     def apply(self, model: nn.Module, calibration=None) -> Applied:
         _, blocks = find_blocks(model)
@@ -219,6 +272,14 @@ class DropLayers(_Structured):
         if self.config.count >= n:
             raise SpecError(f"drop-layers:count={self.config.count} would remove every one of the {n} layers; "
                             f"at most {n - 1}")
-        bi = block_influence(model, calibration if calibration is not None else probe(model))
-        drop = torch.topk(bi, self.config.count, largest=False).indices.tolist()
-        return _applied(remove_layers(model, drop), calibration, f"dropped blocks {sorted(drop)}")
+        calib = calibration if calibration is not None else probe(model)
+        if self.config.select == "angular":
+            d = angular_distances(model, calib, self.config.count)
+            s = int(d.argmin())
+            drop = list(range(s, s + self.config.count))
+            why = f"angular distance {float(d[s]):.4f} across them (select=angular)"
+        else:
+            bi = block_influence(model, calib)
+            drop = torch.topk(bi, self.config.count, largest=False).indices.tolist()
+            why = "lowest Block Influence (select=influence)"
+        return _applied(remove_layers(model, drop), calibration, f"dropped blocks {sorted(drop)}: {why}")

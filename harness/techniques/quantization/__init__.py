@@ -9,6 +9,7 @@ from harness.techniques.quantization import (  # noqa: F401  (registration on im
     gptq,
     gpu,
     kv_cache,
+    mixed,
     nonuniform,
     qat,
     rtn,

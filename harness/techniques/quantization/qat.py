@@ -30,7 +30,7 @@ from harness.config import check
 from harness.layers.base import linear_weight
 from harness.primitives.quant import expand_groups, group_width, n_groups, pad_to_groups, qparams
 from harness.techniques.base import Applied, Technique, register
-from harness.techniques.finetune import cycled_windows, train, training_stream
+from harness.techniques.finetune import cycled_windows, timed, train, training_stream
 from harness.techniques.quantization.common import (
     WeightQuantConfig,
     calibration_notes,
@@ -152,7 +152,8 @@ class QAT(Technique):
     description = "QAT: fake-quant + STE (learnable scales) fine-tune on train windows, exported packed"
 
     def apply(self, model: nn.Module, calibration=None) -> Applied:
-        ls = qat_finetune(model, calibration, self.config)
+        cfg = self.config
+        ls, figures = timed(lambda: qat_finetune(model, calibration, cfg), cfg.steps * cfg.batch * calibration.seq_len)
         extra = ([f"QAT fine-tune {len(ls)} steps on the training stream: loss {ls[0]:.3f} -> {ls[-1]:.3f}"]
                  if ls else [])
-        return Applied(model, calibration_notes(calibration) + extra)
+        return Applied(model, calibration_notes(calibration) + extra, figures=figures)

@@ -26,7 +26,11 @@ def test_loss_terms_vanish_only_at_the_teacher():
     v, w = torch.randn(2, 6, 8, generator=g), torch.randn(2, 6, 4, generator=g)
     assert L.value_relation(v, v, 4, causal=True).abs() < 1e-6 < L.value_relation(v.flip(1), v, 4, causal=True)
     assert L.value_relation(w, v, L.relation_heads(4, 8, 4), causal=False) > 0  # widths differ
-    assert L.hidden_pairs([0, 2], 4) == [(0, 0), (1, 1), (2, 4)]  # the last (final-normed) onto the last
+    # block 0 onto the input teacher block 2 read (the end of its segment); the last (final-normed) onto the last
+    assert L.hidden_pairs([0, 2], 4) == [(0, 0), (1, 2), (2, 4)]
+    assert L.hidden_pairs([0, 2], 4, "origin") == [(0, 0), (1, 1), (2, 4)]
+    assert L.hidden_pairs([0, 1, 3, 5], 6) == [(0, 0), (1, 1), (2, 3), (3, 5), (4, 6)]
+    assert L.hidden_pairs([0, 1, 2], 3) == L.hidden_pairs([0, 1, 2], 3, "origin")  # same depth: the same map
     proj = L.Projections(4, 8, 1, torch.device("cpu"))
     assert L.hidden_mse((w,), (v,), [(0, 0)], proj) > 0 and proj.maps is not None
 

@@ -141,3 +141,54 @@ def test_small_fraction_removes_at_least_one_unit_and_says_so(llama):
     res = harness.compress(llama, "prune-heads:fraction=0.1")
     assert res.model.config.num_key_value_heads == 1
     assert any("removed 1 of 2 KV head groups per layer (fraction 0.5; requested 0.1)" in n for n in res.notes)
+
+
+def _near_identity(model, blocks: list[int], scale: float = 1e-3):
+    """Blocks that add almost nothing to the residual stream: input ~ output."""
+    with torch.no_grad():
+        for i in blocks:
+            b = find_blocks(model)[1][i]
+            b.self_attn.o_proj.weight.mul_(scale)
+            b.mlp.down_proj.weight.mul_(scale)
+    return model
+
+
+@pytest.mark.parametrize("near, count", [([1], 1), ([1, 2], 2), ([3], 1)])
+def test_angular_drop_removes_the_near_identity_run_and_reloads_with_transformers(tmp_path, near, count):
+    from transformers import AutoModelForCausalLM
+
+    model = _near_identity(random_llama(layers=4), near)
+    calib = Calibration(ids(batch=4, seq=16))
+    res = harness.compress(copy.deepcopy(model), f"drop-layers:count={count},select=angular", calib)
+    assert any(f"dropped blocks {near}: angular distance" in n for n in res.notes)
+    kept = [i for i in range(4) if i not in near]
+    assert res.model.config.num_hidden_layers == len(kept)
+    for j, i in enumerate(kept):  # the kept blocks, in order, with their own weights
+        assert torch.equal(res.model.model.layers[j].mlp.up_proj.weight, model.model.layers[i].mlp.up_proj.weight)
+    res.model.save_pretrained(tmp_path)
+    back = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    x = ids(batch=2, seq=12)
+    with torch.no_grad():
+        assert torch.allclose(back(input_ids=x).logits, res.model(input_ids=x).logits, atol=1e-6)
+        full = model(input_ids=x).logits
+        other = remove_layers(copy.deepcopy(model), [0] if 0 not in near else [3])(input_ids=x).logits
+        # dropping the near-identity run costs far less than dropping an ordinary block
+        assert (res.model(input_ids=x).logits - full).abs().max() < 0.1 * (other - full).abs().max()
+
+
+def test_angular_distance_is_measured_before_the_final_norm():
+    """The last block's output is the residual stream, not the final-normed hidden state
+    (HF returns the latter as hidden_states[-1]): a last block that adds nothing is at 0."""
+    from harness.techniques.pruning.structured import angular_distances
+
+    model = random_llama(layers=3)
+    with torch.no_grad():
+        model.model.layers[2].self_attn.o_proj.weight.zero_()
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+    d = angular_distances(model, Calibration(ids(batch=2, seq=16)), 1)
+    assert d.shape == (3,) and float(d[2]) < 1e-4 < float(d[:2].min())
+
+
+def test_drop_layers_select_not_allowed_is_one_line(llama):
+    with pytest.raises(SpecError, match="select='cosine' is not allowed; choose one of influence, angular"):
+        harness.compress(llama, "drop-layers:select=cosine")
