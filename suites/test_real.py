@@ -3,8 +3,8 @@ evaluation budget, and the literature's orderings checked on it.
 
 Marked ``slow`` (``--harness-quick`` skips it) and skipped with the reason when the ``real``
 extra is missing; CI runs ``tests/`` only, so it is never part of the default run. Run it
-with ``harness run suites/test_real.py`` or ``pytest suites/test_real.py`` (about an hour on
-2 CPU cores; ``--harness-technique SPEC`` narrows it). The evaluation budget is
+with ``harness run suites/test_real.py`` or ``pytest suites/test_real.py`` (long: minutes per technique on
+2 CPU cores; select tests by node id to narrow it). The evaluation budget is
 ``--harness-max-tokens`` if given, else 8,192 tokens of the validation split
 (``ppl.window``, window 128). ``benchmarks/bench_real.py`` measures the same list and writes
 ``docs/real-model.md``; the figures, and why each ordering holds or not, are there.
