@@ -186,6 +186,10 @@ def main() -> int:
     (OUT.parent / "gating-trend.png").write_bytes(trend_svg(series, change_points(series, 0.10),
                                                             "simulated nightly series with a +15% step at run 21",
                                                             "ms", fmt="png"))
+    if (OUT.parent / "gating-summary.png").is_file():  # rendered from a clean run's report.html (no browser in CI)
+        lines += ["## The summary of a clean run", "", "The top of `report.html` for a clean run (legend, counts per "
+                  "outcome, and the \"too noisy to decide\" sentence instead of a red banner):", "",
+                  "![summary](gating-summary.png)", ""]
     lines += ["## Trend chart", "", "What the leaderboard HTML draws for a series that stepped (simulated series):",
               "", "![trend](gating-trend.png)", ""]
     OUT.write_text("\n".join(lines), encoding="utf-8")
