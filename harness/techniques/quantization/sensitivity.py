@@ -32,6 +32,8 @@ definite); it is clamped at 0, i.e. that layer is treated as insensitive.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -65,37 +67,45 @@ def _math_attention():
     return sdpa_kernel([SDPBackend.MATH])
 
 
-def hutchinson_traces(model: nn.Module, linears: dict[str, nn.Module], calib: Calibration, *,
-                      probes: int = 16, batch_size: int = 4, seed: int = 0) -> dict[str, float]:
-    """Mean diagonal ``Tr(H_l) / n_l`` of the loss Hessian per layer, Hutchinson-estimated
-    with ``probes`` Rademacher vectors, each on the next calibration batch (cycled)."""
+@contextlib.contextmanager
+def _grads_only_through(model: nn.Module, linears: dict[str, nn.Module]) -> Iterator[list[torch.Tensor]]:
+    """Eval mode with autograd on, and gradients only through the linears' weights (the
+    other parameters frozen); yields those weights. Restores every flag afterwards."""
     params = list(model.parameters())
     saved = [p.requires_grad for p in params]
+    was_training = model.training
     for p in params:
         p.requires_grad_(False)
     weights = [m.weight for m in linears.values()]
     for w in weights:
         w.requires_grad_(True)
-    dev = weights[0].device
-    gen = torch.Generator().manual_seed(seed)
-    batches = list(calib.batches(batch_size))
-    acc = [0.0] * len(weights)
-    was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad(), _math_attention():
-            for k in range(probes):
-                loss = _lm_loss(model, batches[k % len(batches)], dev)
-                grads = torch.autograd.grad(loss, weights, create_graph=True)
-                vs = [(torch.randint(0, 2, w.shape, generator=gen) * 2 - 1).to(w) for w in weights]
-                gv = sum((g * v).sum() for g, v in zip(grads, vs))
-                hvs = torch.autograd.grad(gv, weights)
-                for i, (v, hv) in enumerate(zip(vs, hvs)):
-                    acc[i] += float((v * hv).sum())
+        with torch.enable_grad():
+            yield weights
     finally:
         for p, s in zip(params, saved):
             p.requires_grad_(s)
         model.train(was_training)
+
+
+def hutchinson_traces(model: nn.Module, linears: dict[str, nn.Module], calib: Calibration, *,
+                      probes: int = 16, batch_size: int = 4, seed: int = 0) -> dict[str, float]:
+    """Mean diagonal ``Tr(H_l) / n_l`` of the loss Hessian per layer, Hutchinson-estimated
+    with ``probes`` Rademacher vectors, each on the next calibration batch (cycled)."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = list(calib.batches(batch_size))
+    with _grads_only_through(model, linears) as weights, _math_attention():
+        dev = weights[0].device
+        acc = [0.0] * len(weights)
+        for k in range(probes):
+            loss = _lm_loss(model, batches[k % len(batches)], dev)
+            grads = torch.autograd.grad(loss, weights, create_graph=True)
+            vs = [(torch.randint(0, 2, w.shape, generator=gen) * 2 - 1).to(w) for w in weights]
+            gv = sum((g * v).sum() for g, v in zip(grads, vs))
+            hvs = torch.autograd.grad(gv, weights)
+            for i, (v, hv) in enumerate(zip(vs, hvs)):
+                acc[i] += float((v * hv).sum())
     return {n: acc[i] / probes / weights[i].numel() for i, n in enumerate(linears)}
 
 
@@ -173,27 +183,15 @@ def output_stats(model: nn.Module, linears: dict[str, nn.Module], calib: Calibra
                 out.register_hook(grad_hook)
         return hook
 
-    params = list(model.parameters())
-    saved = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    weights = [m.weight for m in linears.values()]
-    for w in weights:
-        w.requires_grad_(True)
-    handles = [m.register_forward_hook(fwd(n)) for n, m in linears.items()]
-    dev = weights[0].device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
+    with _grads_only_through(model, linears) as weights:
+        handles = [m.register_forward_hook(fwd(n)) for n, m in linears.items()]
+        dev = weights[0].device
+        try:
             for b in calib.batches(batch_size):
                 torch.autograd.grad(_lm_loss(model, b, dev), weights)
-    finally:
-        for h in handles:
-            h.remove()
-        for p, s in zip(params, saved):
-            p.requires_grad_(s)
-        model.train(was_training)
+        finally:
+            for h in handles:
+                h.remove()
     return ({n: A[n] / max(count[n], 1) for n in linears},
             {n: G[n] / max(count[n], 1) if n in G else torch.zeros(linear_weight(linears[n]).shape[0])
              for n in linears})
