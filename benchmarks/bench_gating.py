@@ -153,7 +153,7 @@ def main() -> int:
         "`pass` needs it below the tolerance, `inconclusive` means it straddles the tolerance (the note says how many "
         "samples would decide). Speed-ups are per-round ratios against the uncompressed reference timed in the same "
         "round (ABBA order), compared between runs by a bootstrap of the ratio of medians (2000 resamples, seed 0). "
-        "Raw latencies are judged only while the run's reference is consistent with the baseline's reference. "
+        "Raw latencies are judged only while the run's reference is consistent with the baseline's reference. A timing verdict (raw or speed-up) is also held `inconclusive` when the reference timed beside that test moved against the baseline's by more than the metric's own tolerance: speed-ups cancel small host changes, not large ones (measured: speed-ups moved 15-23% when their interleaved reference ran 22-33% faster). "
         "`ppl.window`: paired bootstrap over the same windows' NLL. `fidelity.top1`: paired difference of per-token "
         "agreement and McNemar's exact test. Sizes: exact. Tolerances: `harness metrics` (perplexity 1%, speed-ups "
         "10%, raw latency 25%).", "",
