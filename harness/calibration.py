@@ -167,17 +167,17 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, calib: Calibration, batch_size: int = 8
-                         ) -> list[tuple[tuple, dict]]:
-    """(args, kwargs) of the first block for every calibration batch."""
-    _, blocks = find_blocks(model)
-    captured: list[tuple[tuple, dict]] = []
-
+def run_until(model: nn.Module, calib: Calibration, module: nn.Module,
+              on_input: Callable[[tuple, dict], None] | None = None, batch_size: int = 8) -> None:
+    """Run ``model`` over the calibration batches, stopping each forward where ``module``
+    would start (its input goes to ``on_input(args, kwargs)`` first; forward pre-hooks
+    registered on ``module`` earlier see it too). Nothing after ``module`` is computed."""
     def hook(_mod, args, kwargs):
-        captured.append((args, kwargs))
+        if on_input is not None:
+            on_input(args, kwargs)
         raise _Stop
 
-    h = blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    h = module.register_forward_pre_hook(hook, with_kwargs=True)
     dev = _device(model)
     try:
         for b in calib.batches(batch_size):
@@ -192,6 +192,14 @@ def capture_block_inputs(model: nn.Module, calib: Calibration, batch_size: int =
                     pass
     finally:
         h.remove()
+
+
+def capture_block_inputs(model: nn.Module, calib: Calibration, batch_size: int = 8
+                         ) -> list[tuple[tuple, dict]]:
+    """(args, kwargs) of the first block for every calibration batch."""
+    _, blocks = find_blocks(model)
+    captured: list[tuple[tuple, dict]] = []
+    run_until(model, calib, blocks[0], lambda args, kwargs: captured.append((args, kwargs)), batch_size)
     return captured
 
 

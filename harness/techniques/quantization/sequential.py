@@ -20,6 +20,7 @@ from harness.calibration import (
     collect_linear_stats,
     find_blocks,
     for_each_block,
+    run_until,
 )
 from harness.layers.base import set_module
 
@@ -89,10 +90,6 @@ def quantize_sequential(model: nn.Module, calibration, fn: GroupFn, *, hessian: 
     return replaced
 
 
-class _Stop(Exception):
-    pass
-
-
 @torch.no_grad()
 def quantize_head(model: nn.Module, calibration, fn: GroupFn, *, hessian: bool = True,
                   keep_samples: int = 0, batch_size: int = 8) -> list[str]:
@@ -106,18 +103,8 @@ def quantize_head(model: nn.Module, calibration, fn: GroupFn, *, hessian: bool =
     if found is None:
         return []
     name, head = found
-    dev = next(model.parameters()).device
-
     def feed() -> None:
-        stop = head.register_forward_pre_hook(lambda *_: (_ for _ in ()).throw(_Stop()))
-        try:
-            for b in calibration.batches(batch_size):
-                try:
-                    model(**{k: v.to(dev) for k, v in b.items()}, use_cache=False)
-                except _Stop:
-                    pass
-        finally:
-            stop.remove()
+        run_until(model, calibration, head, batch_size=batch_size)
 
     stats = collect_linear_stats({name: head}, feed, hessian=hessian, keep_samples=keep_samples)
     untie_head(model)
