@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from harness.config import SpecError, check
+from harness.config import SpecError
 from harness.layers.base import set_module
 from harness.layers.embedding import QuantEmbedding
-from harness.primitives.quant import QUANT_BITS
+from harness.primitives.quant import check_quant_args
 from harness.techniques.base import Applied, Technique, register
 
 
@@ -31,9 +31,7 @@ class EmbedQuantConfig:
     sym: bool = True
 
     def __post_init__(self) -> None:
-        check(self.bits in QUANT_BITS, f"bits={self.bits} is not supported; choose one of "
-                                       f"{', '.join(map(str, QUANT_BITS))}")
-        check(self.group is None or self.group >= 1, f"group={self.group} must be >= 1 or none")
+        check_quant_args(self.bits, self.group)
 
 
 @register
