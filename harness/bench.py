@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from harness.metrics import METRICS
+from harness.peakmem import ISOLATION
 from harness.records import Record
 from harness.session import Session
 
@@ -91,8 +92,9 @@ class Bench:
         self.result = res
         if res.technique != "none":
             recs = [Record("compress.wall_s", res.wall_s, extra={"calibration": used[0].describe()} if used else {}),
-                    Record("compress.peak_rss_mb", res.peak_rss_mb) if res.peak_rss_mb is not None
-                    else Record.na("compress.peak_rss_mb", "psutil unavailable")]
+                    Record("compress.peak_rss_mb", res.peak_rss_mb, extra={"isolation": ISOLATION})
+                    if res.peak_rss_mb is not None
+                    else Record.na("compress.peak_rss_mb", res.peak_rss_reason or "peak RSS unreadable")]
             recs += [Record(k, v) for k, v in getattr(res, "figures", {}).items()]  # train.* of techniques that train
             self._emit(recs, res)
         return res

@@ -137,8 +137,8 @@ for _m in [
            Column("J/token", ".4f"), "energy", default=True),
     Metric("compress.wall_s", "s", False, "wall time of the compression step", tolerance="200%",
            column=Column("compress s", ".2f", terminal=True), producer="compression"),
-    Metric("compress.peak_rss_mb", "MiB", False, "RSS growth during compression", tolerance="64",
-           producer="compression"),
+    Metric("compress.peak_rss_mb", "MiB", False, "peak RSS the compression step added (VmHWM high-water mark)",
+           tolerance="64", producer="compression"),
     # What a technique that trains (distill, gqa uptraining) did: from CompressionResult.figures.
     Metric("train.steps", "count", False, "optimizer steps of the compression step's training", tolerance="0",
            producer="compression"),

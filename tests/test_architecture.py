@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent / "harness"
 # Lowest first. A module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["harness.registry", "harness.config", "harness.paths", "harness.metrics", "harness.shard",
-                    "harness.records", "harness.rundir", "harness.merge", "harness.stats"]),
+                    "harness.peakmem", "harness.records", "harness.rundir", "harness.merge", "harness.stats"]),
     ("primitives", ["harness.primitives"]),                 # tensor math: quantize, pack, k-means
     ("kernels", ["harness.kernels"]),                       # Triton kernels + torch references
     ("layers", ["harness.layers"]),                         # packed modules, save/load args

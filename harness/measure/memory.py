@@ -1,9 +1,9 @@
 """Memory of a measured step.
 
-CPU: the step's peak resident set. Linux keeps a per-process high-water mark (VmHWM);
-writing ``5`` to ``/proc/self/clear_refs`` resets it to the current RSS, so after the
-reset the high-water mark is exactly the peak *during the step* (weights already
-resident + activations + temporaries). ``extra`` holds the RSS before the step and the
+CPU: the step's peak resident set, by ``harness.peakmem``: Linux's per-process high-water
+mark (VmHWM) reset just before the step (after glibc gives back its free heap pages), so
+the mark is exactly the peak *during the step* (weights already resident + activations +
+temporaries). ``extra`` holds the RSS before the step and the
 step's growth over it. Where the reset is not permitted the record is N/A with the
 reason (a mark carried over from earlier work would overstate the peak).
 GPU: ``torch.cuda.max_memory_allocated`` after a reset, and NVML's device memory used.
@@ -11,41 +11,21 @@ GPU: ``torch.cuda.max_memory_allocated`` after a reset, and NVML's device memory
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from harness import peakmem
 from harness.measure import gpu
 from harness.records import Record
 
-_STATUS = Path("/proc/self/status")
-_CLEAR = Path("/proc/self/clear_refs")
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in _STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
 
 def reset_peak_rss() -> str | None:
-    """Reset VmHWM to the current RSS; returns a reason string if it cannot."""
-    if _status_kb("VmHWM") is None:
-        return "peak RSS needs Linux /proc/self/status (VmHWM)"
-    try:
-        _CLEAR.write_text("5")
-    except OSError as e:
-        return f"cannot reset peak RSS via /proc/self/clear_refs: {e.strerror}"
-    return None
+    """Trim the heap and reset VmHWM to the current RSS; returns a reason string if it cannot."""
+    return peakmem.reset_peak()
 
 
 def current_rss_mb() -> float | None:
-    kb = _status_kb("VmRSS")
-    return None if kb is None else kb / 1024
+    return peakmem.current_rss_mb()
 
 
 def measure_peak_rss(step: Callable[[], object]) -> Record:
@@ -56,18 +36,15 @@ def measure_peak_rss(step: Callable[[], object]) -> Record:
 def measure_step_memory(step: Callable[[], object]) -> list[Record]:
     """Run ``step`` once on the CPU: ``memory.peak_rss_mb`` (the process's peak while it ran:
     interpreter, libraries, every loaded model, plus the step) and ``memory.step_peak_mb``
-    (that peak minus the RSS just before the step: what the step itself added on top of what
-    was resident: activations, KV cache, temporaries)."""
-    reason = reset_peak_rss()
-    if reason:
+    (that peak minus the RSS just before the step, after the heap trim: what the step itself
+    added on top of what was live: activations, KV cache, temporaries)."""
+    with peakmem.PeakTracker() as t:
         step()
-        return [Record.na("memory.peak_rss_mb", reason), Record.na("memory.step_peak_mb", reason)]
-    before = current_rss_mb()
-    step()
-    peak = _status_kb("VmHWM") / 1024
-    how = {"isolation": "VmHWM reset via /proc/self/clear_refs", "rss_before_mb": before}
-    return [Record("memory.peak_rss_mb", peak, extra={**how, "step_growth_mb": peak - before}),
-            Record("memory.step_peak_mb", max(peak - before, 0.0), extra=how)]
+    if t.reason:
+        return [Record.na("memory.peak_rss_mb", t.reason), Record.na("memory.step_peak_mb", t.reason)]
+    how = {"isolation": peakmem.ISOLATION, "rss_before_mb": t.before_mb}
+    return [Record("memory.peak_rss_mb", t.peak_mb, extra={**how, "step_growth_mb": t.added_mb}),
+            Record("memory.step_peak_mb", t.added_mb, extra=how)]
 
 
 def cuda_step_peak(step: Callable[[], object], device: torch.device | str) -> Record:

@@ -167,7 +167,8 @@ def compression(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]
             continue
         value = result.wall_s if m == "compress.wall_s" else getattr(result, "peak_rss_mb", None)
         out.append(Record(m, value) if value is not None else
-                   Record.na(m, "peak RSS of the compression step could not be read on this machine"))
+                   Record.na(m, getattr(result, "peak_rss_reason", None)
+                             or "peak RSS of the compression step could not be read on this machine"))
     return out
 
 

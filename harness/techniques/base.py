@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 import torch
 
 from harness.config import SpecError, build_config, config_to_dict, config_to_spec, parse_spec
+from harness.peakmem import PeakTracker
 from harness.registry import Registry
 
 Storage = Literal["reference", "packed", "dense", "fake-quant", "mask", "structural", "shared"]
@@ -89,7 +90,8 @@ class CompressionResult:
     config: Any
     storage: Storage
     wall_s: float = 0.0
-    peak_rss_mb: float | None = None
+    peak_rss_mb: float | None = None  # peak RSS added during compression (harness.peakmem)
+    peak_rss_reason: str | None = None  # why peak_rss_mb is None
     notes: list[str] = field(default_factory=list)
     # Builds the KV cache the compressed model must decode with (kv-cache quantization);
     # None: the model's own cache.
@@ -176,15 +178,6 @@ def canonical_spec(t: Technique) -> str:
     return own() if callable(own) else config_to_spec(t.name, t.config)
 
 
-def _rss_mb() -> float | None:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    except Exception:  # pragma: no cover
-        return None
-
-
 def compress(model: torch.nn.Module, spec: str | Technique, calibration: Any | None = None, *,
              kind: str = "causal-lm") -> CompressionResult:
     """Apply one technique. The input model may be modified in place; pass a copy to keep it."""
@@ -197,20 +190,19 @@ def compress(model: torch.nn.Module, spec: str | Technique, calibration: Any | N
         raise CalibrationRequiredError(
             f"technique {tech.name!r} needs calibration data; "
             "pass calibration=harness.calibration.get_calibration(...)")
-    rss0 = _rss_mb()
-    t0 = time.perf_counter()
     from harness.layers.exec import reference_forward  # compress on the torch reference: same result everywhere
 
-    with torch.enable_grad() if tech.needs_grad else torch.no_grad(), reference_forward():
-        applied = tech.apply(model, calibration)
-    wall = time.perf_counter() - t0
-    rss1 = _rss_mb()
-    peak = None if rss0 is None or rss1 is None else max(rss1 - rss0, 0.0)
+    with PeakTracker() as mem:  # the high-water mark during compression, not an after-minus-before
+        t0 = time.perf_counter()
+        with torch.enable_grad() if tech.needs_grad else torch.no_grad(), reference_forward():
+            applied = tech.apply(model, calibration)
+        wall = time.perf_counter() - t0
     if not isinstance(applied, Applied):  # a technique may return just the model
         applied = Applied(applied)
     applied.model.eval()
     return CompressionResult(model=applied.model, technique=tech.name, spec=canonical_spec(tech),
-                             config=tech.config, storage=tech.storage, wall_s=wall, peak_rss_mb=peak,
+                             config=tech.config, storage=tech.storage, wall_s=wall, peak_rss_mb=mem.added_mb,
+                             peak_rss_reason=mem.reason,
                              notes=list(applied.notes), cache_factory=applied.cache_factory,
                              figures=dict(applied.figures), extra=dict(applied.extra))
 
