@@ -3,7 +3,11 @@ starting point of distillation.
 
 - Depth: ``layers=K`` keeps K of the teacher's blocks. ``select=every`` keeps every n-th
   block when K divides the depth (DistilBERT's 6 -> 3 keeps blocks 0, 2, 4), else K blocks
-  spread evenly from first to last; ``select=first`` keeps the first K; ``select=angular``
+  spread evenly from first to last; ``select=spread`` always spreads them from the first
+  block to the last, both kept (DistilBERT's 12 -> 6 kept 0, 2, 4, 7, 9, 11; a student whose
+  last block is the teacher's last is what MiniLM's last-block relation loss assumes: it
+  asks the student's last block to attend like the teacher's last);
+  ``select=first`` keeps the first K; ``select=angular``
   drops the contiguous run of blocks whose input and output hidden states are closest in
   angle (Gromov et al., "The Unreasonable Ineffectiveness of the Deeper Layers").
 - Width: ``width=F`` keeps the fraction F of FFN neurons and of attention head groups in
@@ -40,7 +44,7 @@ from harness.techniques.pruning.surgery import (
 )
 
 Init = Literal["teacher", "random"]
-Select = Literal["every", "first", "angular"]
+Select = Literal["every", "spread", "first", "angular"]
 WIDTH_FAMILIES = sorted(_LLAMA_LIKE | {"bert"})
 
 
@@ -48,7 +52,8 @@ WIDTH_FAMILIES = sorted(_LLAMA_LIKE | {"bert"})
 class StudentConfig:
     """layers: blocks kept (0: the teacher's depth); width: fraction of FFN neurons and head
     groups kept (1: all); init: teacher (its weights) or random; select: which blocks
-    (every n-th, the first K, or by angular distance); seed: random init and probe."""
+    (every n-th, spread first to last, the first K, or by angular distance); seed: random
+    init and probe."""
 
     layers: int = 0
     width: float = 1.0
@@ -75,7 +80,13 @@ def every_nth(n: int, k: int) -> list[int]:
     from the first block to the last."""
     if n % k == 0:
         return list(range(0, n, n // k))
-    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [0]
+    return spread(n, k) if k > 1 else [0]
+
+
+def spread(n: int, k: int) -> list[int]:
+    """K of n block indices evenly spaced from the first block to the last, both included
+    (K=1: the last block, whose output the teacher's head reads)."""
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else [n - 1]
 
 
 def select_blocks(model: nn.Module, cfg: StudentConfig, calib: Calibration | None) -> list[int]:
@@ -90,6 +101,8 @@ def select_blocks(model: nn.Module, cfg: StudentConfig, calib: Calibration | Non
     if cfg.select == "angular":
         s = angular_run(model, calib if calib is not None else probe(model), n - k)
         return [i for i in range(n) if not s <= i < s + n - k]
+    if cfg.select == "spread":
+        return spread(n, k)
     return every_nth(n, k)
 
 
@@ -163,4 +176,4 @@ class StudentTechnique(Technique):
         return Applied(s.model, s.notes)
 
 
-__all__ = ["Student", "StudentConfig", "angular_run", "build_student", "every_nth", "select_blocks"]
+__all__ = ["Student", "StudentConfig", "angular_run", "build_student", "every_nth", "select_blocks", "spread"]

@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from harness.calibration import find_blocks
 from harness.config import SpecError, check
 from harness.models.train_data import for_technique
 from harness.techniques.architecture.student import Init, Select, StudentConfig, build_student
@@ -47,7 +48,8 @@ class DistillConfig:
     student block's output is held to (``losses.hidden_pairs``); steps, lr, batch, seq_len:
     the training run; layers, width, init, select: the student (as ``student:``); data:
     training source (train, a text file or an HF dataset directory); seed: data order,
-    random init and dropout."""
+    random init and dropout; relation_states: the relation loss also holds the output
+    states' token relation (``losses.state_relation``; false: MiniLM's two terms alone)."""
 
     loss: str = "logits"
     temperature: float = 2.0
@@ -63,6 +65,7 @@ class DistillConfig:
     select: Select = "every"
     data: str = "train"
     seed: int = 0
+    relation_states: bool = True
 
     def __post_init__(self) -> None:
         L.parse_losses(self.loss)
@@ -92,8 +95,6 @@ class Objective:
     """The per-step loss of one distillation run (teacher forward under no_grad)."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, kept: list[int], cfg: DistillConfig) -> None:
-        from harness.calibration import find_blocks
-
         self.teacher, self.student, self.cfg = teacher, student, cfg
         self.terms = L.parse_losses(cfg.loss)
         self.causal = is_causal_lm(teacher)
@@ -102,11 +103,20 @@ class Objective:
         d_s, d_t = student.config.hidden_size, teacher.config.hidden_size
         self.proj = L.Projections(d_s, d_t, len(self.pairs), self.dev)
         self.taps: list[L.AttentionTap] = []
+        self._hooks: list = []
         if "relation" in self.terms:  # MiniLM: the teacher's last block onto the student's last
             self.taps = [L.AttentionTap(find_blocks(m)[1][-1]) for m in (student, teacher)]
             s, t = self.taps
             self.at_heads = L.relation_heads(s.n_q * s.head_dim, t.n_q * t.head_dim, t.n_q)
             self.vr_heads = L.relation_heads(s.n_kv * s.head_dim, t.n_kv * t.head_dim, t.n_kv)
+            self.st_heads = L.relation_heads(student.config.hidden_size, teacher.config.hidden_size, t.n_q)
+        self.states = "relation" in self.terms and cfg.relation_states
+        self.heads_in: list[dict[str, torch.Tensor]] = []
+        if self.states and self.causal:  # the final (normed) states: the output head's input
+            self.heads_in = [{}, {}]
+            for m, store in zip((student, teacher), self.heads_in):
+                self._hooks.append(m.get_output_embeddings().register_forward_pre_hook(
+                    lambda _m, args, store=store: store.__setitem__("h", args[0])))
         # alpha=0 with the response loss only: the teacher's outputs are never used
         self.uses_teacher = not (self.causal and cfg.alpha == 0)
 
@@ -129,6 +139,10 @@ class Objective:
                 kd = kd + L.hidden_mse(s.hidden_states, t.hidden_states, self.pairs, self.proj)
             if "relation" in self.terms:
                 kd = kd + L.minilm(*self.taps, self.at_heads, self.vr_heads, self.causal)
+            if self.states:
+                hs, ht = ((d["h"] for d in self.heads_in) if self.causal
+                          else (s.last_hidden_state, t.last_hidden_state))
+                kd = kd + L.state_relation(hs, ht, self.st_heads, self.causal)
         if not self.causal:
             return kd
         return self.cfg.alpha * kd + (1 - self.cfg.alpha) * L.hard_ce(s.logits, ids)
@@ -136,6 +150,9 @@ class Objective:
     def close(self) -> None:
         for tap in self.taps:
             tap.remove()
+        for h in self._hooks:
+            h.remove()
+        self.heads_in.clear()
 
 
 def distill(teacher: nn.Module, calibration, cfg: DistillConfig, base: nn.Module | None = None
@@ -162,7 +179,14 @@ def distill(teacher: nn.Module, calibration, cfg: DistillConfig, base: nn.Module
     tokens = cfg.steps * cfg.batch * data.seq_len
     d = data.describe()
     what = "+".join(obj.terms) if obj.uses_teacher else "none (alpha=0: hard labels only, no teacher)"
+    if "relation" in obj.terms:
+        what += " (relations: last-block attention + value" + (" + output-state tokens)" if cfg.relation_states
+                                                               else ", MiniLM only)")
     pairs = f", hidden map {cfg.hidden_map} (student, teacher state): {obj.pairs}" if "hidden" in obj.terms else ""
+    n_teacher = len(find_blocks(teacher)[1])
+    if "relation" in obj.terms and st.kept[-1] != n_teacher - 1:
+        what += (f"; the student's last block is teacher block {st.kept[-1]}, not the teacher's last "
+                 f"({n_teacher - 1}), which the relation loss maps onto it (select=spread keeps it)")
     notes = [*st.notes, f"distillation loss {what}, T={cfg.temperature:g}, alpha={cfg.alpha:g}{pairs}"
              + ("" if obj.causal else " (encoder: no hard labels, distillation terms only)"),
              f"trained {len(losses)} steps on {tokens} tokens of {d['train_source']} "
@@ -174,7 +198,7 @@ def distill(teacher: nn.Module, calibration, cfg: DistillConfig, base: nn.Module
 @register
 class Distill(Technique):
     name = "distill"
-    config_version = 2  # v2: hidden_map=uniform (was: block of origin), dropout seeded
+    config_version = 3  # v2: hidden_map=uniform, dropout seeded; v3: relation holds the output-state relation
     family = "distillation"
     config_cls = DistillConfig
     storage = from_config(lambda cfg: "structural" if cfg.layers or cfg.width < 1 else "dense")

@@ -21,6 +21,15 @@ teacher outputs on the same tokens:
   head counts differ, the projections are split into shared "relation heads"
   (MiniLMv2). Future positions are masked for causal LMs, padded keys and queries for
   every model (the training windows have none, but the functions take a mask).
+  Those relations are functions of the last block's *inputs* only, so the last block's
+  attention output and FFN (which write the output states) get no gradient from them; the
+  relation loss therefore also holds the token-to-token relation of the *output* states
+  (``state_relation``: MiniLM's value-relation KL on the last hidden states, relation heads
+  as MiniLMv2 splits them, so no projection is needed where the widths differ).
+  ``relation_states=false`` gives MiniLM's two terms alone. All three map the teacher's
+  last block onto the student's last: a student that keeps the teacher's last block
+  (``select=spread`` or ``angular``) is what this assumes; on minilm-l6 -> 3 layers it is
+  the difference between losing and gaining embedding cosine (docs/distillation.md).
 """
 from __future__ import annotations
 
@@ -212,5 +221,14 @@ def minilm(s: AttentionTap, t: AttentionTap, at_heads: int, vr_heads: int, causa
             + relation_kl((vs, vs), (vt, vt), vr_heads, causal, valid))
 
 
+def state_relation(s_h: torch.Tensor, t_h: torch.Tensor, n_heads: int, causal: bool,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The output states' token relation: the value-relation formula, softmax(H H^T / sqrt(d))
+    per relation head, applied to the last hidden states instead of the last block's values,
+    so the block's attention output and FFN are trained too."""
+    return relation_kl((s_h, s_h), (t_h, t_h), n_heads, causal, valid)
+
+
 __all__ = ["HIDDEN_MAPS", "LOSSES", "Projections", "embedding_cos", "hard_ce", "hidden_mse", "hidden_pairs",
-           "logits_kd", "minilm", "parse_losses", "relation_heads", "relation_kl", "value_relation", "AttentionTap"]
+           "logits_kd", "minilm", "parse_losses", "relation_heads", "relation_kl", "state_relation", "value_relation",
+           "AttentionTap"]

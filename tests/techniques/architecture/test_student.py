@@ -9,7 +9,7 @@ from conftest import ids, random_bert, random_gpt2, random_llama
 import harness
 from harness.calibration import Calibration, find_blocks
 from harness.config import SpecError
-from harness.techniques.architecture.student import StudentConfig, build_student, every_nth
+from harness.techniques.architecture.student import StudentConfig, build_student, every_nth, spread
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -17,6 +17,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_every_nth_keeps_distilberts_layers():
     assert every_nth(6, 3) == [0, 2, 4] and every_nth(4, 2) == [0, 2] and every_nth(5, 3) == [0, 2, 4]
     assert every_nth(4, 1) == [0] and every_nth(4, 4) == [0, 1, 2, 3]
+
+
+def test_spread_keeps_the_first_and_the_last_block():
+    assert spread(12, 6) == [0, 2, 4, 7, 9, 11]  # DistilBERT's extraction from BERT-base
+    assert spread(6, 3) == [0, 2, 5] and spread(4, 2) == [0, 3] and spread(6, 1) == [5]
+    st = build_student(random_llama(layers=4), StudentConfig(layers=2, select="spread"), None)
+    assert st.kept == [0, 3] and st.model.config.num_hidden_layers == 2
 
 
 def test_student_blocks_are_the_teachers_kept_blocks_and_reload_with_transformers(tmp_path):

@@ -99,9 +99,42 @@ def test_distillation_brings_the_student_closer_to_the_teacher(tiny_lm, tiny_cal
 
 def test_relation_distillation_lowers_its_loss():
     t = random_llama()
-    res = harness.compress(copy.deepcopy(t), "distill:loss=relation,layers=1,steps=8,batch=2,alpha=1,lr=3e-3",
+    res = harness.compress(copy.deepcopy(t), "distill:loss=relation,layers=1,steps=24,batch=2,alpha=1,lr=3e-3",
                            Calibration(ids(batch=4, seq=16)))
     assert res.figures["train.loss_last"] < 0.8 * res.figures["train.loss_first"]
+
+
+@pytest.mark.parametrize("make", ["bert", "llama"])
+def test_the_state_relation_trains_the_last_blocks_output_path(make):
+    """MiniLM's relations read the last block's Q/K/V only: its attention output and FFN get
+    no gradient from them. The output-state relation (relation_states, the default) reaches
+    them, for encoders (last_hidden_state) and causal LMs (the output head's input)."""
+    from harness.calibration import find_blocks
+    from harness.techniques.architecture.student import build_student
+    from harness.techniques.distillation.distill import DistillConfig, Objective
+
+    teacher = (random_bert if make == "bert" else random_llama)().eval()
+    grads = {}
+    for states in (False, True):
+        cfg = DistillConfig(loss="relation", layers=1, alpha=1.0, relation_states=states)
+        st = build_student(teacher, cfg.student, None)
+        obj = Objective(teacher, st.model, st.kept, cfg)
+        obj(ids(batch=2, seq=12)).backward()
+        obj.close()
+        last = find_blocks(st.model)[1][-1]
+        ffn = last.output.dense if make == "bert" else last.mlp.down_proj
+        grads[states] = ffn.weight.grad
+    assert grads[False] is None or grads[False].abs().max() == 0
+    assert grads[True] is not None and grads[True].abs().max() > 0
+
+
+def test_relation_distillation_says_when_the_teachers_last_block_is_not_kept():
+    t = random_llama(layers=4)
+    calib = Calibration(ids(batch=2, seq=16))
+    res = harness.compress(copy.deepcopy(t), "distill:loss=relation,layers=2,steps=1,batch=2", calib)
+    assert any("is teacher block 2, not the teacher's last (3)" in n for n in res.notes), res.notes
+    res = harness.compress(copy.deepcopy(t), "distill:loss=relation,layers=2,steps=1,batch=2,select=spread", calib)
+    assert not any("not the teacher's last" in n for n in res.notes)
 
 
 def test_encoder_students_distill_with_every_loss():
