@@ -88,12 +88,16 @@ def encoder(steps: int, batch: int) -> tuple[str, dict[str, float]]:
     except Exception as e:  # noqa: BLE001 - optional extra missing: say so, go on
         return f"skipped: {e}", {}
     calib = harness.get_calibration(lm.tokenizer, n=16, seq_len=128, seed=0)
-    common = f"layers=3,steps={steps},batch={batch},lr=1e-4"  # a pretrained encoder: BERT fine-tuning's lr
-    short = f"layers=3,batch={batch},lr=1e-4"
-    specs = {"student, teacher init, no distillation": "student:layers=3",
-             "distilled: relation, 3 steps": f"distill:loss=relation,steps=3,{short}",
-             "distilled: relation, 30 steps": f"distill:loss=relation,steps=30,{short}",
-             "distilled: relation (MiniLM attention + value relation)": f"distill:loss=relation,{common}",
+    # every student keeps the teacher's first and last blocks (0, 2, 5; DistilBERT's rule): the
+    # relation loss maps the teacher's last block onto the student's last, as MiniLM assumes;
+    # one row shows the same loss on the every-n-th student (0, 2, 4), which does not keep it
+    common = f"layers=3,select=spread,steps={steps},batch={batch},lr=1e-4"  # BERT fine-tuning's lr
+    specs = {"student, teacher init, no distillation": "student:layers=3,select=spread",
+             "distilled: relation (MiniLM + output-state relation)": f"distill:loss=relation,{common}",
+             "distilled: relation, MiniLM terms only": f"distill:loss=relation,relation_states=false,{common}",
+             "every-n-th student (0, 2, 4), no distillation": "student:layers=3",
+             "every-n-th student (0, 2, 4), distilled: relation":
+                 f"distill:loss=relation,{common.replace(',select=spread', '')}",
              "distilled: logits (output-embedding cosine)": f"distill:loss=logits,{common}",
              "distilled: logits+relation": f"distill:loss=logits+relation,{common}",
              "distilled: logits+hidden": f"distill:loss=logits+hidden,{common}"}
@@ -111,35 +115,41 @@ def encoder(steps: int, batch: int) -> tuple[str, dict[str, float]]:
 
 def relation_reach(lm, calib) -> str:
     """Which student parameters the relation loss trains: gradient norm per group, one
-    batch of 8 training windows, on the untrained 3-layer student."""
+    batch of 8 training windows, on the untrained 3-layer student; MiniLM's two terms alone
+    and with the output-state relation."""
     from harness.calibration import find_blocks
     from harness.models.train_data import for_technique
     from harness.techniques.architecture.student import build_student
     from harness.techniques.distillation.distill import DistillConfig, Objective
 
-    cfg = DistillConfig(loss="relation", layers=3)
-    st = build_student(lm.model, cfg.student, calib)
-    data = for_technique(calib, tokens=8 * 128, seq_len=128, special_tokens=True)
-    obj = Objective(lm.model, st.model, st.kept, cfg)
-    st.model.train()
-    obj(data.input_ids).backward()
-    obj.close()
-    last = find_blocks(st.model)[1][-1]
-    groups = {"embeddings": st.model.embeddings, "student blocks 0-1 (all weights)": find_blocks(st.model)[1][:-1],
-              "last block: query, key, value": last.attention.self,
-              "last block: attention output + FFN (make the scored embedding)": [last.attention.output,
-                                                                                 last.intermediate, last.output]}
-    rows = []
-    for name, mods in groups.items():
-        mods = mods if isinstance(mods, (list, torch.nn.ModuleList)) else [mods]
-        g = [p.grad for m in mods for p in m.parameters() if p.grad is not None]
-        norm = torch.sqrt(sum((x.float() ** 2).sum() for x in g)) if g else torch.tensor(0.0)
-        rows.append([name, f"{float(norm):.3g}"])
-    lm.model.zero_grad(set_to_none=True)
+    cols = {}
+    for states in (False, True):
+        cfg = DistillConfig(loss="relation", layers=3, select="spread", relation_states=states)
+        st = build_student(lm.model, cfg.student, calib)
+        data = for_technique(calib, tokens=8 * 128, seq_len=128, special_tokens=True)
+        obj = Objective(lm.model, st.model, st.kept, cfg)
+        st.model.train()
+        obj(data.input_ids).backward()
+        obj.close()
+        last = find_blocks(st.model)[1][-1]
+        groups = {"embeddings": st.model.embeddings,
+                  "student blocks 0-1 (all weights)": find_blocks(st.model)[1][:-1],
+                  "last block: query, key, value": last.attention.self,
+                  "last block: attention output + FFN (make the scored embedding)": [last.attention.output,
+                                                                                     last.intermediate, last.output]}
+        for name, mods in groups.items():
+            mods = mods if isinstance(mods, (list, torch.nn.ModuleList)) else [mods]
+            g = [p.grad for m in mods for p in m.parameters() if p.grad is not None]
+            norm = torch.sqrt(sum((x.float() ** 2).sum() for x in g)) if g else torch.tensor(0.0)
+            cols.setdefault(name, []).append(f"{float(norm):.3g}")
+        lm.model.zero_grad(set_to_none=True)
+    rows = [[name, *v] for name, v in cols.items()]
     return ("Where the relation loss reaches (gradient norm of one batch of 8 windows, untrained student):\n\n"
-            + table(["student parameters", "gradient norm of the relation loss"], rows))
+            + table(["student parameters", "MiniLM terms only (relation_states=false)",
+                     "with the output-state relation (default)"], rows))
 
 
+# the harness-tiny students whose hidden states the diagnostic table compares: label -> short name
 DIAG = {"student, teacher init, untrained": "untrained", "distilled: logits": "logits",
         "distilled: logits+hidden": "logits+hidden (uniform map)",
         "distilled: logits+hidden, origin map": "logits+hidden (origin map)"}
@@ -310,22 +320,22 @@ def render(a, ppl, cos, g, sp, causal_md, enc_md, gqa_md, speed_md, total_s: flo
              f"- `logits+hidden` <= `logits`: {lh:.2f} vs {d:.2f} {_met(lh <= d)}" + _hidden_note(ppl, lh, d)
              + (_diag_note(diag[1]) if diag else "")]
     if cos:
-        base, rel = cos["student, teacher init, no distillation"], cos["distilled: relation (MiniLM attention + value relation)"]
-        lr, lo = cos["distilled: logits+relation"], cos["distilled: logits (output-embedding cosine)"]
-        lines.append(f"- minilm-l6 -> 3 layers, relation loss (MiniLM: attention-distribution KL + value-relation KL, "
-                     f"teacher's last block onto the student's last): embedding cosine {rel:.4f} vs {base:.4f} "
-                     f"without distillation {_met(rel > base)}."
-                     + ("" if rel > base else
-                        " Why: the relation loss is a function of the last block's attention inputs only (its query, "
-                        "key and value of the block's input), so the last block's attention output and FFN, which "
-                        "write the embedding `fidelity.cosine` scores, get exactly zero gradient (table below), and "
-                        "the lower blocks are moved to reproduce the teacher's attention patterns, not its output "
-                        "vectors; the relation loss falls (first/last columns) while the output drifts. MiniLM "
-                        "uses it to pretrain a student that is fine-tuned afterwards, not to copy embeddings. "
-                        f"Cosine against training length: {cos['distilled: relation, 3 steps']:.4f} after 3 "
-                        f"steps, {cos['distilled: relation, 30 steps']:.4f} after 30, {rel:.4f} after {a.enc_steps}. "
-                        f"Added to the response loss it gives {lr:.4f} against {lo:.4f} for the response loss "
-                        "alone."))
+        base, rel = cos["student, teacher init, no distillation"], cos["distilled: relation (MiniLM + output-state relation)"]
+        mini, lr, lo = (cos["distilled: relation, MiniLM terms only"], cos["distilled: logits+relation"],
+                        cos["distilled: logits (output-embedding cosine)"])
+        eb, er = (cos["every-n-th student (0, 2, 4), no distillation"],
+                  cos["every-n-th student (0, 2, 4), distilled: relation"])
+        lines.append(f"- minilm-l6 -> 3 layers (blocks 0, 2, 5), relation loss (MiniLM's attention-distribution and "
+                     f"value-relation KL on the last block, plus the output states' token relation): embedding "
+                     f"cosine {rel:.4f} vs {base:.4f} for the same student without distillation "
+                     f"(margin {rel - base:+.4f}) {_met(rel > base)}. MiniLM's two terms alone: {mini:.4f}. "
+                     f"Both terms map the teacher's last block onto the student's last, so the student must keep "
+                     f"it: on the every-n-th student (blocks 0, 2, 4), whose last block is teacher block 4, the "
+                     f"same loss gives {er:.4f} against {eb:.4f} untrained ({er - eb:+.4f}): it asks block 4 to "
+                     f"attend like block 5, and the lower blocks move to make it. The output-state term exists "
+                     f"because MiniLM's relations read the last block's Q, K, V only, so its attention output and "
+                     f"FFN (which write the embedding) get no gradient from them (table below). With the "
+                     f"response loss: logits+relation {lr:.4f}, logits alone {lo:.4f}.")
     else:
         lines.append("- minilm-l6: not measured (the optional `encoder` extra is missing).")
     dense, up = g["none"], g[f"gqa:kv_heads=2,steps={a.gqa_steps},batch={a.batch}"]
@@ -364,10 +374,11 @@ def render(a, ppl, cos, g, sp, causal_md, enc_md, gqa_md, speed_md, total_s: flo
         "student's first block and the teacher state each map targets (state 2 for `uniform`, state 1 for "
         "`origin`), and between the final states; KL to the teacher and perplexity on the same windows.", "",
         diag[0] if diag else "not measured in this run", "",
-        "## minilm-l6: 3-layer students (blocks 0, 2, 4 of 6)", "",
+        "## minilm-l6: 3-layer students (blocks 0, 2, 5 of 6, `select=spread`)", "",
         "Scored by `fidelity.cosine`: mean-pooled, L2-normalized sentence embeddings of 64 validation "
-        "paragraphs, student against teacher (the untrained student is the control: an encoder has no hard "
-        "labels to train on without the teacher, and every row starts from this same student). Training "
+        "paragraphs, student against teacher (the untrained students are the controls: an encoder has no hard "
+        "labels to train on without the teacher; every distilled row starts from the untrained student of its "
+        "selection, blocks 0, 2, 5 unless the label says 0, 2, 4). Training "
         "windows are framed `[CLS] ... [SEP]` like the scored sentences (126 text tokens each); no padding.", "",
         enc_md, "",
         "## GQA conversion on harness-tiny (8 query heads, 4 -> 2 KV heads)", "", gqa_md, "",

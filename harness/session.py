@@ -164,7 +164,8 @@ class Session:
         from harness.evaluation import EvalContext
 
         ev = {**({"max_tokens": 8192} if self.opts.quick else {}), **self.opts.eval_opts.get("eval", {})}
-        lat = LatencyConfig(prompt_len=64, decode_tokens=16, budget_s=1.0, min_repeats=6) if self.opts.quick else None
+        lat = (LatencyConfig(prompt_len=64, decode_tokens=16, budget_s=1.0, min_repeats=6, max_repeats=200)
+               if self.opts.quick else None)  # the budget, not a cap of 50, bounds the fast prefill rounds
         return EvalContext(lat or LatencyConfig(), EvalConfig(**ev), reference=reference, cache_factory=cache_factory,
                            compression=compression)
 

@@ -192,3 +192,28 @@ def test_a_speedup_is_held_when_the_reference_timed_beside_it_moved(tmp_path):
     vs = {v.metric: v for v in judge(pair(7.0, 0.5, 10), base, tmp_path)}
     raw = vs["latency.prefill_ms"]
     assert raw.status == "inconclusive" and "would have been regressed" in raw.note
+
+
+
+def test_a_speedup_is_held_only_when_the_host_is_shown_to_have_moved_a_raw_latency_unless_shown_still(tmp_path):
+    """The reference beside the test ran 11% faster, but its interval reaches inside the 10%
+    tolerance: the speed-up (the primary verdict) stays regressed. A raw latency is held
+    unless the reference is shown within the raw metric's own tolerance."""
+    def pair(ref_ms, speedup, seed, spread):
+        raw = lat_rec("latency.prefill_ms", ref_ms / speedup, seed=seed, spread=spread)
+        raw.samples["reference_values"] = lat_rec("latency.prefill_ms", ref_ms, seed=seed + 1,
+                                                  spread=spread).samples["values"]
+        sp = lat_rec("latency.speedup_prefill", speedup, seed=seed + 2)
+        sp.higher_is_better = True
+        return [raw, sp]
+
+    base = pair(10.0, 1.0, 1, 0.03)
+    vs = {v.metric: v for v in judge(pair(8.9, 0.8, 10, 0.10), base, tmp_path)}
+    assert vs["latency.speedup_prefill"].status == "regressed", vs["latency.speedup_prefill"].note
+    raw = vs["latency.prefill_ms"]  # 8.9 / 0.8 = 11.1 ms against 10: 11% slower, tolerance 25%: not regressed
+    assert raw.status in ("pass", "inconclusive")
+    # the reference 25% faster, its interval straddling the raw latency's own 25% tolerance:
+    # a raw latency 50% slower is held (the host is not shown to be the baseline's)
+    vs = {v.metric: v for v in judge(pair(7.5, 0.5, 10, 0.15), base, tmp_path)}
+    raw = vs["latency.prefill_ms"]
+    assert raw.status == "inconclusive" and "not shown within ±25%" in raw.note, raw.note

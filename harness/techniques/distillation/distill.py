@@ -206,7 +206,7 @@ class Distill(Technique):
     needs_grad = True
     suite_specs = ("distill:loss=logits,layers=2,steps=4,batch=2,seq_len=64",
                    "distill:loss=logits+hidden,layers=2,steps=60,batch=4",
-                   "distill:loss=relation,layers=2,steps=60,batch=4")
+                   "distill:loss=relation,layers=2,select=spread,steps=60,batch=4")
     description = "knowledge distillation (logits / hidden / relation losses) into a student built from the teacher"
 
     def apply(self, model: nn.Module, calibration=None) -> Applied:
