@@ -129,7 +129,8 @@ def run_job(job: dict) -> dict:
     # CPU seconds (all threads) next to the wall time: on a shared machine the wall time
     # depends on the neighbours, the CPU time much less
     out.update(compress_s=res.wall_s, compress_cpu_s=time.process_time() - cpu0, rss_before_mb=rss0,
-               rss_peak_mb=_maxrss_mb(), notes=res.notes[:3])
+               rss_peak_mb=_maxrss_mb(), notes=res.notes[:3],
+               load_1min=os.getloadavg()[0])  # > ~2 on this 2-core machine: the wall time had neighbours
     out["bits"], out["kept"] = block_bits(model, names) if job["spec"] not in ("none", "dynamic-int8") else (
         (32.0, 1.0) if job["spec"] == "none" else (None, None))
     t1 = time.perf_counter()

@@ -34,6 +34,8 @@ class Calibration:
     split: str = "train"  # or "text" for --calibration-text (its sha256 in text_sha256)
     seed: int = 0
     text_sha256: str | None = None
+    # --calibration-text FILE: techniques that train draw their stream from it too (data=train)
+    text_file: str | None = field(default=None, compare=False)
     # The tokenizer the windows came from: techniques that train draw their token stream
     # with it (``harness.models.train_data.for_technique``). Not part of equality or repr.
     tokenizer: Any = field(default=None, repr=False, compare=False)
@@ -80,7 +82,7 @@ def get_calibration(tokenizer, n: int = 32, seq_len: int = 128, seed: int = 0,
     starts = torch.randint(0, ids.numel() - seq_len, (n,), generator=g)
     windows = torch.stack([ids[s: s + seq_len] for s in starts.tolist()])
     return Calibration(windows, torch.ones_like(windows), split=split, seed=seed, tokenizer=tokenizer,
-                       text_sha256=sha)
+                       text_sha256=sha, text_file=text_file)
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:

@@ -157,9 +157,13 @@ def for_technique(calibration: Calibration | None, *, tokens: int, seq_len: int 
                   source: str = "train", special_tokens: bool = False) -> TrainingData:
     """The training stream for a technique given ``calibration``: drawn with the tokenizer
     the calibration came with; without one (a hand-built calibration), its own windows
-    cycled to the budget (``source`` then says "calibration windows")."""
+    cycled to the budget (``source`` then says "calibration windows"). ``source="train"``
+    with a calibration drawn from the user's text (``--calibration-text``) trains on that
+    text: the user's domain, where the bundled split is the harness's own."""
     if isinstance(calibration, TrainingData):
         return calibration
+    if source == "train" and getattr(calibration, "text_file", None):
+        source = str(calibration.text_file)
     tok = getattr(calibration, "tokenizer", None)
     if tok is not None:
         return training_windows(tok, tokens=tokens, seq_len=seq_len, seed=seed, source=source,

@@ -104,3 +104,19 @@ def test_encoder_windows_are_framed_like_the_texts_they_are_scored_on(tok):
     assert all((chunks == x[1:-1]).all(1).any() for x in w.input_ids)
     plain = training_windows(_Framing(tok), tokens=640, seq_len=64, seed=1)
     assert not (plain.input_ids[:, 0] == 7).all()
+
+
+def test_a_calibration_from_the_users_text_trains_on_that_text(tmp_path, tok):
+    """--calibration-text reaches the techniques that train: data=train then means the
+    user's text, not the bundled split; an explicit other source still wins."""
+    f = tmp_path / "domain.txt"
+    f.write_text("the quick brown fox jumps over the lazy dog. " * 60)
+    cal = get_calibration(tok, n=2, seq_len=16, text_file=str(f))
+    d = for_technique(cal, tokens=256, seq_len=16)
+    assert d.source == str(f) and d.split == "external"
+    text_ids = set(data.token_ids(tok, f.read_text()).tolist())
+    assert set(d.input_ids.flatten().tolist()) <= text_ids
+    other = tmp_path / "other.txt"
+    other.write_text("a completely different text about tides and moons. " * 60)
+    assert for_technique(cal, tokens=256, seq_len=16, source=str(other)).source == str(other)
+    assert for_technique(get_calibration(tok, n=2, seq_len=16), tokens=256, seq_len=16).source == "train"
