@@ -11,12 +11,14 @@ from _common import table
 MARK = "<!-- hand-written below -->"
 A3, A2 = "bits=3,group=64,sym=false", "bits=2,group=64,sym=false"
 
-# The paper's figure for the same method on Llama, WikiText-2 perplexity at 2048 tokens of
-# context: (model, dense, method's value, source). Transcribed from the cited tables with no
-# network to re-check them here; "-" where we had no figure we could transcribe reliably.
-OMNI = "OmniQuant (Shao et al. 2024) Table 1, Llama-2-7B"
-WANDA = "Wanda (Sun et al. 2024) Table 3, LLaMA-2-7B"
-SVDLLM = "SVD-LLM (Wang et al. 2025) Table 1, LLaMA-7B"
+# The paper's figure for the same method on Llama, WikiText-2 perplexity: (setting, dense,
+# method's value, source). Checked against stored copies of the tables (2026-12-01): Wanda's
+# and SmoothQuant's against their official READMEs; OmniQuant's and SVD-LLM's against
+# verbatim secondary copies of the tables (their own READMEs show images or no numbers).
+OMNI = "OmniQuant (Shao et al. 2024) Table 1, Llama-2-7B, 2048-token context"
+WANDA = "Wanda (Sun et al. 2024), LLaMA-2-7B, 4096-token context (locuslab/wanda README)"
+SVDLLM = ("SVD-LLM (Wang et al. 2025) Table 1, LLaMA-7B, 2048-token context; its 'SVD-LLM (W)' row "
+          "(truncation-aware whitening, no parameter update), which is what `svd-llm` runs by default")
 LIT: dict[str, tuple[str, float, float, str]] = {
     f"rtn:{A3}": ("W3 g128", 5.47, 6.66, OMNI), f"gptq:{A3}": ("W3 g128", 5.47, 6.29, OMNI),
     f"awq:{A3}": ("W3 g128", 5.47, 6.24, OMNI),
@@ -30,12 +32,16 @@ LIT: dict[str, tuple[str, float, float, str]] = {
     "magnitude:pattern=2:4": ("2:4", 5.12, 54.59, WANDA), "wanda:pattern=2:4": ("2:4", 5.12, 11.02, WANDA),
     "sparsegpt:pattern=2:4": ("2:4", 5.12, 10.17, WANDA),
     "svd:reduction=0.2": ("20%", 5.68, 20061.0, SVDLLM), "asvd:reduction=0.2": ("20%", 5.68, 11.14, SVDLLM),
-    "svd-llm:reduction=0.2": ("20%", 5.68, 7.94, SVDLLM),
+    "svd-llm:reduction=0.2": ("20%, (W)", 5.68, 7.94, SVDLLM),
     "svd:reduction=0.4": ("40%", 5.68, 52489.0, SVDLLM), "asvd:reduction=0.4": ("40%", 5.68, 1407.0, SVDLLM),
-    "dynamic-int8": ("W8A8", 5.474, 5.515, "SmoothQuant (Xiao et al. 2023) Llama-2-7B, SmoothQuant-O1 W8A8"),
+    "svd-llm:reduction=0.4": ("40%, (W)", 5.68, 13.73, SVDLLM),
+    "dynamic-int8": ("W8A8", 5.474, 5.515, "SmoothQuant (Xiao et al. 2023) Llama-2-7B, SmoothQuant W8A8 "
+                     "(mit-han-lab/smoothquant README, 2048-token windows; it smooths activations first, "
+                     "dynamic-int8 does not)"),
 }
-CALDERA_NOTE = ("CALDERA's paper reports Llama-2-7B at about 2.4 bits (rank 64, 2-bit Q, 4-bit factors) "
-                "at 4096-token context; we did not transcribe its figure")
+CALDERA_NOTE = ("CALDERA's paper reports Llama-2-7B at about 2.4 bits (rank 64, 2-bit Q, 4-bit factors), "
+                "evaluated at 4096-token context (its eval scripts); its tables are images in every copy "
+                "we could read, so its figure is not transcribed here rather than quoted from memory")
 
 TARGETS = [  # (label, better spec, worse spec)
     ("GPTQ3 < RTN3 (g64)", f"gptq:{A3}", f"rtn:{A3}"),
@@ -135,7 +141,8 @@ point), as in the papers' tables. Bits per weight count every stored tensor of t
 (scales, zeros, factors, sparse metadata). Compression time is `harness.compress` on 2 threads; peak RSS
 is the compressing process's (it holds the 0.54 GB fp32 model); "+RSS" is the rise of the peak during
 compression. The paper column is the method's relative perplexity loss on Llama as published (WikiText-2),
-transcribed from the cited tables (no network here to re-check them).
+from the cited tables, each checked against a stored copy (sources below the table). The papers use
+different contexts (2048 or 4096 tokens), so compare a row's loss with its own dense figure only.
 
 ## Every technique
 
