@@ -9,6 +9,7 @@ is measured in this run; writes docs/distillation.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import time
@@ -273,6 +274,51 @@ def speed(layers: int, rounds: int) -> tuple[str, float, float]:
     return md, ta / tb, ideal
 
 
+SUITE_TECHNIQUES = ("student", "distill", "gqa", "drop-layers")
+SUITE_BEGIN, SUITE_END = "<!-- suite-times -->", "<!-- /suite-times -->"
+
+
+def suite_times(threads: int = 2) -> str:
+    """Wall time of ``compress`` for every suite spec of this issue's techniques on
+    harness-tiny, with the suites' calibration (quick: 16 windows, full: 32; x 128 tokens)
+    and ``threads`` torch threads: the cost each spec adds to ``harness run``."""
+    from harness.calibration import get_calibration
+    from harness.techniques import TECHNIQUES, compress
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        lm = harness.load_model("harness-tiny")
+        calib = {q: get_calibration(lm.tokenizer, n=16 if q else 32, seq_len=128, seed=0) for q in (True, False)}
+        rows = []
+        for name in SUITE_TECHNIQUES:
+            for i, spec in enumerate(TECHNIQUES.get(name).suite_specs):
+                quick = i == 0  # the quick profile runs each technique's first spec
+                model = copy.deepcopy(lm.model)  # compress may change its input in place
+                t0 = time.perf_counter()
+                res = compress(model, spec, calib[quick], kind=lm.kind)
+                wall = time.perf_counter() - t0
+                print(f"  {spec:70s} {wall:.1f}s", flush=True)
+                rows.append([f"`{spec}`", "quick + full" if quick else "full", f"{wall:.1f}",
+                             f"{res.wall_s:.1f}", "yes" if wall < 30 else "**no**"])
+    finally:
+        torch.set_num_threads(old)
+    return "\n".join([
+        SUITE_BEGIN, f"## Suite specs: wall time on {threads} cores", "",
+        f"`compress` of harness-tiny with each suite spec, {threads} torch threads, the suites' calibration "
+        f"(`--only suite-times` reruns just this table; host: {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}). The target is under 30 s per spec.", "",
+        table(["spec", "profile", "wall s", "compress s (recorded)", "< 30 s"], rows), SUITE_END])
+
+
+def _splice_suite_times(doc: str, section: str) -> str:
+    """``doc`` with its suite-times section replaced by ``section`` (appended if absent)."""
+    if SUITE_BEGIN in doc and SUITE_END in doc:
+        head, rest = doc.split(SUITE_BEGIN, 1)
+        return head + section + rest.split(SUITE_END, 1)[1]
+    return doc.rstrip("\n") + "\n\n" + section + "\n"
+
+
 def _met(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
@@ -396,13 +442,19 @@ def main() -> None:
     ap.add_argument("--gqa-steps", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "distillation.md")
-    ap.add_argument("--only", choices=["hidden-diag"], default=None,
-                    help="print one section's table instead of the full run (writes nothing)")
+    ap.add_argument("--only", choices=["hidden-diag", "suite-times"], default=None,
+                    help="one section only: hidden-diag prints its table (writes nothing); suite-times "
+                         "replaces that section of --out")
     a = ap.parse_args()
     torch.set_num_threads(1)
     if a.only == "hidden-diag":
         md, vals = hidden_diag(a.steps, a.batch)
         print(md + "\n\n" + _diag_note(vals))
+        return
+    if a.only == "suite-times":
+        section = suite_times()
+        atomic_write(a.out, _splice_suite_times(a.out.read_text() if a.out.exists() else "", section))
+        print(section)
         return
     t0 = time.time()
     print("harness-tiny students:", flush=True)
@@ -418,6 +470,8 @@ def main() -> None:
     text = render(a, ppl, cos, g, sp, causal_md, enc_md, gqa_md, speed_md, time.time() - t0,
                   f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 torch thread",
                   diag)
+    print("suite specs:", flush=True)
+    text = _splice_suite_times(text, suite_times())
     atomic_write(a.out, text)
     print(text)
 

@@ -30,12 +30,14 @@ from _common import table
 
 from harness.changepoints import change_points
 from harness.measure.environment import device_class, fingerprint
+from harness.paths import atomic_write
 from harness.records import load_records
 from harness.report.summary import summarize
 from harness.techniques.base import TECHNIQUES
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "gating.md"
+MARK = "<!-- hand-written below -->"
 HARNESS = [str(Path(sys.executable).parent / "harness")]
 
 
@@ -198,7 +200,9 @@ def main() -> int:
                   "![summary](gating-summary.png)", ""]
     lines += ["## Trend chart", "", "What the leaderboard HTML draws for a series that stepped (simulated series):",
               "", "![trend](gating-trend.png)", ""]
-    OUT.write_text("\n".join(lines), encoding="utf-8")
+    old = OUT.read_text(encoding="utf-8") if OUT.is_file() else ""
+    tail = old[old.index(MARK):] if MARK in old else ""  # notes kept across reruns
+    atomic_write(OUT, "\n".join(lines) + ("\n" + tail if tail else ""))
     print(f"wrote {OUT}")
     return 0
 

@@ -30,7 +30,10 @@ from harness.records import Record
 # latency / memory / energy figures not comparable (accuracy and sizes still are). Thread
 # counts are compared as torch applies them (``torch_threads``), not as the environment
 # spells them: OMP_NUM_THREADS unset on a 2-core host and OMP_NUM_THREADS=2 run the same.
-COMPARABLE_FIELDS = ("cpu", "cpu_affinity", "torch_threads", "torch", "transformers",
+# ``cpu_capability`` (torch's SIMD dispatch level) and ``cpu_id`` (family/model/stepping) are
+# there because hosts of one class name differ: the int8 speed-ups of the quick suite moved
+# 19-28% between an AVX512 and an AVX2 host both reporting "AMD EPYC" (docs/gating.md).
+COMPARABLE_FIELDS = ("cpu", "cpu_id", "cpu_capability", "cpu_affinity", "torch_threads", "torch", "transformers",
                      "gpu", "gpu_torch_name", "driver", "cuda_runtime", "cuda_driver", "sm_clock_max_mhz",
                      "mem_clock_max_mhz", "power_limit_w", "cuda_device")
 PERFORMANCE_PREFIXES = ("latency.", "memory.", "energy.", "compress.", "train.wall_s")

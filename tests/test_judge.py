@@ -122,6 +122,28 @@ def test_a_fingerprint_mismatch_is_not_comparable_for_performance_only(tmp_path)
     assert v.status == "pass"
 
 
+def test_hosts_of_one_class_name_with_another_simd_level_are_not_comparable(tmp_path):
+    """Two VMs both named "AMD EPYC" (one device class) but AVX512 against AVX2: int8 kernels
+    differ several-fold, so timings are not comparable; a baseline written before the field
+    existed is still compared (an absent field is not a difference)."""
+    from harness.measure.environment import fingerprint
+
+    fp = fingerprint()
+    assert fp["cpu_capability"] and fp["cpu_capability"].startswith(("AVX", "DEFAULT", "VSX", "ZVECTOR", "SVE", "NEON"))
+    run = {**FP, "cpu_capability": "AVX2", "cpu_id": "AuthenticAMD family 25 model 1 stepping 1"}
+    base = {**FP, "cpu_capability": "AVX512", "cpu_id": "AuthenticAMD family 25 model 17 stepping 1"}
+    recs = lambda: [lat_rec("latency.prefill_ms", 10.0), ppl_rec(1.0)]
+    vs = {v.metric: v for v in judge(recs(), recs(), tmp_path, fingerprint=run, base_fp=base)}
+    assert vs["latency.prefill_ms"].status == "not-comparable"
+    note = vs["latency.prefill_ms"].note
+    assert "cpu_capability: AVX512 -> AVX2" in note and "model 17 " in note
+    assert vs["ppl.window"].status == "pass"
+    old = {k: v for k, v in FP.items() if k not in ("cpu_capability", "cpu_id")}
+    [v] = judge([lat_rec("latency.prefill_ms", 10.0)], [lat_rec("latency.prefill_ms", 10.0)], tmp_path,
+                fingerprint=run, base_fp=old)
+    assert v.status == "pass"
+
+
 def test_update_stores_samples_and_fingerprint_and_a_spread_only_file_still_works(tmp_path):
     [(path, _, _)] = bl.update([ppl_rec(1.0), lat_rec("latency.prefill_ms", 10.0)], tmp_path, fingerprint=FP)
     bf = bl.load_baseline(path)

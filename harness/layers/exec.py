@@ -307,7 +307,7 @@ def _qlr(m) -> Plan:
         return _bias(q, y + F.linear(F.linear(xb, c["R"]), c["L"]).to(x.dtype))
 
     p = _int4_plan(m.out_features, m.in_features, m.q_bits, m.q_group,
-                   lambda q: (unpack(q.q_packed, q.q_bits, q.in_features), q.q_scales, None))
+                   lambda q: (unpack(q.q_packed, q.q_bits, q.in_features), q.q_scales, q.q_zeros))
     if isinstance(p, Plan):
         def build(q) -> Cache:
             return {**p.build(q), **lowrank(q)}

@@ -70,6 +70,34 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpu_id() -> str | None:
+    """``vendor family F model M stepping S`` from /proc/cpuinfo: virtual machines often name
+    every EPYC or Xeon generation alike ("AMD EPYC"), while these numbers still tell them apart."""
+    keys = {"vendor_id": "", "cpu family": "family", "model": "model", "stepping": "stepping"}
+    got: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                k = k.strip()
+                if k in keys and k not in got:
+                    got[k] = v.strip()
+                if not line.strip() and got:
+                    break
+    except OSError:
+        return None
+    return " ".join(f"{keys[k]} {got[k]}".strip() for k in keys if k in got) or None
+
+
+def _cpu_capability() -> str | None:
+    """The SIMD level torch dispatches its CPU kernels for (e.g. ``AVX2``, ``AVX512``): int8 and
+    bf16 kernels differ several-fold between them on hosts of the same name."""
+    try:
+        return torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def _version(pkg: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -90,6 +118,8 @@ def fingerprint(device: str = "cpu") -> dict[str, Any]:
     dev = torch.device(device)
     fp: dict[str, Any] = {
         "cpu": _cpu_model(),
+        "cpu_id": _cpu_id(),
+        "cpu_capability": _cpu_capability(),
         "cpu_cores": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "machine": platform.machine(),

@@ -73,6 +73,9 @@ FORMATS = {
              "int8pack-bf16 (int8 activations)"),
     "nf4-like-codebook": (_codebook, "int8pack-bf16 (int8 re-quantized cache)"),
     "caldera-qlr": (_qlr, "int4pack-bf16 + low-rank bf16"),
+    "caldera-qlr-asym": (lambda: QLRLinear.from_float(_lin().weight.detach() + 0.05, torch.randn(OUT, 8) * 0.02,
+                                                      torch.randn(8, IN) * 0.02, _lin().bias, q_bits=2, q_group=64,
+                                                      q_sym=False), "int4pack-bf16 + low-rank bf16"),
     "sparse-50": (_sparse, "dense cache (storage savings only)"),
 }
 

@@ -43,7 +43,28 @@ def test_storage_is_packed():
     assert bits / layer.logical_params() < 4.0  # vs 32 for the fp32 dense layer
 
 
-def test_save_load_roundtrip(tmp_path):
+def test_asymmetric_q_stores_a_zero_point_per_group_and_uses_it():
+    torch.manual_seed(0)
+    Q = torch.rand(48, 64) + 0.5  # all-positive groups: a zero point is worth its byte
+    L, R = torch.randn(48, 6) * 0.01, torch.randn(6, 64) * 0.01
+    asym = QLRLinear.from_float(Q, L, R, q_bits=2, q_group=32, q_sym=False)
+    sym = QLRLinear.from_float(Q, L, R, q_bits=2, q_group=32)
+    sd = asym.state_dict()
+    assert sd["q_zeros"].dtype == torch.uint8 and sd["q_zeros"].shape == (48, 2) and "q_zeros" not in sym.state_dict()
+    bits = lambda m: sum(t.numel() * t.element_size() * 8 for t in m.state_dict().values())
+    assert bits(asym) - bits(sym) == 48 * 2 * 8
+    c, sc, z = quantize_groupwise(Q, 2, 32, False)
+    torch.testing.assert_close(asym.factors()[0], dequantize_groupwise(c, sc.half(), z, 2, 32))
+    err = lambda m: (m.factors()[0] - Q).abs().mean()
+    assert err(asym) < 0.5 * err(sym)
+    assert asym.layer_args()["q_sym"] is False
+    back = QLRLinear(**asym.layer_args())
+    back.load_state_dict(sd)
+    torch.testing.assert_close(back.dense_weight(), asym.dense_weight())
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_save_load_roundtrip(tmp_path, sym):
     from conftest import ids, random_llama
 
     from harness.calibration import Calibration
@@ -51,7 +72,7 @@ def test_save_load_roundtrip(tmp_path):
 
     model = random_llama()
     calib = Calibration(ids(4, 32))
-    res = compress(model, "caldera:rank=4,q_group=32,iters=2", calib)
+    res = compress(model, f"caldera:rank=4,q_group=32,iters=2,q_sym={sym}", calib)
     assert sum(isinstance(m, QLRLinear) for m in res.model.modules()) == 14
     save_compressed(res.model, tmp_path / "m")
     back = load_compressed(tmp_path / "m")

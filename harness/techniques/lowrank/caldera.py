@@ -45,13 +45,16 @@ from harness.techniques.lowrank.svd import output_error, whitening
 class CalderaConfig:
     """q_bits/q_group: backbone Q precision and group size (any size: a group that does not
     divide a layer's inputs leaves a ragged last group); rank, lr_bits, lr_group: the
-    factors; iters: outer alternations; lplr_iters: inner L/R rounds; damp: Hessian damping;
+    factors; q_sym: symmetric Q codes (false: a uint8 zero point per group, as in GPTQ's
+    asymmetric tables; at 2 bits the 4 levels then span each group's own range);
+    iters: outer alternations; lplr_iters: inner L/R rounds; damp: Hessian damping;
     lora_steps/lora_lr/lora_batch/lora_loss: optional fine-tune of L and R (0 = none) by
     self-distillation (kl) or next-token cross-entropy (ce) on the training stream.
     Defaults give ≈ 2.4 bits per parameter on harness-tiny's 256/512-wide layers."""
 
     q_bits: int = 2
     q_group: int | None = 128
+    q_sym: bool = True
     rank: int = 8
     lr_bits: int = 4
     lr_group: int | None = None
@@ -110,10 +113,10 @@ def lplr(A: torch.Tensor, H: torch.Tensor, C: torch.Tensor, rank: int, bits: int
     for _ in range(max(1, iters)):
         R = torch.linalg.solve(L.t() @ L + 1e-8 * eye * torch.diagonal(L.t() @ L).mean().clamp(min=1e-20),
                                L.t() @ A)
-        Rq, rc, rs = ldlq(R, Hf, bits, group, damp)
+        Rq, rc, rs, _ = ldlq(R, Hf, bits, group, damp)
         HL = Rq @ Hf @ Rq.t()
         L = torch.linalg.solve(HL + 1e-8 * eye * torch.diagonal(HL).mean().clamp(min=1e-20), Rq @ Hf @ A.t()).t()
-        Lq, lc, ls = ldlq(L, HL, bits, None, damp)
+        Lq, lc, ls, _ = ldlq(L, HL, bits, None, damp)
         cur = Factors(Lq, Rq, (lc, ls), (rc, rs))
         obj = objective(A, Lq @ Rq, H)
         if obj < best_obj:
@@ -127,18 +130,20 @@ def lplr(A: torch.Tensor, H: torch.Tensor, C: torch.Tensor, rank: int, bits: int
 class CalderaResult:
     q_codes: torch.Tensor
     q_scales: torch.Tensor
+    q_zeros: torch.Tensor | None
     factors: Factors
     history: list[float] = field(default_factory=list)  # objective after each outer iteration
     q_only: float = 0.0  # objective of LDLQ alone at the same q_bits (iteration 0's Q)
 
 
-def ldlq(W: torch.Tensor, H: torch.Tensor, bits: int, group: int | None, damp: float
-         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dequantized, codes, scales) of GPTQ/LDLQ rounding of ``W`` under ``H``."""
+def ldlq(W: torch.Tensor, H: torch.Tensor, bits: int, group: int | None, damp: float, sym: bool = True
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(dequantized, codes, scales, zeros) of GPTQ/LDLQ rounding of ``W`` under ``H``
+    (zeros None when symmetric)."""
     from harness.techniques.quantization.gptq import gptq_quantize
 
-    c, s, _ = gptq_quantize(W, H, bits, group, True, damp=damp)
-    return dequantize_groupwise(c, s, None, bits, group, torch.float32), c, s
+    c, s, z = gptq_quantize(W, H, bits, group, sym, damp=damp)
+    return dequantize_groupwise(c, s, z, bits, group, torch.float32), c, s, z
 
 
 def _alternate(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, cfg: CalderaConfig,
@@ -153,7 +158,7 @@ def _alternate(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, cfg: CalderaCo
     q: tuple | None = None
     history: list[float] = []
     for _ in range(cfg.iters):
-        cq = ldlq(W - LR, H, cfg.q_bits, cfg.q_group, cfg.damp)
+        cq = ldlq(W - LR, H, cfg.q_bits, cfg.q_group, cfg.damp, cfg.q_sym)
         fc = lplr(W - cq[0], H, C, cfg.rank, cfg.lr_bits, cfg.lr_group, cfg.lplr_iters, cfg.damp)
         o_new = objective(W, cq[0] + fc.L @ fc.R, H)
         o_keep = objective(W, cq[0] + LR, H) if f is not None else float("inf")
@@ -179,7 +184,7 @@ def decompose(W: torch.Tensor, H: torch.Tensor, cfg: CalderaConfig) -> CalderaRe
     check_rank(cfg.rank, in_f, out_f)
     H = H.detach().float()
     C = whitening(H, cfg.damp)
-    q_only = objective(W, ldlq(W, H, cfg.q_bits, cfg.q_group, cfg.damp)[0], H)
+    q_only = objective(W, ldlq(W, H, cfg.q_bits, cfg.q_group, cfg.damp, cfg.q_sym)[0], H)
     runs = []
     if cfg.init in ("zero", "best"):
         runs.append(_alternate(W, H, C, cfg, None))
@@ -187,7 +192,7 @@ def decompose(W: torch.Tensor, H: torch.Tensor, cfg: CalderaConfig) -> CalderaRe
         runs.append(_alternate(W, H, C, cfg, lplr(W, H, C, cfg.rank, cfg.lr_bits, cfg.lr_group,
                                                    cfg.lplr_iters, cfg.damp)))
     q, f, history = min(runs, key=lambda r: r[2][-1])
-    return CalderaResult(q[1], q[2], f, history, q_only)
+    return CalderaResult(q[1], q[2], q[3], f, history, q_only)
 
 
 class _TrainQLR(nn.Module):
@@ -222,7 +227,7 @@ class _TrainQLR(nn.Module):
         lc = self._codes(self.L, self.ls).to(torch.uint8)
         rc = self._codes(self.R, self.rs).to(torch.uint8)
         q = unpack(ly.q_packed, ly.q_bits, ly.in_features)  # Q is frozen: same codes and scales
-        return QLRLinear.from_codes((q, ly.q_scales), (lc, ly.l_scales), (rc, ly.r_scales), ly.bias,
+        return QLRLinear.from_codes((q, ly.q_scales, ly.q_zeros), (lc, ly.l_scales), (rc, ly.r_scales), ly.bias,
                                     q_bits=ly.q_bits, q_group=ly.q_group, lr_bits=ly.lr_bits,
                                     lr_group=ly.lr_group)
 
@@ -230,7 +235,8 @@ class _TrainQLR(nn.Module):
 @register
 class Caldera(Technique):
     name = "caldera"
-    config_version = 2  # v2: the LoRA fine-tune (lora_steps > 0) trains on the training stream
+    config_version = 2  # v2: the LoRA fine-tune (lora_steps > 0) trains on the training stream (q_sym
+    # is new with the same default, so earlier records stay comparable)
     family = "lowrank"
     config_cls = CalderaConfig
     storage = "packed"
@@ -257,7 +263,7 @@ class Caldera(Technique):
                 for name, mod in mods.items():
                     res = decompose(linear_weight(mod), stats[name].H, cfg)
                     gains.append(min(res.history) / max(res.q_only, 1e-30))
-                    new = QLRLinear.from_codes((res.q_codes, res.q_scales), res.factors.l_codes,
+                    new = QLRLinear.from_codes((res.q_codes, res.q_scales, res.q_zeros), res.factors.l_codes,
                                                res.factors.r_codes, getattr(mod, "bias", None),
                                                q_bits=cfg.q_bits, q_group=cfg.q_group, lr_bits=cfg.lr_bits,
                                                lr_group=cfg.lr_group)

@@ -44,6 +44,19 @@ def test_objective_decreases_monotonically_and_beats_q_only(init):
     assert objective(W, layer.dense_weight(), H) == pytest.approx(h[-1], rel=1e-3)
 
 
+def test_asymmetric_q_lowers_the_objective_on_shifted_groups():
+    W, H = _constructed()
+    W = W + 0.3  # a per-layer offset: symmetric 2-bit codes waste levels on it, a zero point does not
+    kw = {"rank": 4, "q_group": 32, "iters": 3}
+    sym, asym = decompose(W, H, CalderaConfig(**kw)), decompose(W, H, CalderaConfig(**kw, q_sym=False))
+    assert asym.q_zeros is not None and sym.q_zeros is None
+    assert asym.q_only < sym.q_only and asym.history[-1] < asym.q_only
+    layer = QLRLinear.from_codes((asym.q_codes, asym.q_scales, asym.q_zeros), asym.factors.l_codes,
+                                 asym.factors.r_codes, q_bits=2, q_group=32, lr_bits=4, lr_group=None)
+    assert not layer.q_sym
+    assert objective(W, layer.dense_weight(), H) == pytest.approx(asym.history[-1], rel=1e-3)
+
+
 def _calib(vocab=128):
     return Calibration(ids(4, 32, vocab))
 
