@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ HARNESS = [str(Path(sys.executable).parent / "harness")]
 
 
 def run(out: Path, baselines: str, technique: str | None = None, env: dict[str, str] | None = None) -> float:
+    shutil.rmtree(out, ignore_errors=True)  # an earlier run's records there would be judged again
     cmd = [*HARNESS, "run", "--quick", "--no-report", "--out", str(out), "--baselines", baselines]
     if technique:
         cmd += ["--technique", technique]

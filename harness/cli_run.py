@@ -84,6 +84,9 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
         _check_names(a.model, a.technique)  # one line and exit 2 before pytest or a run directory
         run_id = rundir.new_run_id()
         run_dir = Path(a.out) if a.out else Path(a.reports) / run_id
+        if a.out and any(run_dir.glob("records-*.jsonl")):  # records are appended: two runs would mix
+            raise UsageError(f"--out {a.out!r} already holds a run's records; a second run there would be judged "
+                             "and reported together with it: choose a new directory or remove that one")
         extra = [f"--harness-model={m}" for m in a.model] + [f"--harness-technique={t}" for t in a.technique]
         extra += [f"--harness-device={a.device}"] if a.device else []
         extra += ["--harness-gate"] if a.gate else []

@@ -217,6 +217,18 @@ def test_bad_model_or_technique_fails_before_pytest(tmp_path, capsys, monkeypatc
     assert not (tmp_path / "runs").exists()
 
 
+def test_run_into_a_directory_that_holds_records_is_refused(tmp_path, capsys, monkeypatch):
+    """Records are appended: a second run in the same --out would be judged with the first."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "r1"
+    out.mkdir(parents=True)
+    (out / "records-main.jsonl").write_text("")
+    assert main(["run", "--quick", "--out", str(out)]) == 2
+    line = err_line(capsys)
+    assert "already holds a run's records" in line and "r1" in line
+    assert sorted(p.name for p in out.iterdir()) == ["records-main.jsonl"]  # nothing written
+
+
 def test_run_technique_option_selects_specs(tmp_path, capsys, monkeypatch):
     from harness.plugin import technique_params
 

@@ -239,3 +239,16 @@ def test_a_speedup_is_held_only_when_the_host_is_shown_to_have_moved_a_raw_laten
     vs = {v.metric: v for v in judge(pair(7.5, 0.5, 10, 0.15), base, tmp_path)}
     raw = vs["latency.prefill_ms"]
     assert raw.status == "inconclusive" and "not shown within ±25%" in raw.note, raw.note
+
+    def decode(ref_ms, slower, seed, spread):
+        """decode_tok_s is a raw rate (1000 / ms per token), not a ratio to the reference."""
+        ms = lat_rec("latency.decode_ms_per_token", ref_ms * slower, seed=seed, spread=spread)
+        ms.samples["reference_values"] = lat_rec("latency.decode_ms_per_token", ref_ms, seed=seed + 1,
+                                                 spread=spread).samples["values"]
+        tok = rec("latency.decode_tok_s", 1000 / ms.value, {"values": [1000 / x for x in ms.samples["values"]]})
+        tok.higher_is_better = True
+        return [ms, tok]
+
+    vs = {v.metric: v for v in judge(decode(7.5, 2.0, 10, 0.15), decode(10.0, 1.0, 1, 0.03), tmp_path / "dec")}
+    for m in ("latency.decode_ms_per_token", "latency.decode_tok_s"):
+        assert vs[m].status == "inconclusive" and "not shown within ±25%" in vs[m].note, (m, vs[m].note)
