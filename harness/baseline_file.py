@@ -81,6 +81,9 @@ class MetricBaseline:
     n: int = 1
     # Raw samples the statistical verdicts use (``harness.judge``); empty = spread-only.
     samples: dict[str, list[float]] = field(default_factory=dict)
+    # The value of each run the baseline was written from (``harness baseline update RUN1 RUN2
+    # ...``): the run-to-run noise, which one run's samples cannot show (``harness.judge``).
+    runs: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         d = {"value": _round(self.value), "direction": "higher" if self.higher_is_better else "lower",
@@ -90,6 +93,8 @@ class MetricBaseline:
             d["spread"] = band
         if self.samples:
             d["samples"] = {k: self.samples[k] for k in sorted(self.samples)}
+        if len(self.runs) >= 2:
+            d["runs"] = [_round(x) for x in self.runs]
         return d
 
 
@@ -159,8 +164,12 @@ def _parse_metric(d: Any, where: str) -> MetricBaseline:
             isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
             for v in samples.values()):
         raise BaselineError(f"{where}.samples: expected an object of number lists, e.g. {{'values': [1.0, 1.1]}}")
+    runs = d.get("runs") or []
+    if not isinstance(runs, list) or len(runs) == 1:
+        raise BaselineError(f"{where}.runs: expected a list of at least 2 per-run values, e.g. [1.0, 1.1]")
+    runs = [_num(x, f"{where}.runs") for x in runs]
     return MetricBaseline(_num(d["value"], f"{where}.value"), d["direction"] == "higher", tol, spread,
-                          str(d.get("unit", "")), n, {k: list(v) for k, v in samples.items()})
+                          str(d.get("unit", "")), n, {k: list(v) for k, v in samples.items()}, runs)
 
 
 def parse_baseline(data: Any, where: str) -> BaselineFile:

@@ -42,6 +42,7 @@ from harness.judge import (  # noqa: F401  (re-exported)
     fingerprint_diff,
     hold_if_host_moved,
     is_performance,
+    run_noise,
 )
 from harness.metrics import METRICS
 from harness.paths import atomic_write, inside, safe_component
@@ -185,7 +186,7 @@ def _verdicts(records: Iterable[Record], store: BaselineStore | None, device_cla
                 v = Verdict("not-comparable", r.metric, r.model, r.spec, profile_of(r), r.test_id, base.value,
                             r.value, base.tolerance, "fingerprints differ: " + "; ".join(diff))
             else:
-                v = compare(r, base, overrides.get(r.metric))
+                v = compare(r, base, overrides.get(r.metric), run_noise(bf, r.metric, base))
                 if r.metric in RAW_LATENCY or r.metric in RAW_OF:
                     raw = RAW_OF.get(r.metric, r.metric)
                     hold_if_host_moved(v, by_metric.get((r.suite, key, raw)), ent.metrics.get(raw))
@@ -213,18 +214,27 @@ def update(records: Iterable[Record], root: str | Path, *, prune: bool = False,
            run_id: str = "", fingerprint: dict[str, Any] | None = None) -> list[tuple[Path, int, int]]:
     """Write/merge baseline files from a run's ok records; keeps hand-set tolerances.
 
+    Records of several runs (several ``run_id``) make one baseline: each metric takes the
+    value and samples of its median run and keeps every run's value (``runs``), from which
+    verdicts learn the run-to-run noise (``harness.judge.run_noise``).
+
     Returns (path, entries written from the run, entries kept from before) per file."""
     groups: dict[tuple[str, str], dict[tuple[str, str, str], Entry]] = {}
+    per_run: dict[tuple, dict[str, Record]] = {}  # (suite, class, key, metric) -> {run id: record}
     for r in records:
         if r.status != "ok" or r.value is None or not r.suite or not r.device_class:
             continue
         ents = groups.setdefault((r.suite, r.device_class), {})
         key = baseline_key(r)
-        ent = ents.setdefault(key, Entry(r.model, r.spec, profile_of(r), r.technique, r.test_id, resolved=key[1]))
-        ent.metrics[r.metric] = MetricBaseline(r.value, bool(r.higher_is_better), default_tolerance(r.metric),
-                                               {k: float(v) for k, v in (r.spread or {}).items()
-                                                if k in ("p10", "p90")}, r.unit, r.n,
-                                               baseline_samples(r.samples))
+        ents.setdefault(key, Entry(r.model, r.spec, profile_of(r), r.technique, r.test_id, resolved=key[1]))
+        per_run.setdefault((r.suite, r.device_class, key, r.metric), {})[r.run_id] = r
+    for (suite, dc, key, metric), by_run in per_run.items():
+        runs = list(by_run.values())
+        r = sorted(runs, key=lambda x: x.value)[(len(runs) - 1) // 2]  # the median run (lower of two)
+        groups[(suite, dc)][key].metrics[metric] = MetricBaseline(
+            r.value, bool(r.higher_is_better), default_tolerance(metric),
+            {k: float(v) for k, v in (r.spread or {}).items() if k in ("p10", "p90")}, r.unit, r.n,
+            baseline_samples(r.samples), [float(x.value) for x in runs] if len(runs) > 1 else [])
     paths = {key: baseline_path(root, *key) for key in groups}  # every name checked before any write
     olds = {key: load_baseline(p) if p.is_file() else BaselineFile(*key) for key, p in paths.items()}
     written = []

@@ -7,6 +7,7 @@ sets ``handler``. Bad input raises ValueError -> one line on stderr, exit 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import textwrap
 from pathlib import Path
@@ -214,14 +215,52 @@ def _after_signal(run_dir: Path, signum: int, a: argparse.Namespace) -> int:
     return 128 + signum
 
 
+def _update(a: argparse.Namespace) -> int:
+    """``harness baseline update RUN [RUN ...]``: every run complete and from one host
+    (fingerprints equal in the comparability fields), else one line and exit 2."""
+    from harness import baselines as bl
+    from harness.records import load_records
+    from harness.rundir import read_run_info, run_status
+
+    records, ids, fp0 = [], [], None
+    for d in a.run_dirs:
+        status, why = run_status(d)
+        if status != "complete" and not a.allow_partial:
+            raise UsageError(f"{d} is a partial run ({why}); pass --allow-partial to use it")
+        info = read_run_info(d)
+        fp = info.get("fingerprint")
+        diff = bl.fingerprint_diff(fp, fp0) if fp0 is not None else []
+        if diff:
+            raise UsageError(f"{d} ran on another host than {a.run_dirs[0]} ({'; '.join(diff)}): one baseline "
+                             "needs runs of one host")
+        fp0 = fp if fp0 is None else fp0
+        rid = info.get("run_id", Path(d).name)
+        if rid in ids:
+            raise UsageError(f"{d}: run {rid} is given twice")
+        ids.append(rid)
+        loaded = load_records(d, skip_bad_lines=a.skip_bad_lines)
+        for msg in loaded.skipped:
+            print(f"warning: {msg}", file=sys.stderr)
+        records += [r if r.run_id else dataclasses.replace(r, run_id=rid) for r in loaded]
+    label = "+".join(ids)
+    for path, n, kept in bl.update(records, a.baselines, prune=a.prune, run_id=label, fingerprint=fp0):
+        print(f"wrote {path}: {n} entries from {label}" + (f", {kept} kept" if kept else ""))
+    print("review the change with: git diff -- " + a.baselines)
+    return 0
+
+
 @command("baseline", "update, show or check stored baselines (baselines/<suite>/<device-class>.json)")
 def _baseline_cmd(p: argparse.ArgumentParser) -> None:
     p.epilog = ("examples:\n  harness baseline update reports/RUN_ID      write baselines from a run; "
-                "review with git diff\n  harness baseline check reports/RUN_ID       verdicts, exit 1 on "
-                "regression\n  harness baseline show\n"
+                "review with git diff\n  harness baseline update reports/R1 reports/R2 reports/R3   from 3 runs: "
+                "verdicts then allow for the run-to-run noise\n"
+                "  harness baseline check reports/RUN_ID       verdicts, exit 1 on regression\n"
+                "  harness baseline show\n"
                 "  harness baseline migrate                    rewrite schema-1 files as schema 2\n")
     p.add_argument("action", choices=["update", "show", "check", "migrate"])
-    p.add_argument("run_dir", nargs="?")
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR",
+                   help="update: one or more runs (several: each metric keeps every run's value, and "
+                        "verdicts learn the run-to-run noise from them); check: one run")
     p.add_argument("--baselines", default="baselines", help="baselines root (default: baselines)")
     p.add_argument("--prune", action="store_true", help="update: drop entries the run did not measure")
     p.add_argument("--allow-partial", action="store_true", help="update: accept a partial run")
@@ -230,7 +269,7 @@ def _baseline_cmd(p: argparse.ArgumentParser) -> None:
     def run(a: argparse.Namespace) -> int:
         from harness import baselines as bl
         from harness.records import load_records
-        from harness.rundir import read_run_info, run_status
+        from harness.rundir import read_run_info
 
         if a.action == "migrate":
             done = bl.migrate(a.baselines)
@@ -248,22 +287,16 @@ def _baseline_cmd(p: argparse.ArgumentParser) -> None:
                 n = sum(len(e.metrics) for e in b.entries.values())
                 print(f"{f}: suite {b.suite}, {b.device_class}, {len(b.entries)} entries, {n} metrics")
             return 0
-        if not a.run_dir:
+        if not a.run_dirs:
             raise UsageError(f"'harness baseline {a.action}' needs RUN_DIR")
+        if a.action == "check" and len(a.run_dirs) > 1:
+            raise UsageError(f"'harness baseline check' takes one RUN_DIR, got {len(a.run_dirs)}")
+        if a.action == "update":
+            return _update(a)
+        a.run_dir = a.run_dirs[0]
         records = load_records(a.run_dir, skip_bad_lines=a.skip_bad_lines)
         for msg in records.skipped:
             print(f"warning: {msg}", file=sys.stderr)
-        if a.action == "update":
-            status, why = run_status(a.run_dir)
-            if status != "complete" and not a.allow_partial:
-                raise UsageError(f"{a.run_dir} is a partial run ({why}); pass --allow-partial to use it")
-            info = read_run_info(a.run_dir)
-            rid = info.get("run_id", Path(a.run_dir).name)
-            for path, n, kept in bl.update(records, a.baselines, prune=a.prune, run_id=rid,
-                                           fingerprint=info.get("fingerprint")):
-                print(f"wrote {path}: {n} entries from {rid}" + (f", {kept} kept" if kept else ""))
-            print("review the change with: git diff -- " + a.baselines)
-            return 0
         from harness.report.summary import run_verdicts
 
         vs = run_verdicts(records, a.baselines, fingerprint=read_run_info(a.run_dir).get("fingerprint"))

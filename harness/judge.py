@@ -19,6 +19,7 @@ suite's baseline file, or ``--harness-fail-on`` overrides, as before.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,8 +146,45 @@ def change_interval(rec: Record, base: MetricBaseline) -> tuple[stats.Interval |
     return None, True
 
 
-def compare(rec: Record, base: MetricBaseline, tolerance: Tolerance | None = None) -> Verdict:
-    """Verdict of one measured record against its baseline value."""
+# Prior weight (degrees of freedom) of the file-wide run-to-run noise of a metric when an
+# entry's own few runs estimate its noise: with 3 runs (2 df) the two weigh the same.
+NOISE_PRIOR_DF = 2.0
+
+
+def _log_var(values: list[float]) -> tuple[float, int] | None:
+    """(variance of log values, degrees of freedom), or None when they cannot be logged."""
+    if len(values) < 2 or any(v <= 0 for v in values):
+        return None
+    lv = [math.log(v) for v in values]
+    m = sum(lv) / len(lv)
+    return sum((x - m) ** 2 for x in lv) / (len(lv) - 1), len(lv) - 1
+
+
+def run_noise(bf: Any, metric: str, base: MetricBaseline) -> tuple[float, int] | None:
+    """(run-to-run standard deviation of ``metric`` for this entry, relative; runs behind the
+    baseline), from the per-run values a multi-run baseline keeps; None without them.
+
+    One run's samples show the noise within a run, not between runs: on a shared 2-core
+    host the int8/int4 kernels' speed-ups moved up to 17% from one process to the next while
+    each run's interval was a few percent wide (docs/gating.md). An entry's own 3-5 runs
+    estimate that badly, so its log variance is shrunk towards the file's pooled variance for
+    the metric (a moderated variance, as in limma): ``(d0 s0² + d s²) / (d0 + d)``."""
+    own = _log_var(base.runs)
+    if own is None:
+        return None
+    pooled = [lv for e in bf.entries.values() if metric in e.metrics
+              for lv in [_log_var(e.metrics[metric].runs)] if lv]
+    df0 = sum(d for _, d in pooled)
+    s0 = sum(v * d for v, d in pooled) / df0 if df0 else own[0]
+    var = (NOISE_PRIOR_DF * s0 + own[1] * own[0]) / (NOISE_PRIOR_DF + own[1])
+    return math.sqrt(var), len(base.runs)
+
+
+def compare(rec: Record, base: MetricBaseline, tolerance: Tolerance | None = None,
+            noise: tuple[float, int] | None = None) -> Verdict:
+    """Verdict of one measured record against its baseline value. ``noise``: the run-to-run
+    (sd, runs) of a multi-run baseline (``run_noise``), added to relative intervals: this run
+    is one draw (variance sd²) and the baseline a median of ``runs`` draws (about sd²/runs)."""
     tol = tolerance or base.tolerance
     v = Verdict("pass", rec.metric, rec.model, rec.spec, str(rec.extra.get("profile", "full")), rec.test_id,
                 base.value, rec.value, tol)
@@ -159,12 +197,22 @@ def compare(rec: Record, base: MetricBaseline, tolerance: Tolerance | None = Non
         change, relative, why = None, True, str(e)
     else:
         why = ""
+    between = 0.0  # half-width the run-to-run noise adds
+    if change is not None and relative and noise and noise[0] > 0:
+        sd, k = noise
+        within = max(change.hi - change.est, change.est - change.lo)
+        between = stats.Z * sd * math.sqrt(1 + 1 / k)
+        change = stats.widen(change, between, f"run-to-run noise ±{100 * stats.Z * sd:.1f}% ({k} baseline runs)")
+        between = between if between > within else 0.0
     if change is not None:
         if relative:
             allowed = tol.allowed(base.value) / abs(base.value) if base.value else float("inf")
         else:
             allowed = tol.allowed(base.value)
         v.status, decided = stats.decide(change, allowed)
+        if v.status == "inconclusive" and between:  # more samples in this run would not narrow it
+            decided = ("the interval straddles the tolerance; most of its width is run-to-run noise, which only "
+                       "repeated runs narrow")
         v.note = "; ".join(x for x in (change.describe(relative), decided) if x)
         return v
     worse = (base.value - rec.value) if base.higher_is_better else (rec.value - base.value)

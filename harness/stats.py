@@ -22,6 +22,7 @@ function of the samples.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 CONFIDENCE = 0.95
+Z = 1.959964  # two-sided normal quantile of CONFIDENCE
 N_RESAMPLES = 2000
 SEED = 0
 
@@ -49,6 +51,16 @@ class Interval:
         p = f", p={self.p_value:.3g}" if self.p_value is not None else ""
         conf = int(CONFIDENCE * 100)
         return f"{self.method}: change {f(self.est)} [{f(self.lo)}, {f(self.hi)}] ({conf}%, n={self.n}{p})"
+
+
+def widen(c: Interval, extra: float, why: str) -> Interval:
+    """``c`` with an independent error of half-width ``extra`` added in quadrature to each side
+    (e.g. the run-to-run noise that one run's samples cannot show); the estimate is kept."""
+    if extra <= 0:
+        return c
+    lo = c.est - math.hypot(c.est - c.lo, extra)
+    hi = c.est + math.hypot(c.hi - c.est, extra)
+    return dataclasses.replace(c, lo=lo, hi=hi, method=f"{c.method} + {why}")
 
 
 def _bootstrap(data: tuple[np.ndarray, ...], statistic, paired: bool) -> tuple[float, float]:

@@ -217,6 +217,24 @@ def test_bad_model_or_technique_fails_before_pytest(tmp_path, capsys, monkeypatc
     assert not (tmp_path / "runs").exists()
 
 
+def test_baseline_update_from_several_runs_keeps_each_runs_value(tmp_path, capsys):
+    bl = tmp_path / "baselines"
+    runs = [fake_run(tmp_path / n, ppl=p) for n, p in (("a", 50.0), ("b", 52.0), ("c", 51.0))]
+    assert main(["baseline", "update", *map(str, runs), "--baselines", str(bl)]) == 0
+    data = json.loads((bl / "default" / f"{DC}.json").read_text())
+    assert data["source"]["run_id"] == "a+b+c"
+    m = next(e for e in data["entries"] if e["spec"] == "rtn:bits=4")["metrics"]["ppl.window"]
+    assert m["value"] == 51.0 and m["runs"] == [50.0, 52.0, 51.0]
+    other = fake_run(tmp_path / "d")
+    write_run_info(other, run_id="d", status="complete", started=1.0, fingerprint={"cpu": "B", "torch": "2"})
+    write_run_info(runs[0], run_id="a", status="complete", started=1.0, fingerprint={"cpu": "A", "torch": "2"})
+    capsys.readouterr()
+    assert main(["baseline", "update", str(runs[0]), str(other), "--baselines", str(bl)]) == 2
+    assert "ran on another host" in err_line(capsys)
+    assert main(["baseline", "check", str(runs[0]), str(other), "--baselines", str(bl)]) == 2
+    assert "takes one RUN_DIR" in err_line(capsys)
+
+
 def test_run_into_a_directory_that_holds_records_is_refused(tmp_path, capsys, monkeypatch):
     """Records are appended: a second run in the same --out would be judged with the first."""
     monkeypatch.chdir(tmp_path)

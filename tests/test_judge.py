@@ -249,6 +249,63 @@ def test_a_speedup_is_held_only_when_the_host_is_shown_to_have_moved_a_raw_laten
         tok.higher_is_better = True
         return [ms, tok]
 
-    vs = {v.metric: v for v in judge(decode(7.5, 2.0, 10, 0.15), decode(10.0, 1.0, 1, 0.03), tmp_path / "dec")}
+    vs = {v.metric: v for v in judge(decode(7.5, 3.0, 10, 0.15), decode(10.0, 1.0, 1, 0.03), tmp_path / "dec")}
     for m in ("latency.decode_ms_per_token", "latency.decode_tok_s"):
         assert vs[m].status == "inconclusive" and "not shown within ±25%" in vs[m].note, (m, vs[m].note)
+
+
+def _speedup(value, run_id, spec, seed, spread=0.01):
+    r = lat_rec("latency.speedup_prefill", value, seed=seed, spread=spread, spec=spec)
+    r.higher_is_better, r.run_id = True, run_id
+    return r
+
+
+def test_a_multi_run_baseline_allows_for_run_to_run_noise_an_entry_at_a_time(tmp_path):
+    """Each run's samples are tight (1%), but the noisy entry's speed-up moved 15% between
+    runs: one run 16% lower is regressed against a one-run baseline, inconclusive against a
+    3-run one (noise that one run cannot show). The stable entry's runs agree to 1%, so the
+    same 16% drop is still regressed: the noise is judged per entry (shrunk towards the
+    file's pooled noise), not one width for all."""
+    noisy, stable = "nf4", "magnitude:sparsity=0.5"
+    runs = [("r1", 0.85, 1.000), ("r2", 0.72, 1.010), ("r3", 0.80, 0.995)]
+    base = [_speedup(v, rid, noisy, i) for i, (rid, v, _) in enumerate(runs)]
+    base += [_speedup(v, rid, stable, 10 + i) for i, (rid, _, v) in enumerate(runs)]
+    # most entries of a real file are stable (dense kernels): they make the pooled noise small
+    base += [_speedup(v * (1 + 0.002 * j), rid, f"magnitude:sparsity=0.{j}", 30 + 3 * j + i)
+             for j in range(1, 13) for i, (rid, _, v) in enumerate(runs)]
+    run = [_speedup(0.80 * 0.84, "now", noisy, 20), _speedup(1.0 * 0.84, "now", stable, 21)]
+    vs = {v.spec: v for v in judge(run, [base[0], base[3]], tmp_path / "one")}  # run r1 alone
+    assert vs[noisy].status == "regressed" and vs[stable].status == "regressed"
+    vs = {v.spec: v for v in judge(run, base, tmp_path / "three")}
+    assert vs[noisy].status == "inconclusive", vs[noisy].note
+    assert "run-to-run noise" in vs[noisy].note and "only repeated runs narrow" in vs[noisy].note
+    assert vs[stable].status == "regressed", vs[stable].note
+    bf = bl.load_baseline(tmp_path / "three" / "default" / f"{DC}.json")
+    ent = next(e for e in bf.entries.values() if e.spec == noisy)
+    mb = ent.metrics["latency.speedup_prefill"]
+    assert np.allclose(mb.runs, [0.85, 0.72, 0.80], rtol=0.02)
+    assert mb.value == sorted(mb.runs)[1]  # the median run's value (and its samples)
+    sd, k = bl.run_noise(bf, "latency.speedup_prefill", mb)
+    own = float(np.std(np.log(mb.runs), ddof=1))
+    assert k == 3 and 0.005 < sd < own  # shrunk towards the pooled (mostly stable) noise
+
+
+def test_widen_adds_in_quadrature_and_keeps_the_estimate():
+    c = stats.Interval(0.10, 0.07, 0.14, 20, "m")
+    w = stats.widen(c, 0.04, "noise")
+    assert w.est == 0.10 and math.isclose(w.lo, 0.10 - 0.05) and math.isclose(w.hi, 0.10 + math.hypot(0.04, 0.04))
+    assert w.method == "m + noise" and stats.widen(c, 0.0, "x") is c
+
+
+def test_runs_round_trip_and_a_single_run_value_is_refused(tmp_path):
+    [(path, _, _)] = bl.update([_speedup(1.0, "a", "rtn:bits=4", 1), _speedup(1.1, "b", "rtn:bits=4", 2)], tmp_path)
+    raw = path.read_text()
+    assert '"runs": [' in raw
+    assert bl.load_baseline(path).entries
+    path.write_text(raw.replace('"runs": [', '"runs": [1.0], "x": [', 1))
+    try:
+        bl.load_baseline(path)
+    except bl.BaselineError as e:
+        assert ".runs: expected a list of at least 2 per-run values" in str(e)
+    else:
+        raise AssertionError("a one-value runs list was accepted")
