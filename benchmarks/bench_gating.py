@@ -88,6 +88,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--baselines", default="baselines")
     ap.add_argument("--technique", default="rtn", help="technique that gets the planted changes")
+    ap.add_argument("--slow-also", default="magnitude",
+                    help="a second technique that gets the planted slow-down ('' = none): rtn:bits=8 runs int8 "
+                         "kernels, whose speed moves more between runs than a dense path's")
     ap.add_argument("--work", default="reports/gating")
     a = ap.parse_args()
     work = ROOT / a.work
@@ -108,11 +111,13 @@ def main() -> int:
                      "; ".join(v.line() for v in reg[:3]) or "none regressed"])
         print(rows[-1], flush=True)
 
-    def planted(kind: str, env: dict[str, str], metrics: tuple[str, ...]) -> tuple[int, int, list[str]]:
+    def planted(kind: str, env: dict[str, str], metrics: tuple[str, ...], technique: str = a.technique
+                ) -> tuple[int, int, list[str]]:
+        spec = TECHNIQUES.get(technique).suite_specs[0]
         detected, ref_flagged, notes = 0, 0, []
         for i in range(a.runs):
-            out = work / f"{kind}-{i}"
-            wall = run(out, a.baselines, spec, {"HARNESS_PLANT_TECHNIQUE": a.technique, **env})
+            out = work / f"{kind}-{technique}-{i}"
+            wall = run(out, a.baselines, spec, {"HARNESS_PLANT_TECHNIQUE": technique, **env})
             vs = verdicts(out, a.baselines)
             mine = [v for v in vs if v.spec == spec and v.metric in metrics]
             ref_flagged += sum(v.status == "regressed" for v in vs if v.spec == "none")
@@ -125,7 +130,10 @@ def main() -> int:
             print(rows[-1], flush=True)
         return detected, ref_flagged, notes
 
-    slow = planted("slow15", {"HARNESS_PLANT_SLOW": "0.15"}, ("latency.speedup_decode", "latency.speedup_prefill"))
+    speedups = ("latency.speedup_decode", "latency.speedup_prefill")
+    slow = planted("slow15", {"HARNESS_PLANT_SLOW": "0.15"}, speedups)
+    slow2 = planted("slow15", {"HARNESS_PLANT_SLOW": "0.15"}, speedups, a.slow_also) if a.slow_also else None
+    spec2 = TECHNIQUES.get(a.slow_also).suite_specs[0] if a.slow_also else ""
     ppl2 = planted("ppl+2%", {"HARNESS_PLANT_PPL": "0.02"}, ("ppl.window",))
     ppl02 = planted("ppl+0.2%", {"HARNESS_PLANT_PPL": "0.002"}, ("ppl.window",))
     fa, det = simulate()
@@ -145,6 +153,8 @@ def main() -> int:
              + ", ".join(f"{k} {clean_counts[k]}" for k in sorted(clean_counts)) + ")"],
             ["(b) planted 15% slow-down detected (speed-up `regressed`)", f">= 2 of {n}",
              f"**{slow[0]} of {n}**; reference flagged {slow[1]} times"],
+            *([[f"(b) the same slow-down planted on `{spec2}`", f">= 2 of {n}",
+                f"**{slow2[0]} of {n}**; reference flagged {slow2[1]} times"]] if slow2 else []),
             ["(c) planted +2% perplexity detected (`ppl.window` `regressed`)", f"{n} of {n}", f"**{ppl2[0]} of {n}**"],
             ["(c) planted +0.2% perplexity flagged `regressed`", "never", f"**{ppl02[0]} of {n}**"],
             ["(d) change points on pure noise (1000 series x 30 runs, 5% noise, 10% tolerance)", "rare",
@@ -157,6 +167,13 @@ def main() -> int:
         "`pass` needs it below the tolerance, `inconclusive` means it straddles the tolerance (the note says how many "
         "samples would decide). Speed-ups are per-round ratios against the uncompressed reference timed in the same "
         "round (ABBA order), compared between runs by a bootstrap of the ratio of medians (2000 resamples, seed 0). "
+        "Run-to-run noise: one run's samples show only the noise within that run, and on this host the int8/int4 "
+        "kernels' speed-ups move up to 17% from one process to the next (six quick runs of the same commit: "
+        "`nf4` prefill 0.68-0.85, `awq` 0.62-0.79) while dense paths move 1-2%. The baseline is therefore written "
+        "from several runs (`harness baseline update R1 R2 ...`): each metric keeps every run's value, and a "
+        "relative interval gains, in quadrature, 1.96 x sd x sqrt(1 + 1/k), where sd is the entry's standard "
+        "deviation of log values over its k runs, shrunk towards the file's pooled value for that metric (prior "
+        "weight 2 degrees of freedom, a moderated variance as in limma). "
         "The host check compares the uncompressed reference timed beside each test with the one timed beside it in "
         "the baseline: a raw latency is judged only while that reference is shown consistent (its interval inside "
         "the raw metric's 25% tolerance); a speed-up, the primary verdict, is held `inconclusive` only when the "
@@ -186,7 +203,8 @@ def main() -> int:
         "reference rounds share each latency budget with the model's own rounds, so a run takes the same "
         f"budget as before; clean runs took {', '.join(f'{w:.0f} s' for w in walls)}.", "",
         "## Notes of the planted runs", "",
-        *[f"- {x}" for x in dict.fromkeys(slow[2] + ppl2[2] + ppl02[2]) if x][:12], "",
+        *[f"- {x}" for x in dict.fromkeys(slow[2] + (slow2[2] if slow2 else []) + ppl2[2] + ppl02[2]) if x][:16],
+        "",
     ]
     g = np.random.default_rng(7)
     series = list(10 * (1 + 0.04 * g.standard_normal(30)))
