@@ -50,7 +50,7 @@ SPECS = [
     "none", f"rtn:{A3}", f"awq:{A3}", "magnitude:sparsity=0.5", "wanda:sparsity=0.5", "sparsegpt:sparsity=0.5",
     f"gptq:{A3}",
     "svd:reduction=0.2", "asvd:reduction=0.2", "svd-llm:reduction=0.2",
-    f"rtn:{A2}", f"gptq:{A2}", CALDERA24, "caldera",
+    f"rtn:{A2}", f"gptq:{A2}", CALDERA24, "caldera", "gptq:bits=2,group=128,sym=false",
     "magnitude:pattern=2:4", "wanda:pattern=2:4", "sparsegpt:pattern=2:4",
     "rtn:bits=3,sym=false", "gptq:bits=3,sym=false", "awq:bits=3,group=none",
     f"awq:{A2}", "svd:reduction=0.4", "asvd:reduction=0.4", "svd-llm:reduction=0.4",

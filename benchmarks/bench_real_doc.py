@@ -55,6 +55,8 @@ TARGETS = [  # (label, better spec, worse spec)
     ("ASVD < SVD at 20%", "asvd:reduction=0.2", "svd:reduction=0.2"),
     ("CALDERA (~2.4 bits) < GPTQ 2-bit", CALDERA24, f"gptq:{A2}"),
     ("GPTQ 2-bit < RTN 2-bit", f"gptq:{A2}", f"rtn:{A2}"),
+    # not the literature's: CALDERA against its own backbone alone (the same Q: asymmetric 2-bit g128)
+    ("CALDERA < its Q alone (GPTQ 2-bit g128)", CALDERA24, "gptq:bits=2,group=128,sym=false"),
 ]
 
 
@@ -72,7 +74,7 @@ def _main_rows(res: dict[str, dict], dense: float | None) -> list[list]:
         spec, lit = r["spec"], LIT.get(r["spec"])
         loss = f"{(r['ppl'] / dense - 1) * 100:+.1f}%" if dense else "-"
         paper = (f"{(lit[2] / lit[1] - 1) * 100:+.1f}% ({lit[0]}: {_f(lit[2])} vs {_f(lit[1])})" if lit else
-                 ("see note" if spec == "caldera" else "-"))
+                 ("see note" if spec.split(":")[0] == "caldera" else "-"))
         c = r.get("cloze") or {}
         cloze = f"{c['acc']:.3f} ± {c['acc_stderr']:.3f}" if c.get("acc") is not None else "-"
         rows.append([f"`{spec}`", _f(r.get("bits"), 3), _f(r["ppl"]), loss, paper, cloze, f"{r['compress_s']:.1f}",
