@@ -35,6 +35,12 @@ def inside(root: str | Path, *parts: str) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary sibling and ``os.replace``: readers see
     the old file or the new one, never a torn one."""
@@ -43,6 +49,7 @@ def atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 would make reports private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
