@@ -89,10 +89,15 @@ def test_run_forwards_shard_and_durations(tmp_path, capsys, monkeypatch):
     from harness import runner
 
     seen = []
-    monkeypatch.setattr(runner, "run_pytest", lambda cmd, run_id=None: (seen.append(cmd), (0, None))[1])
-    (tmp_path / "d.json").write_text("{}")
     out = tmp_path / "run"
-    RecordWriter(out).write([Record("ppl.window", 1.0)])
+
+    def fake_pytest(cmd, run_id=None):  # the run writes its records (an --out with records is refused)
+        seen.append(cmd)
+        RecordWriter(out).write([Record("ppl.window", 1.0)])
+        return 0, None
+
+    monkeypatch.setattr(runner, "run_pytest", fake_pytest)
+    (tmp_path / "d.json").write_text("{}")
     assert main(["run", "--shard", "2/3", "--durations", str(tmp_path / "d.json"), "--out", str(out),
                  "--no-report"]) == 0
     assert "--harness-shard=2/3" in seen[0] and f"--harness-durations={tmp_path / 'd.json'}" in seen[0]
