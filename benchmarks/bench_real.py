@@ -200,6 +200,9 @@ def main() -> None:
     ap.add_argument("--cloze", type=int, default=0, metavar="N",
                     help=f"also score harness_cloze on its first N items per technique (slow on 2 cores; "
                          f"e.g. {CLOZE_ITEMS}); a result without it is not redone")
+    ap.add_argument("--add-cloze", action="store_true",
+                    help="with --cloze N: also rerun jobs whose stored result has no cloze score (the old "
+                         "result stays until the new one is in)")
     ap.add_argument("--job", default=None, help=argparse.SUPPRESS)  # internal: run one job (JSON) here
     a = ap.parse_args()
     if a.job:
@@ -220,7 +223,9 @@ def main() -> None:
         drop_results({j["id"] for j in jobs() if j["spec"] in a.redo})
     if not a.doc_only:
         done = load_results()
-        todo = [j for j in jobs(a.cloze) if j["id"] not in done and (a.only is None or re.search(a.only, j["id"]))]
+        todo = [j for j in jobs(a.cloze) if (j["id"] not in done or (
+                    a.add_cloze and a.cloze and j["kind"] == "main" and not done[j["id"]].get("cloze")))
+                and (a.only is None or re.search(a.only, j["id"]))]
         for i, job in enumerate(todo):
             print(f"[{i + 1}/{len(todo)}] {job['id']} ...", flush=True)
             p = subprocess.run([sys.executable, __file__, "--job", json.dumps(job)], capture_output=True, text=True,
@@ -233,6 +238,7 @@ def main() -> None:
                 (OUT / "failed.log").open("a").write(f"== {job['id']}\n{p.stderr[-4000:]}\n")
                 continue
             r = json.loads(p.stdout.strip().splitlines()[-1])
+            drop_results({r["id"]})  # a cloze top-up replaces the old line
             append_result(r)
             print("  " + ", ".join(f"{k}={r[k]:.4g}" if isinstance(r.get(k), float) else f"{k}={r.get(k)}"
                                    for k in ("compress_s", "rss_peak_mb", "ppl", "ppl_other", "cos_other", "eval_s")
