@@ -7,7 +7,7 @@ import platform
 from pathlib import Path
 
 from _common import table
-from bench_real import A2, A3, CALDERA24
+from bench_real import A2, A3, CALDERA24, SPECS
 
 MARK = "<!-- hand-written below -->"
 
@@ -68,7 +68,8 @@ def _f(x, d: int = 2) -> str:
 
 def _main_rows(res: dict[str, dict], dense: float | None) -> list[list]:
     rows = []
-    for r in res.values():
+    order = {spec: i for i, spec in enumerate(SPECS)}  # the benchmark's order, not the order measured
+    for r in sorted(res.values(), key=lambda r: order.get(r["spec"], len(order))):
         if r["kind"] != "main":
             continue
         spec, lit = r["spec"], LIT.get(r["spec"])
