@@ -229,11 +229,11 @@ def _update(a: argparse.Namespace) -> int:
             raise UsageError(f"{d} is a partial run ({why}); pass --allow-partial to use it")
         info = read_run_info(d)
         fp = info.get("fingerprint")
-        diff = bl.fingerprint_diff(fp, fp0) if fp0 is not None else []
+        diff = bl.fingerprint_diff(fp, fp0)  # [] while either side has none
         if diff:
             raise UsageError(f"{d} ran on another host than {a.run_dirs[0]} ({'; '.join(diff)}): one baseline "
                              "needs runs of one host")
-        fp0 = fp if fp0 is None else fp0
+        fp0 = fp0 or fp
         rid = info.get("run_id", Path(d).name)
         if rid in ids:
             raise UsageError(f"{d}: run {rid} is given twice")

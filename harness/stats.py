@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 CONFIDENCE = 0.95
-Z = 1.959964  # two-sided normal quantile of CONFIDENCE
+Z = statistics.NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)  # two-sided normal quantile (1.96)
 N_RESAMPLES = 2000
 SEED = 0
 

@@ -235,8 +235,8 @@ class _TrainQLR(nn.Module):
 @register
 class Caldera(Technique):
     name = "caldera"
-    config_version = 2  # v2: the LoRA fine-tune (lora_steps > 0) trains on the training stream (q_sym
-    # is new with the same default, so earlier records stay comparable)
+    config_version = 2  # v2: the LoRA fine-tune (lora_steps > 0) trains on the training stream (q_sym,
+    # default true, joins the resolved key: records written before it do not match it)
     family = "lowrank"
     config_cls = CalderaConfig
     storage = "packed"
