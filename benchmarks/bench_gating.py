@@ -163,9 +163,9 @@ def main() -> int:
         ]), "",
         "## Method", "",
         "Verdicts (`harness/judge.py`, `harness/stats.py`): each metric becomes a 95% interval of its change in the "
-        "worse direction, from both runs' raw samples; `regressed` needs the whole interval beyond the tolerance, "
-        "`pass` needs it below the tolerance, `inconclusive` means it straddles the tolerance (the note says how many "
-        "samples would decide). Speed-ups are per-round ratios against the uncompressed reference timed in the same "
+        "worse direction, from both runs' raw samples; `regressed` needs the estimate beyond the tolerance and the "
+        "interval to exclude no change (asv's rule: beyond the factor and significant), `pass` needs the whole "
+        "interval below the tolerance, `inconclusive` is the rest (the note says how many samples would decide). Speed-ups are per-round ratios against the uncompressed reference timed in the same "
         "round (ABBA order), compared between runs by a bootstrap of the ratio of medians (2000 resamples, seed 0). "
         "Run-to-run noise: one run's samples show only the noise within that run, and on this host the int8/int4 "
         "kernels' speed-ups move up to 17% from one process to the next (six quick runs of the same commit: "

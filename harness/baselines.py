@@ -7,8 +7,8 @@ Numbers are only ever compared with a baseline of the *same* device class; a fil
 another class, or a file whose fingerprint differs in a field that moves performance,
 yields ``not-comparable``, never a silent comparison.
 
-Verdicts (per metric): ``improved``, ``pass``, ``regressed``, ``inconclusive`` (the
-interval straddles the tolerance; the note says how many samples would decide),
+Verdicts (per metric): ``improved``, ``pass``, ``regressed``, ``inconclusive`` (not
+decided by these samples; the note says how many would decide; ``harness.stats.decide``),
 ``not-comparable``, plus ``new`` (measured, no baseline entry) and ``missing`` (baseline
 entry, not measured by a test that ran). How each metric is tested: ``harness.judge``.
 """

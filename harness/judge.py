@@ -168,12 +168,14 @@ def run_noise(bf: Any, metric: str, base: MetricBaseline) -> tuple[float, int] |
     host the int8/int4 kernels' speed-ups moved up to 17% from one process to the next while
     each run's interval was a few percent wide (docs/gating.md). An entry's own 3-5 runs
     estimate that badly, so its log variance is shrunk towards the file's pooled variance for
-    the metric (a moderated variance, as in limma): ``(d0 s0² + d s²) / (d0 + d)``."""
+    the metric (a moderated variance, as in limma): ``(d0 s0² + d s²) / (d0 + d)``. Entries
+    whose runs agree exactly (the reference's speed-up is 1 by construction) stay out of the
+    pool: they are constants, not quiet measurements."""
     own = _log_var(base.runs)
     if own is None:
         return None
-    pooled = [lv for e in bf.entries.values() if metric in e.metrics
-              for lv in [_log_var(e.metrics[metric].runs)] if lv]
+    pooled = [lv for e in bf.entries.values() if metric in e.metrics  # a constant (the reference's speed-up
+              for lv in [_log_var(e.metrics[metric].runs)] if lv and lv[0] > 0]  # of 1) says nothing of noise
     df0 = sum(d for _, d in pooled)
     s0 = sum(v * d for v, d in pooled) / df0 if df0 else own[0]
     var = (NOISE_PRIOR_DF * s0 + own[1] * own[0]) / (NOISE_PRIOR_DF + own[1])
@@ -211,8 +213,8 @@ def compare(rec: Record, base: MetricBaseline, tolerance: Tolerance | None = Non
             allowed = tol.allowed(base.value)
         v.status, decided = stats.decide(change, allowed)
         if v.status == "inconclusive" and noise_dominates:
-            decided = ("the interval straddles the tolerance; most of its width is run-to-run noise, which only "
-                       "repeated runs narrow")
+            decided = (decided.split("; ")[0]
+                       + "; most of its width is run-to-run noise, which only repeated runs narrow")
         v.note = "; ".join(x for x in (change.describe(relative), decided) if x)
         return v
     worse = (base.value - rec.value) if base.higher_is_better else (rec.value - base.value)

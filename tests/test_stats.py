@@ -94,3 +94,41 @@ def test_inconclusive_exactly_on_the_tolerance():
     ch = stats.Interval(0.1, 0.05, 0.15, 10, "t")
     assert stats.decide(ch, 0.1) == ("inconclusive", "the interval straddles the tolerance; far more samples "
                                                      "(the estimate sits on the tolerance) would decide")
+
+
+@pytest.mark.parametrize("est,lo,hi,status,why", [
+    (0.13, 0.05, 0.21, "regressed", "by its estimate"),     # beyond 10% and real, not shown beyond 10%
+    (0.13, 0.11, 0.15, "regressed", ""),                    # shown beyond the tolerance
+    (0.13, -0.02, 0.28, "inconclusive", "includes no change"),
+    (0.06, 0.01, 0.12, "inconclusive", "straddles"),       # real, but may or may not exceed 10%
+    (0.06, 0.01, 0.09, "pass", ""),
+    (-0.13, -0.21, -0.05, "improved", "by its estimate"),
+    (-0.13, -0.28, 0.02, "pass", ""),                       # cannot be a regression beyond 10%
+])
+def test_decide_needs_an_estimate_beyond_the_tolerance_and_a_real_change(est, lo, hi, status, why):
+    got, note = stats.decide(stats.Interval(est, lo, hi, 30, "t"), 0.10)
+    assert got == status and why in note, (got, note)
+
+
+def test_false_alarm_rate_on_no_change_stays_under_the_one_sided_level():
+    """Two runs of the same thing, noise sd 12% per sample and 8 samples: the estimate alone
+    lands beyond the 10% tolerance in about 8% of pairs; 'regressed' also needs the interval
+    to exclude no change, so it happens at most as often as the 2.5% one-sided level allows."""
+    beyond = alarms = 0
+    for seed in range(300):
+        base, run = _lat(10.0, n=8, spread=0.12, seed=2 * seed), _lat(10.0, n=8, spread=0.12, seed=2 * seed + 1)
+        ch = stats.ratio_of_medians(run, base, higher_is_better=False)
+        beyond += ch.est > 0.10
+        alarms += stats.decide(ch, 0.10)[0] == "regressed"
+    assert beyond >= 15 and alarms / 300 <= 0.025, (beyond, alarms)
+
+
+def test_a_real_change_just_beyond_the_tolerance_is_found_most_of_the_time():
+    """A 15% slower forward with 6% noise per sample and 20 samples: found in >= 90 of 100
+    pairs. The old rule (the whole interval beyond the tolerance) needs a change of about
+    tolerance + 2 sd and finds fewer than half of them."""
+    cs = [stats.ratio_of_medians(_lat(11.5, n=20, spread=0.06, seed=2 * s),
+                                 _lat(10.0, n=20, spread=0.06, seed=2 * s + 1), higher_is_better=False)
+          for s in range(100)]
+    found = sum(stats.decide(c, 0.10)[0] == "regressed" for c in cs)
+    assert found >= 90 and sum(c.lo > 0.10 for c in cs) < 50, found

@@ -15,9 +15,10 @@ from harness.records import Record, load_records
 from harness.rundir import load_outcomes, read_run_info, run_status
 
 SIMULATED = {"fake-quant", "mask"}
-LEGEND = ("pass = the 95% interval of the change is within tolerance; regressed / improved = wholly outside it, "
-          "worse / better; inconclusive = it straddles the tolerance (more samples needed) or raw latency while the "
-          "host moved (judge the speed-ups); not-comparable = other device or fingerprint; new = no baseline entry; "
+LEGEND = ("pass = the 95% interval of the change is within tolerance; regressed / improved = a real change (the "
+          "interval excludes none) whose estimate is beyond the tolerance, worse / better; inconclusive = not decided "
+          "by these samples (the note says how many would decide) or raw latency while the host moved (judge the "
+          "speed-ups); not-comparable = other device or fingerprint; new = no baseline entry; "
           "missing = in the baseline, not measured")
 
 
@@ -117,7 +118,8 @@ class RunSummary:
         baseline: then the host, not the compression code, moved raw latencies this run."""
         moved = [v for v in self.verdicts if v.spec == "none" and v.metric in RAW_LATENCY
                  and v.status == "inconclusive" and v.baseline and v.measured is not None]
-        noisy = [v for v in self.verdicts if v.status == "inconclusive" and "straddles the tolerance" in v.note]
+        noisy = [v for v in self.verdicts if v.status == "inconclusive"
+                 and (" would decide" in v.note or "only repeated runs narrow" in v.note)]
         out = []
         if moved:
             parts = ", ".join(f"{v.metric} {100 * (v.measured / v.baseline - 1):+.0f}%" for v in moved)
@@ -126,9 +128,9 @@ class RunSummary:
                        f"ratios (measured against this run's own reference) are the comparable figures.")
         if noisy:
             metrics = ", ".join(sorted({v.metric for v in noisy}))
-            out.append(f"Too noisy to decide: {len(noisy)} verdict(s) ({metrics}) have an interval that straddles "
-                       f"the tolerance; each note says how many samples would decide (a longer latency budget or "
-                       f"more windows).")
+            out.append(f"Too noisy to decide: {len(noisy)} verdict(s) ({metrics}) could not be decided from "
+                       f"these samples; each note says what would decide it (more samples: a longer "
+                       f"latency budget or more windows; or, where run-to-run noise dominates, repeated runs).")
         return " ".join(out)
 
     def outcome_counts(self) -> Counter:
