@@ -199,22 +199,16 @@ def compare(rec: Record, base: MetricBaseline, tolerance: Tolerance | None = Non
         change, relative, why = None, True, str(e)
     else:
         why = ""
-    noise_dominates = False  # then more samples in this run would not narrow the interval
     if change is not None and relative and noise and noise[0] > 0:
         sd, k = noise
-        within = max(change.hi - change.est, change.est - change.lo)
         between = stats.Z * sd * math.sqrt(1 + 1 / k)
         change = stats.widen(change, between, f"run-to-run noise ±{100 * stats.Z * sd:.1f}% ({k} baseline runs)")
-        noise_dominates = between > within
     if change is not None:
         if relative:
             allowed = tol.allowed(base.value) / abs(base.value) if base.value else float("inf")
         else:
             allowed = tol.allowed(base.value)
         v.status, decided = stats.decide(change, allowed)
-        if v.status == "inconclusive" and noise_dominates:
-            decided = (decided.split("; ")[0]
-                       + "; most of its width is run-to-run noise, which only repeated runs narrow")
         v.note = "; ".join(x for x in (change.describe(relative), decided) if x)
         return v
     worse = (base.value - rec.value) if base.higher_is_better else (rec.value - base.value)

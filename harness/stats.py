@@ -46,6 +46,7 @@ class Interval:
     n: int  # samples behind the narrower side (repeats, rounds, windows, tokens)
     method: str
     p_value: float | None = None
+    fixed: float = 0.0  # part of the half-width that more samples of this run cannot narrow (``widen``)
 
     def describe(self, relative: bool) -> str:
         f = (lambda v: f"{100 * v:+.2f}%") if relative else (lambda v: f"{v:+.4g}")
@@ -61,7 +62,7 @@ def widen(c: Interval, extra: float, why: str) -> Interval:
         return c
     lo = c.est - math.hypot(c.est - c.lo, extra)
     hi = c.est + math.hypot(c.hi - c.est, extra)
-    return dataclasses.replace(c, lo=lo, hi=hi, method=f"{c.method} + {why}")
+    return dataclasses.replace(c, lo=lo, hi=hi, method=f"{c.method} + {why}", fixed=math.hypot(c.fixed, extra))
 
 
 def _bootstrap(data: tuple[np.ndarray, ...], statistic, paired: bool) -> tuple[float, float]:
@@ -188,8 +189,12 @@ def decide(change: Interval, allowed: float) -> tuple[str, str]:
         what, margin = "the interval straddles the tolerance", allowed - change.est
     if margin <= 1e-12 * max(1.0, abs(allowed)):
         need = "far more samples (the estimate sits on the tolerance)"
-    else:
-        k = math.ceil(change.n * (half / margin) ** 2)
+    elif margin <= change.fixed * (1 + 1e-9):
+        return "inconclusive", (f"{what}; most of its width is run-to-run noise, which only repeated runs narrow "
+                                f"(±{100 * change.fixed:.1f}% of ±{100 * half:.1f}%)")
+    else:  # the within-run part narrows as 1/sqrt(n) until hypot(within, fixed) fits the margin
+        within = math.sqrt(max(half ** 2 - change.fixed ** 2, 0.0))
+        k = math.ceil(change.n * (within / math.sqrt(margin ** 2 - change.fixed ** 2)) ** 2)
         need = f"about {k} samples (have {change.n})" if k < 100 * max(change.n, 1) else \
             f"more than {100 * change.n} samples (have {change.n})"
     return "inconclusive", f"{what}; {need} would decide"

@@ -1,6 +1,8 @@
 """Each statistical decision on constructed samples whose answer is known."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -132,3 +134,17 @@ def test_a_real_change_just_beyond_the_tolerance_is_found_most_of_the_time():
           for s in range(100)]
     found = sum(stats.decide(c, 0.10)[0] == "regressed" for c in cs)
     assert found >= 90 and sum(c.lo > 0.10 for c in cs) < 50, found
+
+
+def test_samples_needed_count_only_the_part_that_samples_narrow():
+    """Run-to-run noise added by ``widen`` does not shrink with this run's samples: the count
+    is for the within-run part only, and none is promised when the noise alone is wider than
+    the margin to the tolerance."""
+    own = stats.Interval(0.08, 0.04, 0.12, 10, "t")                 # +-4% from 10 samples, 2% from 10%
+    assert stats.decide(own, 0.10)[1].endswith("about 40 samples (have 10) would decide")  # 10 * (4/2)^2
+    some = stats.widen(own, 0.015, "noise")
+    assert some.fixed == pytest.approx(0.015)
+    k = math.ceil(10 * (0.04 / math.sqrt(0.02 ** 2 - 0.015 ** 2)) ** 2)  # 92, not 10 * (4.27/2)^2 = 46
+    assert stats.decide(some, 0.10)[1].endswith(f"about {k} samples (have 10) would decide")
+    status, why = stats.decide(stats.widen(own, 0.025, "noise"), 0.10)
+    assert status == "inconclusive" and "only repeated runs narrow" in why and "samples" not in why
