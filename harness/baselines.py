@@ -14,6 +14,7 @@ entry, not measured by a test that ran). How each metric is tested: ``harness.ju
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,37 @@ class BaselineStore:
         return sorted(p.stem for p in d.glob("*.json") if p.stem != device_class) if d.is_dir() else []
 
 
+def median_run(runs: list[Record]) -> Record:
+    """The record of the median run by value (the lower of the two middle ones): its samples
+    stay whole, which a median of pooled samples would not."""
+    return sorted(runs, key=lambda x: x.value)[(len(runs) - 1) // 2]
+
+
+def combine_runs(records: Iterable[Record]) -> list[Record]:
+    """Records of repeated runs of one suite (several ``run_id``: ``harness run --repeat``,
+    or ``harness merge`` of runs on one host) as one record per metric of a test: the median
+    run's, with every run's value in ``extra["runs"]``, so a verdict divides the run-to-run
+    noise by the number of runs (``harness.judge.compare``). Other records pass unchanged."""
+    records = list(records)
+    groups: dict[tuple, dict[str, Record]] = {}
+    for r in records:
+        if r.status == "ok" and r.value is not None and r.suite:
+            groups.setdefault((r.suite, r.device_class, *baseline_key(r), r.metric), {})[r.run_id] = r
+    out: list[Record] = []
+    done: set[tuple] = set()
+    for r in records:
+        g = (r.suite, r.device_class, *baseline_key(r), r.metric)
+        runs = groups.get(g) if r.status == "ok" and r.value is not None and r.suite else None
+        if not runs or len(runs) < 2:
+            out.append(r)
+        elif g not in done:
+            done.add(g)
+            m = median_run(list(runs.values()))
+            out.append(dataclasses.replace(m, extra={**m.extra, "runs": [float(x.value) for x in runs.values()],
+                                                     "run_ids": list(runs)}))
+    return out
+
+
 def verdicts(records: Iterable[Record], store: BaselineStore | None, device_class: str, *,
              overrides: dict[str, Tolerance] | None = None, missing: bool = True,
              reference_records: Iterable[Record] = (), fingerprint: dict[str, Any] | None = None) -> list[Verdict]:
@@ -134,8 +166,9 @@ def verdicts(records: Iterable[Record], store: BaselineStore | None, device_clas
     or inconclusive), raw latencies of that model and profile are ``inconclusive`` for this
     run, never regressed: the machine moved, and the speed-ups measured against the run's
     own, interleaved reference are the comparable figures."""
+    records, reference_records = combine_runs(records), combine_runs(reference_records)
     out = _verdicts(records, store, device_class, overrides or {}, missing, fingerprint)
-    extra = _verdicts(list(reference_records), store, device_class, overrides or {}, False, fingerprint)
+    extra = _verdicts(reference_records, store, device_class, overrides or {}, False, fingerprint)
     moved: dict[tuple[str, str, str], str] = {}
     for v in out + extra:
         if (v.spec == "none" and v.metric in RAW_LATENCY and v.status in ("regressed", "improved", "inconclusive")
@@ -186,7 +219,8 @@ def _verdicts(records: Iterable[Record], store: BaselineStore | None, device_cla
                 v = Verdict("not-comparable", r.metric, r.model, r.spec, profile_of(r), r.test_id, base.value,
                             r.value, base.tolerance, "fingerprints differ: " + "; ".join(diff))
             else:
-                v = compare(r, base, overrides.get(r.metric), run_noise(bf, r.metric, base))
+                noise = run_noise(bf, r.metric, base, r.extra.get("runs"))
+                v = compare(r, base, overrides.get(r.metric), noise)
                 if r.metric in RAW_LATENCY or r.metric in RAW_OF:
                     raw = RAW_OF.get(r.metric, r.metric)
                     hold_if_host_moved(v, by_metric.get((r.suite, key, raw)), ent.metrics.get(raw))
@@ -230,7 +264,7 @@ def update(records: Iterable[Record], root: str | Path, *, prune: bool = False,
         per_run.setdefault((r.suite, r.device_class, key, r.metric), {})[r.run_id] = r
     for (suite, dc, key, metric), by_run in per_run.items():
         runs = list(by_run.values())
-        r = sorted(runs, key=lambda x: x.value)[(len(runs) - 1) // 2]  # the median run (lower of two)
+        r = median_run(runs)
         groups[(suite, dc)][key].metrics[metric] = MetricBaseline(
             r.value, bool(r.higher_is_better), default_tolerance(metric),
             {k: float(v) for k, v in (r.spread or {}).items() if k in ("p10", "p90")}, r.unit, r.n,

@@ -160,33 +160,39 @@ def _log_var(values: list[float]) -> tuple[float, int] | None:
     return sum((x - m) ** 2 for x in lv) / (len(lv) - 1), len(lv) - 1
 
 
-def run_noise(bf: Any, metric: str, base: MetricBaseline) -> tuple[float, int] | None:
+def run_noise(bf: Any, metric: str, base: MetricBaseline, runs: list[float] | None = None
+              ) -> tuple[float, int, int] | None:
     """(run-to-run standard deviation of ``metric`` for this entry, relative; runs behind the
-    baseline), from the per-run values a multi-run baseline keeps; None without them.
+    baseline; runs behind the measured value), from the per-run values a multi-run baseline
+    keeps and those of a repeated run (``runs``); None without either.
 
     One run's samples show the noise within a run, not between runs: on a shared 2-core
     host the int8/int4 kernels' speed-ups moved up to 17% from one process to the next while
     each run's interval was a few percent wide (docs/gating.md). An entry's own 3-5 runs
     estimate that badly, so its log variance is shrunk towards the file's pooled variance for
-    the metric (a moderated variance, as in limma): ``(d0 s0² + d s²) / (d0 + d)``. Entries
-    whose runs agree exactly (the reference's speed-up is 1 by construction) stay out of the
-    pool: they are constants, not quiet measurements."""
-    own = _log_var(base.runs)
-    if own is None:
+    the metric (a moderated variance, as in limma): ``(d0 s0² + d s²) / (d0 + d)``; the
+    repeated run's own runs add their degrees of freedom. Entries whose runs agree exactly
+    (the reference's speed-up is 1 by construction) stay out of the pool: they are
+    constants, not quiet measurements."""
+    own = [lv for lv in (_log_var(base.runs), _log_var(list(runs or []))) if lv]
+    if not own:
         return None
-    pooled = [lv for e in bf.entries.values() if metric in e.metrics  # a constant (the reference's speed-up
-              for lv in [_log_var(e.metrics[metric].runs)] if lv and lv[0] > 0]  # of 1) says nothing of noise
+    pooled = [lv for e in bf.entries.values() if metric in e.metrics
+              for lv in [_log_var(e.metrics[metric].runs)] if lv and lv[0] > 0]
     df0 = sum(d for _, d in pooled)
-    s0 = sum(v * d for v, d in pooled) / df0 if df0 else own[0]
-    var = (NOISE_PRIOR_DF * s0 + own[1] * own[0]) / (NOISE_PRIOR_DF + own[1])
-    return math.sqrt(var), len(base.runs)
+    d_own = sum(d for _, d in own)
+    s_own = sum(v * d for v, d in own) / d_own
+    s0 = sum(v * d for v, d in pooled) / df0 if df0 and base.runs else s_own
+    var = (NOISE_PRIOR_DF * s0 + d_own * s_own) / (NOISE_PRIOR_DF + d_own)
+    return math.sqrt(var), max(len(base.runs), 1), max(len(runs or []), 1)
 
 
 def compare(rec: Record, base: MetricBaseline, tolerance: Tolerance | None = None,
-            noise: tuple[float, int] | None = None) -> Verdict:
+            noise: tuple[float, int, int] | None = None) -> Verdict:
     """Verdict of one measured record against its baseline value. ``noise``: the run-to-run
-    (sd, runs) of a multi-run baseline (``run_noise``), added to relative intervals: this run
-    is one draw (variance sd²) and the baseline a median of ``runs`` draws (about sd²/runs)."""
+    (sd, baseline runs, measured runs) of ``run_noise``, added to relative intervals: the
+    measured value is a median of its runs (variance about sd²/runs; one run: sd²) and the
+    baseline a median of its own."""
     tol = tolerance or base.tolerance
     v = Verdict("pass", rec.metric, rec.model, rec.spec, str(rec.extra.get("profile", "full")), rec.test_id,
                 base.value, rec.value, tol)
@@ -200,9 +206,10 @@ def compare(rec: Record, base: MetricBaseline, tolerance: Tolerance | None = Non
     else:
         why = ""
     if change is not None and relative and noise and noise[0] > 0:
-        sd, k = noise
-        between = stats.Z * sd * math.sqrt(1 + 1 / k)
-        change = stats.widen(change, between, f"run-to-run noise ±{100 * stats.Z * sd:.1f}% ({k} baseline runs)")
+        sd, k, k_run = noise
+        between = stats.Z * sd * math.sqrt(1 / k_run + 1 / k)
+        runs = f"{k} baseline runs" + (f", median of {k_run} runs" if k_run > 1 else "")
+        change = stats.widen(change, between, f"run-to-run noise ±{100 * stats.Z * sd:.1f}% ({runs})")
     if change is not None:
         if relative:
             allowed = tol.allowed(base.value) / abs(base.value) if base.value else float("inf")

@@ -232,7 +232,20 @@ def test_baseline_update_from_several_runs_keeps_each_runs_value(tmp_path, capsy
     assert main(["baseline", "update", str(runs[0]), str(other), "--baselines", str(bl)]) == 2
     assert "ran on another host" in err_line(capsys)
     assert main(["baseline", "check", str(runs[0]), str(other), "--baselines", str(bl)]) == 2
-    assert "takes one RUN_DIR" in err_line(capsys)
+    assert "ran on another host" in err_line(capsys)
+
+
+def test_baseline_check_judges_repeated_runs_as_their_median(tmp_path, capsys):
+    """Three runs whose perplexities are 50, 58 and 51 against a baseline of 50: the median
+    run (51, +2%) is judged, not the outlier, and the note says how many runs it rests on."""
+    bl = tmp_path / "baselines"
+    assert main(["baseline", "update", str(fake_run(tmp_path / "base", ppl=50.0)), "--baselines", str(bl)]) == 0
+    runs = [fake_run(tmp_path / n, ppl=p) for n, p in (("a", 50.0), ("b", 58.0), ("c", 51.0))]
+    capsys.readouterr()
+    assert main(["baseline", "check", *map(str, runs), "--baselines", str(bl)]) == 1
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "ppl.window" in x and "rtn:bits=4" in x)
+    assert "measured 51" in line and "regressed" in line, out
 
 
 def test_run_into_a_directory_that_holds_records_is_refused(tmp_path, capsys, monkeypatch):

@@ -7,6 +7,7 @@ import math
 import re
 
 import numpy as np
+import pytest
 
 from harness import baselines as bl
 from harness import stats
@@ -285,9 +286,9 @@ def test_a_multi_run_baseline_allows_for_run_to_run_noise_an_entry_at_a_time(tmp
     mb = ent.metrics["latency.speedup_prefill"]
     assert np.allclose(mb.runs, [0.85, 0.72, 0.80], rtol=0.02)
     assert mb.value == sorted(mb.runs)[1]  # the median run's value (and its samples)
-    sd, k = bl.run_noise(bf, "latency.speedup_prefill", mb)
+    sd, k, k_run = bl.run_noise(bf, "latency.speedup_prefill", mb)
     own = float(np.std(np.log(mb.runs), ddof=1))
-    assert k == 3 and 0.005 < sd < own  # shrunk towards the pooled (mostly stable) noise
+    assert k == 3 and k_run == 1 and 0.005 < sd < own  # shrunk towards the pooled (mostly stable) noise
 
 
 def test_widen_adds_in_quadrature_and_keeps_the_estimate():
@@ -309,3 +310,29 @@ def test_runs_round_trip_and_a_single_run_value_is_refused(tmp_path):
         assert ".runs: expected a list of at least 2 per-run values" in str(e)
     else:
         raise AssertionError("a one-value runs list was accepted")
+
+
+def test_a_repeated_run_divides_the_run_to_run_noise_by_its_runs(tmp_path):
+    """A baseline of 3 runs of a noisy entry (its speed-up moved 0.72-0.85 between runs).
+    One run of a 15% slower forward (speed-up 13% lower) is inside that noise; the median of
+    five such runs is not: the run-to-run term shrinks from sqrt(1 + 1/3) to sqrt(1/5 + 1/3)."""
+    noisy = "nf4"
+    base = [_speedup(v, rid, noisy, i) for i, (rid, v) in enumerate([("r1", 0.85), ("r2", 0.72), ("r3", 0.80)])]
+    slow = 0.80 / 1.15
+    one = [_speedup(slow, "now", noisy, 20)]
+    [v] = judge(one, base, tmp_path / "one")
+    assert v.status == "inconclusive", v.note
+    five = [_speedup(slow * f, f"now{i}", noisy, 30 + i) for i, f in enumerate((1.06, 0.95, 1.0, 1.03, 0.97))]
+    [v] = judge(five, base, tmp_path / "five")
+    assert v.status == "regressed" and "median of 5 runs" in v.note, v.note
+    assert v.measured == pytest.approx(slow, rel=0.02)  # the median run's value
+
+
+def test_combine_runs_keeps_the_median_run_whole_and_every_runs_value():
+    rs = [_speedup(v, f"r{i}", "nf4", i) for i, v in enumerate((0.9, 0.7, 0.8))]
+    other = _speedup(0.5, "r0", "awq", 9)
+    out = bl.combine_runs([*rs, other])
+    assert len(out) == 2 and out[1] is other  # a metric measured by one run only passes unchanged
+    m = out[0]
+    assert m.run_id == "r2" and m.samples == rs[2].samples and sorted(m.extra["runs"]) == pytest.approx(
+        sorted(r.value for r in rs)) and m.extra["run_ids"] == ["r0", "r1", "r2"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.baselines import RAW_LATENCY, BaselineStore, Tolerance, Verdict, profile_of, verdicts, worst
+from harness.baselines import RAW_LATENCY, BaselineStore, Tolerance, Verdict, combine_runs, profile_of, verdicts, worst
 from harness.metrics import METRICS
 from harness.records import Record, load_records
 from harness.rundir import load_outcomes, read_run_info, run_status
@@ -187,7 +187,7 @@ def summarize(run_dir: str | Path, baselines: str | Path | None = None,
         baselines = info["baselines"]
     vs = run_verdicts(records, baselines, fail_on, info.get("fingerprint"))
     outcomes = sorted(load_outcomes(run_dir), key=lambda o: o["nodeid"])
-    rows = build_rows(records, vs, outcomes)
+    rows = build_rows(combine_runs(records), vs, outcomes)  # repeats of a run: its median run
     present = {r.metric for r in records}
     cols, unavailable = [], []
     for c in (c for c in COLUMNS if c.metric in present):
