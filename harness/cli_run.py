@@ -46,6 +46,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="--executor ray: an existing Ray cluster (default: start a local one)")
     p.add_argument("--ray-cpus", type=int, default=None, metavar="N",
                    help="--executor ray without --address: CPUs of the local Ray (default: all)")
+    p.add_argument("--repeat", type=int, default=None, metavar="N",
+                   help="run the suite N times, each in its own process (OUT.repeats/1..N), merged into OUT: "
+                        "verdicts judge each metric's median run, with the run-to-run noise divided by N (asv's "
+                        "'processes'); for timings a single run leaves 'inconclusive: only repeated runs narrow'")
 
 
 @command("run", "run a suite with pytest, write reports/<run-id>/ and its HTML report")
@@ -76,8 +80,8 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
                              f"e.g. harness run -- {unknown[0]}")
         for k in ("quick", "gate", "no_report"):
             setattr(a, k, getattr(a, k) or getattr(b, k))
-        for k in ("out", "device", "baselines", "shard", "durations", "executor", "address", "ray_cpus"):
-            setattr(a, k, getattr(b, k) or getattr(a, k))
+        for k in ("out", "device", "baselines", "shard", "durations", "executor", "address", "ray_cpus", "repeat"):
+            setattr(a, k, getattr(b, k) if getattr(b, k) is not None else getattr(a, k))
         a.model = a.model + b.model
         a.technique = a.technique + b.technique
         a.reports = b.reports if b.reports != "reports" else a.reports
@@ -102,6 +106,13 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
 
             load_durations(a.durations)
             extra.append(f"--harness-durations={a.durations}")
+        if a.repeat is not None and a.repeat < 1:
+            raise UsageError(f"--repeat {a.repeat} must be >= 1")
+        if (a.repeat or 1) > 1:
+            if a.executor == "ray" or a.shard:
+                raise UsageError("--repeat runs the whole suite N times in this process tree; it does not combine "
+                                 "with --shard or --executor ray (merge their runs with harness merge)")
+            return _run_repeats(a, suites, extra, pytest_args, run_dir)
         if a.executor == "ray":
             code = _run_ray(a, suites, extra, pytest_args, run_id, run_dir)
             return code if code == 5 else _finish(run_dir, code, a)
@@ -121,6 +132,58 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
         return _finish(run_dir, code, a)
 
     p.set_defaults(handler=run)
+
+
+def _run_repeats(a: argparse.Namespace, suites: list[str], extra: list[str], pytest_args: list[str],
+                 run_dir: Path) -> int:
+    """``--repeat N``: N complete runs, each its own pytest process and run directory under
+    ``OUT.repeats/``, then merged into OUT (``harness.merge``), whose verdicts combine them
+    (``harness.baselines.combine_runs``). ``--gate`` gates the merged run, not each repeat:
+    one noisy repeat must not fail the job that the median would pass."""
+    from harness import runner
+    from harness.merge import merge_runs
+    from harness.records import load_records
+    from harness.report.summary import run_verdicts, summary_lines
+    from harness.rundir import read_run_info
+
+    parts = run_dir.parent / f"{run_dir.name}.repeats"
+    if parts.exists() or (run_dir.exists() and any(run_dir.iterdir())):
+        raise UsageError(f"{run_dir} or {parts} already exists; --repeat needs a new run directory")
+    if run_dir.is_dir():
+        run_dir.rmdir()  # an empty --out: merge writes the directory whole
+    inner = [x for x in extra if x != "--harness-gate"]
+    dirs, worst = [], 0
+    for k in range(1, a.repeat + 1):
+        d = parts / str(k)
+        cmd = runner.pytest_command(suites, d, quick=a.quick,
+                                    extra=inner + [f"--harness-markdown={d / 'summary.md'}"] + pytest_args)
+        print(f"harness run: repeat {k}/{a.repeat}: {' '.join(cmd[1:])}", flush=True)
+        code, signum = runner.run_pytest(cmd)
+        if signum is not None:
+            return _after_signal(d, signum, a)
+        if code == 5:
+            print("harness run: error: pytest selected no tests (exit 5); check the suite path and -k/-m "
+                  "filters", file=sys.stderr)
+            return 5
+        worst = max(worst, code)
+        dirs.append(d)
+    try:
+        res = merge_runs(run_dir, dirs)
+    except ValueError as e:
+        raise UsageError(f"cannot merge the repeats: {e}") from None
+    for w in res.warnings:
+        print(f"harness run: warning: {w}", file=sys.stderr)
+    print(f"harness run: {a.repeat} repeats merged into {run_dir} ({res.records} records)")
+    for line in summary_lines(run_dir, baselines=a.baselines):
+        print(line)
+    if a.gate:
+        vs = run_verdicts(list(load_records(run_dir)), a.baselines or "baselines",
+                          fingerprint=read_run_info(run_dir).get("fingerprint"))
+        bad = [v for v in vs if v.status == "regressed"]
+        for v in bad:
+            print(f"harness gate: {v.line()}", file=sys.stderr)
+        worst = max(worst, 1 if bad else 0)
+    return _finish(run_dir, worst, a)
 
 
 def _finish(run_dir: Path, code: int, a: argparse.Namespace) -> int:

@@ -290,3 +290,38 @@ def test_safe_component_refuses_path_like_names(bad):
         safe_component(bad, "suite")
     with pytest.raises(ValueError, match="escapes"):
         inside("/tmp/root", "..", "etc")
+
+
+COUNTED_SUITE = """
+from pathlib import Path
+
+def test_a(bench):
+    p = Path("n.txt")
+    k = int(p.read_text()) if p.exists() else 0
+    p.write_text(str(k + 1))
+    bench.record("ppl.window", [12.0, 15.0, 12.1, 12.0][k % 4])
+"""
+
+
+def test_repeat_gates_the_median_run_not_each_repeat(tmp_path, capsys, monkeypatch):
+    """Baseline 12.0; three repeats measure 15.0 (an outlier that alone regresses), 12.1 and
+    12.0: the merged run is judged on its median run, 12.1, inside the 1% tolerance."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "test_counted.py").write_text(COUNTED_SUITE)
+    quiet = ["--", "-q", "-p", "no:cacheprovider"]
+    assert main(["run", "counted", "--out", "runs/base", "--no-report", *quiet]) == 0
+    assert main(["baseline", "update", "runs/base"]) == 0
+    capsys.readouterr()
+    assert main(["run", "counted", "--repeat", "3", "--gate", "--out", "runs/rep", *quiet]) == 0
+    out = capsys.readouterr().out
+    assert "3 repeats merged into runs/rep" in out and "harness run: report runs/rep/report.html" in out
+    assert sorted(r.value for r in load_records(tmp_path / "runs" / "rep")) == [12.0, 12.1, 15.0]
+    assert sorted(p.name for p in (tmp_path / "runs" / "rep.repeats").iterdir()) == ["1", "2", "3"]
+    assert main(["baseline", "check", "runs/rep.repeats/1"]) == 1  # the outlier alone
+    assert main(["baseline", "check", "runs/rep"]) == 0
+    capsys.readouterr()
+    assert main(["run", "counted", "--repeat", "0", "--out", "runs/zero", *quiet]) == 2
+    assert "--repeat 0 must be >= 1" in err_line(capsys)
+    assert main(["run", "counted", "--repeat", "2", "--out", "runs/rep", *quiet]) == 2
+    assert "already holds a run's records" in err_line(capsys)
