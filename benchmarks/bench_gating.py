@@ -42,11 +42,15 @@ MARK = "<!-- hand-written below -->"
 HARNESS = [str(Path(sys.executable).parent / "harness")]
 
 
-def run(out: Path, baselines: str, technique: str | None = None, env: dict[str, str] | None = None) -> float:
-    shutil.rmtree(out, ignore_errors=True)  # an earlier run's records there would be judged again
+def run(out: Path, baselines: str, technique: str | None = None, env: dict[str, str] | None = None,
+        repeat: int = 1) -> float:
+    for d in (out, out.parent / f"{out.name}.repeats"):  # an earlier run's records would be judged again
+        shutil.rmtree(d, ignore_errors=True)
     cmd = [*HARNESS, "run", "--quick", "--no-report", "--out", str(out), "--baselines", baselines]
     if technique:
         cmd += ["--technique", technique]
+    if repeat > 1:
+        cmd += ["--repeat", str(repeat)]
     cmd += ["--", "-p", "gating_plants"]
     e = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), **(env or {})}
     t0 = time.perf_counter()
@@ -92,6 +96,8 @@ def main() -> int:
                     help="a second technique that gets the planted slow-down ('' = none): rtn:bits=8 runs int8 "
                          "kernels, whose speed moves more between runs than a dense path's")
     ap.add_argument("--work", default="reports/gating")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="the planted slow-down on --technique once more with harness run --repeat N (0 = skip)")
     a = ap.parse_args()
     work = ROOT / a.work
     spec = TECHNIQUES.get(a.technique).suite_specs[0]
@@ -111,13 +117,13 @@ def main() -> int:
                      "; ".join(v.line() for v in reg[:3]) or "none regressed"])
         print(rows[-1], flush=True)
 
-    def planted(kind: str, env: dict[str, str], metrics: tuple[str, ...], technique: str = a.technique
-                ) -> tuple[int, int, list[str]]:
+    def planted(kind: str, env: dict[str, str], metrics: tuple[str, ...], technique: str = a.technique,
+                repeat: int = 1) -> tuple[int, int, list[str]]:
         spec = TECHNIQUES.get(technique).suite_specs[0]
         detected, ref_flagged, notes = 0, 0, []
         for i in range(a.runs):
             out = work / f"{kind}-{technique}-{i}"
-            wall = run(out, a.baselines, spec, {"HARNESS_PLANT_TECHNIQUE": technique, **env})
+            wall = run(out, a.baselines, spec, {"HARNESS_PLANT_TECHNIQUE": technique, **env}, repeat)
             vs = verdicts(out, a.baselines)
             mine = [v for v in vs if v.spec == spec and v.metric in metrics]
             ref_flagged += sum(v.status == "regressed" for v in vs if v.spec == "none")
@@ -133,6 +139,8 @@ def main() -> int:
     speedups = ("latency.speedup_decode", "latency.speedup_prefill")
     slow = planted("slow15", {"HARNESS_PLANT_SLOW": "0.15"}, speedups)
     slow2 = planted("slow15", {"HARNESS_PLANT_SLOW": "0.15"}, speedups, a.slow_also) if a.slow_also else None
+    slow_rep = planted(f"slow15x{a.repeat}", {"HARNESS_PLANT_SLOW": "0.15"}, speedups, repeat=a.repeat) \
+        if a.repeat > 1 else None
     spec2 = TECHNIQUES.get(a.slow_also).suite_specs[0] if a.slow_also else ""
     ppl2 = planted("ppl+2%", {"HARNESS_PLANT_PPL": "0.02"}, ("ppl.window",))
     ppl02 = planted("ppl+0.2%", {"HARNESS_PLANT_PPL": "0.002"}, ("ppl.window",))
@@ -155,6 +163,9 @@ def main() -> int:
              f"**{slow[0]} of {n}**; reference flagged {slow[1]} times"],
             *([[f"(b) the same slow-down planted on `{spec2}`", f">= 2 of {n}",
                 f"**{slow2[0]} of {n}**; reference flagged {slow2[1]} times"]] if slow2 else []),
+            *([[f"(b) the slow-down on `{spec}`, each trial `harness run --repeat {a.repeat}` (median run)",
+                f">= 2 of {n}", f"**{slow_rep[0]} of {n}**; reference flagged {slow_rep[1]} times"]]
+              if slow_rep else []),
             ["(c) planted +2% perplexity detected (`ppl.window` `regressed`)", f"{n} of {n}", f"**{ppl2[0]} of {n}**"],
             ["(c) planted +0.2% perplexity flagged `regressed`", "never", f"**{ppl02[0]} of {n}**"],
             ["(d) change points on pure noise (1000 series x 30 runs, 5% noise, 10% tolerance)", "rare",
@@ -203,7 +214,8 @@ def main() -> int:
         "reference rounds share each latency budget with the model's own rounds, so a run takes the same "
         f"budget as before; clean runs took {', '.join(f'{w:.0f} s' for w in walls)}.", "",
         "## Notes of the planted runs", "",
-        *[f"- {x}" for x in dict.fromkeys(slow[2] + (slow2[2] if slow2 else []) + ppl2[2] + ppl02[2]) if x][:16],
+        *[f"- {x}" for x in dict.fromkeys(slow[2] + (slow2[2] if slow2 else []) + (slow_rep[2] if slow_rep else [])
+                                          + ppl2[2] + ppl02[2]) if x][:22],
         "",
     ]
     g = np.random.default_rng(7)
