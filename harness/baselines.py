@@ -43,6 +43,7 @@ from harness.judge import (  # noqa: F401  (re-exported)
     fingerprint_diff,
     hold_if_host_moved,
     is_performance,
+    pooled_log_var,
     run_noise,
 )
 from harness.metrics import METRICS
@@ -193,6 +194,7 @@ def _verdicts(records: Iterable[Record], store: BaselineStore | None, device_cla
               overrides: dict[str, Tolerance], missing: bool, fingerprint: dict[str, Any] | None) -> list[Verdict]:
     out: list[Verdict] = []
     seen: dict[tuple[str, str, str, str], set[str]] = {}
+    pooled: dict[tuple[int, str], tuple[float, float]] = {}
     keyed = [(r, baseline_key(r)) for r in records if not (r.device_class and r.device_class != device_class)]
     by_metric = {(r.suite, key, r.metric): r for r, key in keyed}
     for r, key in keyed:
@@ -219,7 +221,9 @@ def _verdicts(records: Iterable[Record], store: BaselineStore | None, device_cla
                 v = Verdict("not-comparable", r.metric, r.model, r.spec, profile_of(r), r.test_id, base.value,
                             r.value, base.tolerance, "fingerprints differ: " + "; ".join(diff))
             else:
-                noise = run_noise(bf, r.metric, base, r.extra.get("runs"))
+                if (id(bf), r.metric) not in pooled:  # once per file and metric, not per record
+                    pooled[(id(bf), r.metric)] = pooled_log_var(bf, r.metric)
+                noise = run_noise(bf, r.metric, base, r.extra.get("runs"), pooled[(id(bf), r.metric)])
                 v = compare(r, base, overrides.get(r.metric), noise)
                 if r.metric in RAW_LATENCY or r.metric in RAW_OF:
                     raw = RAW_OF.get(r.metric, r.metric)

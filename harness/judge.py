@@ -160,30 +160,37 @@ def _log_var(values: list[float]) -> tuple[float, int] | None:
     return sum((x - m) ** 2 for x in lv) / (len(lv) - 1), len(lv) - 1
 
 
-def run_noise(bf: Any, metric: str, base: MetricBaseline, runs: list[float] | None = None
-              ) -> tuple[float, int, int] | None:
+def pooled_log_var(bf: Any, metric: str) -> tuple[float, float]:
+    """(pooled variance of log values, its degrees of freedom) of ``metric`` over the entries
+    of baseline file ``bf`` that keep several runs. Entries whose runs agree exactly (the
+    reference's speed-up is 1 by construction) stay out: they are constants, not quiet
+    measurements."""
+    pooled = [lv for e in bf.entries.values() if metric in e.metrics
+              for lv in [_log_var(e.metrics[metric].runs)] if lv and lv[0] > 0]
+    df0 = sum(d for _, d in pooled)
+    return (sum(v * d for v, d in pooled) / df0 if df0 else 0.0), df0
+
+
+def run_noise(bf: Any, metric: str, base: MetricBaseline, runs: list[float] | None = None,
+              pooled: tuple[float, float] | None = None) -> tuple[float, int, int] | None:
     """(run-to-run standard deviation of ``metric`` for this entry, relative; runs behind the
     baseline; runs behind the measured value), from the per-run values a multi-run baseline
-    keeps and those of a repeated run (``runs``); None without either.
+    keeps and those of a repeated run (``runs``); None without either. ``pooled``: the file's
+    ``pooled_log_var`` for the metric, when the caller judges many records of one file.
 
     One run's samples show the noise within a run, not between runs: on a shared 2-core
     host the int8/int4 kernels' speed-ups moved up to 17% from one process to the next while
     each run's interval was a few percent wide (docs/gating.md). An entry's own 3-5 runs
     estimate that badly, so its log variance is shrunk towards the file's pooled variance for
     the metric (a moderated variance, as in limma): ``(d0 s0² + d s²) / (d0 + d)``; the
-    repeated run's own runs add their degrees of freedom. Entries whose runs agree exactly
-    (the reference's speed-up is 1 by construction) stay out of the pool: they are
-    constants, not quiet measurements."""
+    repeated run's own runs add their degrees of freedom."""
     own = [lv for lv in (_log_var(base.runs), _log_var(list(runs or []))) if lv]
     if not own:
         return None
-    pooled = [lv for e in bf.entries.values() if metric in e.metrics
-              for lv in [_log_var(e.metrics[metric].runs)] if lv and lv[0] > 0]
-    df0 = sum(d for _, d in pooled)
+    s0, df0 = pooled if pooled is not None else pooled_log_var(bf, metric)
     d_own = sum(d for _, d in own)
     s_own = sum(v * d for v, d in own) / d_own
-    s0 = sum(v * d for v, d in pooled) / df0 if df0 and base.runs else s_own
-    var = (NOISE_PRIOR_DF * s0 + d_own * s_own) / (NOISE_PRIOR_DF + d_own)
+    var = (NOISE_PRIOR_DF * (s0 if df0 else s_own) + d_own * s_own) / (NOISE_PRIOR_DF + d_own)
     return math.sqrt(var), max(len(base.runs), 1), max(len(runs or []), 1)
 
 
