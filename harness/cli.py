@@ -85,6 +85,7 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
         from harness.config import EvalConfig
         from harness.evaluation import EvalContext, compress_and_measure, parse_metrics
         from harness.measure.environment import device_class, fingerprint_id
+        from harness.metrics import TASK_FIGURES
 
         if a.threads is not None:  # before any work: a bad value fails in a second
             if a.threads != "auto" and not (a.threads.isdigit() and int(a.threads) >= 1):
@@ -118,7 +119,7 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
             check_tasks(tasks)  # unknown task or missing dataset: one line, before any work
         harness.make(a.technique)  # a bad spec fails before the model loads
         lm = harness.load_model(a.model, device=a.device, trust_remote_code=a.trust_remote_code)
-        metrics = parse_metrics(a.metrics, lm.kind) + [f"task.{t}.{w}" for t in tasks for w in ("acc", "acc_norm")]
+        metrics = parse_metrics(a.metrics, lm.kind) + [f"task.{t}.{w}" for t in tasks for w in TASK_FIGURES]
         res, records = compress_and_measure(
             lm, a.technique, parse_metrics(metrics, lm.kind), ctx=ctx, device=a.device, deltas=False,
             calibration=lambda: harness.get_calibration(lm.tokenizer, n=a.calibration,

@@ -54,12 +54,17 @@ class Metric:
 
 MetricInfo = Metric  # the name records and older callers use
 
-_TASK_METRIC = re.compile(r"task\.([A-Za-z0-9_\-]+)\.(acc|acc_norm)")
+_TASK_METRIC = re.compile(r"task\.([A-Za-z0-9_\-]+)\.(acc|acc_norm|recovery)")
+TASK_FIGURES = ("acc", "acc_norm", "recovery")  # what --lm-eval-tasks records per task
 
 
 def task_metric(task: str, which: str = "acc", column: bool = False) -> Metric:
     """Zero-shot accuracy on one lm-eval task (``task.<task>.acc`` / ``.acc_norm``), measured
     by ``harness.measure.tasks``; its stderr and per-item results are in the record."""
+    if which == "recovery":
+        return Metric(f"task.{task}.recovery", "x", True, f"lm-eval {task}: accuracy / the reference's accuracy "
+                      "in the same run (llm-compressor's recovery)", CAUSAL, "2%",
+                      Column(f"{task} recovery", ".3f") if column else None, derive=(f"task.{task}.acc", True))
     norm = " (length-normalized)" if which == "acc_norm" else ""
     return Metric(f"task.{task}.{which}", "fraction", True, f"lm-eval {task}: zero-shot accuracy{norm}",
                   CAUSAL, "0.02", Column(f"{task} {which}", ".3f") if column else None, "lm_eval_tasks")
@@ -97,6 +102,9 @@ for _m in [
            column=Column("ratio", "x", terminal=True), derive=("size.bytes", False)),
     Metric("ppl.window", "ppl", False, "perplexity, non-overlapping fixed windows", CAUSAL, "1%",
            Column("ppl window", ".2f", delta=True, terminal=True), "ppl_window", default=True),
+    Metric("ppl.recovery", "x", True, "the reference's window perplexity / the model's, in the same run "
+           "(llm-compressor's recovery: 1 = nothing lost; immune to the eval text or reference moving)", CAUSAL, "1%",
+           Column("ppl recovery", ".3f"), derive=("ppl.window", False)),
     Metric("ppl.lm_eval", "ppl", False, "token perplexity from lm-eval loglikelihood_rolling", CAUSAL, "2%",
            Column("ppl lm-eval", ".2f", delta=True), "ppl_lm_eval", default=True),
     Metric("ppl.unigram", "ppl", False, "add-one unigram baseline on the same tokens", CAUSAL, "2%",
@@ -108,6 +116,7 @@ for _m in [
     Metric("fidelity.cosine", "cosine", True, "mean embedding cosine vs the reference (encoders)", ENCODER,
            "0.005", Column("cosine", ".4f", terminal=True), "fidelity", default=True),
     task_metric("harness_cloze", "acc", column=True), task_metric("harness_cloze", "acc_norm"),
+    task_metric("harness_cloze", "recovery"),
     Metric("latency.prefill_ms", "ms", False, "time to first token (prompt forward)", CAUSAL, "25%",
            Column("prefill ms", ".1f"), "latency", default=True),
     Metric("latency.decode_ms_per_token", "ms", False, "time per output token with KV cache", CAUSAL, "25%",

@@ -67,6 +67,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _eval_opts(get) -> dict:
     """--harness-max-tokens/-split/-text/-calibration-text/-lm-eval-tasks, checked now."""
     from harness.config import EvalConfig
+    from harness.metrics import TASK_FIGURES
     from harness.models.textfile import read_text
 
     ev = {k: get(f"harness_{k}") for k in ("max_tokens", "split", "text") if get(f"harness_{k}") is not None}
@@ -83,7 +84,7 @@ def _eval_opts(get) -> dict:
     except ValueError as e:
         raise pytest.UsageError(f"--harness-*: {e}") from None
     return {"eval": ev, "calibration_text": get("harness_calibration_text"),
-            "task_metrics": [f"task.{t}.{w}" for t in tasks for w in ("acc", "acc_norm")]}
+            "task_metrics": [f"task.{t}.{w}" for t in tasks for w in TASK_FIGURES]}
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:

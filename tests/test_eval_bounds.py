@@ -73,11 +73,13 @@ def test_bad_bounds_are_one_line_exit_2(capsys, argv, match):
     assert len(err.splitlines()) == 1 and match in err
 
 
-def test_lm_eval_tasks_adds_acc_and_acc_norm_records(capsys):
+def test_lm_eval_tasks_adds_acc_acc_norm_and_recovery_records(capsys):
     assert main(["eval", "harness-tiny", "-m", "size.bytes", "--lm-eval-tasks", "harness_cloze", "--json"]) == 0
     recs = _records(capsys)
-    assert set(recs) == {"size.bytes", "task.harness_cloze.acc", "task.harness_cloze.acc_norm"}
+    assert set(recs) == {"size.bytes", "task.harness_cloze.acc", "task.harness_cloze.acc_norm",
+                         "task.harness_cloze.recovery"}
     assert 0.25 < recs["task.harness_cloze.acc"]["value"] < 1 and recs["task.harness_cloze.acc"]["extra"]["stderr"]
+    assert recs["task.harness_cloze.recovery"]["value"] == 1.0  # no technique: the model is the reference
 
 
 def test_suite_options_reach_the_eval_context_and_calibration(tmp_path):
@@ -89,7 +91,8 @@ def test_suite_options_reach_the_eval_context_and_calibration(tmp_path):
     opts = {"harness_max_tokens": 256, "harness_split": None, "harness_text": str(f),
             "harness_calibration_text": str(f), "harness_lm_eval_tasks": "harness_cloze"}
     ev = _eval_opts(opts.get)
-    assert ev["task_metrics"] == ["task.harness_cloze.acc", "task.harness_cloze.acc_norm"]
+    assert ev["task_metrics"] == ["task.harness_cloze.acc", "task.harness_cloze.acc_norm",
+                                  "task.harness_cloze.recovery"]
     s = Session(Options(out=tmp_path / "o", run_id="r", baselines=tmp_path / "b", quick=True, eval_opts=ev))
     cfg = s.eval_context().eval
     assert (cfg.max_tokens, cfg.text, cfg.split) == (256, str(f), "validation")

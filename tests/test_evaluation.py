@@ -85,6 +85,9 @@ def test_every_accepted_metric_is_produced_or_na_with_a_reason(tiny_lm):
     for m in ("size.compression_ratio", "latency.speedup_prefill", "latency.speedup_decode",
               "memory.kv_cache_mb", "compress.wall_s"):
         assert by[m].status == "ok", by[m]
+    rec = by["ppl.recovery"]  # the reference's perplexity over the model's, from the same windows
+    assert rec.value == pytest.approx(rec.extra["reference"] / by["ppl.window"].value) and rec.extra["source"] == \
+        "ppl.window"
 
 
 def test_kv_cache_mb_counts_what_the_cache_holds(tiny_lm):

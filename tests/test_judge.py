@@ -336,3 +336,19 @@ def test_combine_runs_keeps_the_median_run_whole_and_every_runs_value():
     m = out[0]
     assert m.run_id == "r2" and m.samples == rs[2].samples and sorted(m.extra["runs"]) == pytest.approx(
         sorted(r.value for r in rs)) and m.extra["run_ids"] == ["r0", "r1", "r2"]
+
+
+def test_recovery_is_judged_higher_is_better_against_its_tolerance(tmp_path):
+    """ppl.recovery (reference ppl / model ppl of the same run) moves with the technique, not
+    with the eval text or the reference: 2% less recovered is regressed at 1%, 0.1% passes."""
+    def recovery(v):
+        r = rec("ppl.recovery", v)
+        r.higher_is_better = True
+        return r
+
+    [v] = judge([recovery(0.95 * 0.98)], [recovery(0.95)], tmp_path / "a")
+    assert v.status == "regressed", v.line()
+    [v] = judge([recovery(0.95 * 0.999)], [recovery(0.95)], tmp_path / "b")
+    assert v.status == "pass", v.line()
+    [v] = judge([recovery(0.99)], [recovery(0.95)], tmp_path / "c")
+    assert v.status == "improved", v.line()
