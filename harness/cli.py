@@ -24,7 +24,8 @@ EXAMPLES = textwrap.dedent("""\
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {}
 # modules that call command(...) to add subcommands
-EXTENSIONS = ["harness.cli_run", "harness.cli_reports", "harness.cli_history", "harness.cli_search"]
+EXTENSIONS = ["harness.cli_run", "harness.cli_baseline", "harness.cli_reports", "harness.cli_history",
+              "harness.cli_search"]
 
 
 def command(name: str, help: str):

@@ -30,8 +30,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("report", ["harness.report"]),                         # Records + verdicts -> HTML/Markdown
     ("runs", ["harness.runner", "harness.bench", "harness.session",  # pytest sessions, run dirs
               "harness.executor_ray"]),                     # (model x technique) cells as Ray tasks
-    ("entry", ["harness.plugin", "harness.cli", "harness.cli_run", "harness.cli_reports", "harness.cli_history",
-               "harness.cli_search", "harness"]),                                 # user-facing entry points
+    ("entry", ["harness.plugin", "harness.cli", "harness.cli_run", "harness.cli_baseline", "harness.cli_reports",
+               "harness.cli_history", "harness.cli_search", "harness"]),  # user-facing entry points
 ]
 # Within one layer, these pairs must not import each other in this direction either.
 FORBIDDEN = [
