@@ -164,8 +164,11 @@ class Session:
         from harness.evaluation import EvalContext
 
         ev = {**({"max_tokens": 8192} if self.opts.quick else {}), **self.opts.eval_opts.get("eval", {})}
-        lat = (LatencyConfig(prompt_len=64, decode_tokens=16, budget_s=1.0, min_repeats=6, max_repeats=200)
-               if self.opts.quick else None)  # the budget, not a cap of 50, bounds the fast prefill rounds
+        # The budget, not a cap of 50, bounds the fast prefill rounds; decode rounds are slow, so
+        # min_repeats sets their count: 6 left the decode speed-up's interval too wide to see a
+        # 15% slower forward (docs/gating.md), 12 costs about one second more per test.
+        lat = (LatencyConfig(prompt_len=64, decode_tokens=16, budget_s=1.0, min_repeats=12, max_repeats=200)
+               if self.opts.quick else None)
         return EvalContext(lat or LatencyConfig(), EvalConfig(**ev), reference=reference, cache_factory=cache_factory,
                            compression=compression)
 
