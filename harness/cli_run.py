@@ -121,16 +121,25 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
         cmd = runner.pytest_command(suites, run_dir, quick=a.quick,
                                     extra=extra + [f"--harness-markdown={md}"] + pytest_args)
         print(f"harness run: {' '.join(cmd[1:])}", flush=True)
-        code, signum = runner.run_pytest(cmd, run_id=None if a.out else run_id)
-        if signum is not None:
-            return _after_signal(run_dir, signum, a)
-        if code == 5:
-            print("harness run: error: pytest selected no tests (exit 5); check the suite path and -k/-m "
-                  "filters", file=sys.stderr)
-            return 5
-        return _finish(run_dir, code, a)
+        code, stop = _pytest(cmd, run_dir, a, run_id=None if a.out else run_id)
+        return code if stop else _finish(run_dir, code, a)
 
     p.set_defaults(handler=run)
+
+
+def _pytest(cmd: list[str], run_dir: Path, a: argparse.Namespace, run_id: str | None = None) -> tuple[int, bool]:
+    """One pytest child: (exit code, whether ``harness run`` ends with it now: after a signal,
+    or when pytest selected no tests, which must never pass silently)."""
+    from harness import runner
+
+    code, signum = runner.run_pytest(cmd, run_id=run_id)
+    if signum is not None:
+        return _after_signal(run_dir, signum, a), True
+    if code == 5:
+        print("harness run: error: pytest selected no tests (exit 5); check the suite path and -k/-m "
+              "filters", file=sys.stderr)
+        return 5, True
+    return code, False
 
 
 def _run_repeats(a: argparse.Namespace, suites: list[str], extra: list[str], pytest_args: list[str],
@@ -157,13 +166,9 @@ def _run_repeats(a: argparse.Namespace, suites: list[str], extra: list[str], pyt
         cmd = runner.pytest_command(suites, d, quick=a.quick,
                                     extra=inner + [f"--harness-markdown={d / 'summary.md'}"] + pytest_args)
         print(f"harness run: repeat {k}/{a.repeat}: {' '.join(cmd[1:])}", flush=True)
-        code, signum = runner.run_pytest(cmd)
-        if signum is not None:
-            return _after_signal(d, signum, a)
-        if code == 5:
-            print("harness run: error: pytest selected no tests (exit 5); check the suite path and -k/-m "
-                  "filters", file=sys.stderr)
-            return 5
+        code, stop = _pytest(cmd, d, a)
+        if stop:
+            return code
         worst = max(worst, code)
         dirs.append(d)
     try:
