@@ -131,17 +131,21 @@ def combine_runs(records: Iterable[Record]) -> list[Record]:
     or ``harness merge`` of runs on one host) as one record per metric of a test: the median
     run's, with every run's value in ``extra["runs"]``, so a verdict divides the run-to-run
     noise by the number of runs (``harness.judge.compare``). Other records pass unchanged."""
+    def group(r: Record) -> tuple | None:
+        ok = r.status == "ok" and r.value is not None and r.suite
+        return (r.suite, r.device_class, *baseline_key(r), r.metric) if ok else None
+
     records = list(records)
     groups: dict[tuple, dict[str, Record]] = {}
     for r in records:
-        if r.status == "ok" and r.value is not None and r.suite:
-            groups.setdefault((r.suite, r.device_class, *baseline_key(r), r.metric), {})[r.run_id] = r
+        if (g := group(r)) is not None:
+            groups.setdefault(g, {})[r.run_id] = r
     out: list[Record] = []
     done: set[tuple] = set()
     for r in records:
-        g = (r.suite, r.device_class, *baseline_key(r), r.metric)
-        runs = groups.get(g) if r.status == "ok" and r.value is not None and r.suite else None
-        if not runs or len(runs) < 2:
+        g = group(r)
+        runs = groups[g] if g is not None else {}
+        if len(runs) < 2:
             out.append(r)
         elif g not in done:
             done.add(g)
@@ -258,21 +262,16 @@ def update(records: Iterable[Record], root: str | Path, *, prune: bool = False,
 
     Returns (path, entries written from the run, entries kept from before) per file."""
     groups: dict[tuple[str, str], dict[tuple[str, str, str], Entry]] = {}
-    per_run: dict[tuple, dict[str, Record]] = {}  # (suite, class, key, metric) -> {run id: record}
-    for r in records:
+    for r in combine_runs(records):  # several runs: the median run, with every run's value
         if r.status != "ok" or r.value is None or not r.suite or not r.device_class:
             continue
-        ents = groups.setdefault((r.suite, r.device_class), {})
         key = baseline_key(r)
-        ents.setdefault(key, Entry(r.model, r.spec, profile_of(r), r.technique, r.test_id, resolved=key[1]))
-        per_run.setdefault((r.suite, r.device_class, key, r.metric), {})[r.run_id] = r
-    for (suite, dc, key, metric), by_run in per_run.items():
-        runs = list(by_run.values())
-        r = median_run(runs)
-        groups[(suite, dc)][key].metrics[metric] = MetricBaseline(
-            r.value, bool(r.higher_is_better), default_tolerance(metric),
+        ent = groups.setdefault((r.suite, r.device_class), {}).setdefault(
+            key, Entry(r.model, r.spec, profile_of(r), r.technique, r.test_id, resolved=key[1]))
+        ent.metrics[r.metric] = MetricBaseline(
+            r.value, bool(r.higher_is_better), default_tolerance(r.metric),
             {k: float(v) for k, v in (r.spread or {}).items() if k in ("p10", "p90")}, r.unit, r.n,
-            baseline_samples(r.samples), [float(x.value) for x in runs] if len(runs) > 1 else [])
+            baseline_samples(r.samples), list(r.extra.get("runs", [])))
     paths = {key: baseline_path(root, *key) for key in groups}  # every name checked before any write
     olds = {key: load_baseline(p) if p.is_file() else BaselineFile(*key) for key, p in paths.items()}
     written = []
