@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -110,6 +111,26 @@ def build_config(cls: type[C], options: Mapping[str, Any], *, context: str = "")
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg or {})
+
+
+def _key_value(v: Any) -> str:
+    return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+_PY_LITERAL = re.compile(r"=(True|False|None)\b")
+
+
+def normalize_key(key: str) -> str:
+    """A resolved key with Python's ``True``/``False``/``None`` spelled as ``resolved_key``
+    spells them (keys written before one function formatted them all: nested pipeline stages)."""
+    return _PY_LITERAL.sub(lambda m: "=" + m.group(1).lower(), key)
+
+
+def resolved_key(technique: str, config: Mapping[str, Any], version: int) -> str:
+    """The full resolved config and config version of a technique, the key a baseline entry
+    is matched by (``rtn:bits=4,group=128,sym=true@v1``): the one place it is formatted."""
+    body = ",".join(f"{k}={_key_value(v)}" for k, v in sorted(config.items()))
+    return normalize_key(f"{technique}:{body}@v{version}" if body else f"{technique}@v{version}")
 
 
 def config_to_spec(name: str, cfg: Any) -> str:
