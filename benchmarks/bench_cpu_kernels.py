@@ -1,5 +1,5 @@
 """CPU kernels behind the packed formats (issue 13): per-layer speed-ups and error on
-2048x5632 shapes, end-to-end decode and prefill on harness-speed. Writes docs/cpu-kernels.md.
+2048x5632 shapes, end-to-end decode and prefill on harness-speed. Writes docs/results/cpu-kernels.md.
 
 Method: 1 torch thread; every timing is paired with an fp32 timing taken right before it
 (interleaved), the ratio of the pair is one sample, and tables show the median over rounds
@@ -231,7 +231,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--out", default=str(ROOT / "docs" / "cpu-kernels.md"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "cpu-kernels.md"))
     a = ap.parse_args()
     rounds = a.rounds or (3 if a.quick else 7)
     torch.set_num_threads(1)

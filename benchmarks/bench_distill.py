@@ -1,7 +1,7 @@
 """Distillation and efficient-architecture benchmark (issue 14): students, distillation
 losses, GQA conversion and the decode speed of half-depth students. Every figure comes
 from the one compress -> evaluate path (``harness.evaluation.compress_and_measure``) and
-is measured in this run; writes docs/distillation.md.
+is measured in this run; writes docs/results/distillation.md.
 
     .venv/bin/python benchmarks/bench_distill.py                 # full (about 20 min on 2 cores)
     .venv/bin/python benchmarks/bench_distill.py --steps 20 --out /tmp/d.md   # smoke run
@@ -354,7 +354,7 @@ def _hidden_note(ppl: dict[str, float], lh: float, d: float) -> str:
 
 def render(a, ppl, cos, g, sp, causal_md, enc_md, gqa_md, speed_md, total_s: float, host: str,
            diag: tuple[str, dict[str, list[float]]] | None = None) -> str:
-    """docs/distillation.md: the targets with their measured verdicts, then the tables."""
+    """docs/results/distillation.md: the targets with their measured verdicts, then the tables."""
     d, ce_t, ce_r = ppl["distilled: logits"], ppl["teacher init, CE only (no teacher)"], \
         ppl["random init, CE only (no teacher)"]
     lh = ppl["distilled: logits+hidden"]
@@ -441,7 +441,7 @@ def main() -> None:
     ap.add_argument("--enc-steps", type=int, default=100)
     ap.add_argument("--gqa-steps", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "distillation.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "distillation.md")
     ap.add_argument("--only", choices=["hidden-diag", "suite-times"], default=None,
                     help="one section only: hidden-diag prints its table (writes nothing); suite-times "
                          "replaces that section of --out")

@@ -1,4 +1,4 @@
-"""Can a CI trust the verdicts? False-alarm and detection rates -> docs/gating.md.
+"""Can a CI trust the verdicts? False-alarm and detection rates -> docs/results/gating.md.
 
     .venv/bin/python benchmarks/bench_gating.py [--runs 3] [--baselines baselines]
 
@@ -37,7 +37,7 @@ from harness.report.summary import summarize
 from harness.techniques.base import TECHNIQUES
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "docs" / "gating.md"
+OUT = ROOT / "docs" / "results" / "gating.md"
 MARK = "<!-- hand-written below -->"
 HARNESS = [str(Path(sys.executable).parent / "harness")]
 

@@ -1,6 +1,6 @@
-"""Triton kernel and end-to-end GPU figures -> docs/gpu-results.md (needs a CUDA GPU).
+"""Triton kernel and end-to-end GPU figures -> docs/results/gpu-results.md (needs a CUDA GPU).
 
-    .venv/bin/python benchmarks/bench_kernels.py [--out docs/gpu-results.md] [--quick] [--no-e2e]
+    .venv/bin/python benchmarks/bench_kernels.py [--out docs/results/gpu-results.md] [--quick] [--no-e2e]
 
 1. Kernel micro-benchmark (``harness.measure.kernel_bench``): fp16 ``torch.matmul`` vs the W4A16,
    W8A16 and CALDERA Q(2-bit) + L R (r = 64) kernels at M = 1 on 4096x4096 and
@@ -27,7 +27,7 @@ import torch
 
 from harness.measure import gpu, kernel_bench
 
-OUT = Path(__file__).resolve().parent.parent / "docs" / "gpu-results.md"
+OUT = Path(__file__).resolve().parent.parent / "docs" / "results" / "gpu-results.md"
 
 
 def kernel_rows(quick: bool) -> tuple[list[dict], dict]:

@@ -1,7 +1,7 @@
 """Low-rank and sharing benchmark: perplexity and bits on harness-tiny (SVD / ASVD /
 SVD-LLM at 20% and 40% reduction, CALDERA vs RTN/GPTQ at ~2-2.5 bits, LoRA-tuned vs
 un-tuned CALDERA, sharing), CPU prefill speed-up of low-rank layers on harness-speed.
-Prints the tables and writes docs/lowrank.md (everything measured side by side in this
+Prints the tables and writes docs/results/lowrank.md (everything measured side by side in this
 one run).
 
     .venv/bin/python benchmarks/bench_lowrank.py             # everything (~10-20 min on 2 cores)
@@ -258,7 +258,7 @@ model's on 64 validation paragraphs (1.0 = unchanged).
 
 {sp_text}
 {NOTES}"""
-    out = ROOT / "docs" / "lowrank.md"
+    out = ROOT / "docs" / "results" / "lowrank.md"
     out.write_text(doc)
     print(doc)
     print(f"wrote {out}")

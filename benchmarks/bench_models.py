@@ -1,4 +1,4 @@
-"""Reference figures of the embedded models on this machine -> docs/models.md.
+"""Reference figures of the embedded models on this machine -> docs/results/models.md.
 
     .venv/bin/python benchmarks/bench_models.py
 
@@ -19,7 +19,7 @@ from harness.config import LatencyConfig
 from harness.evaluation import EvalContext, evaluate
 from harness.measure.environment import device_class, fingerprint
 
-OUT = Path(__file__).resolve().parent.parent / "docs" / "models.md"
+OUT = Path(__file__).resolve().parent.parent / "docs" / "results" / "models.md"
 HAND_WRITTEN = "\n<!-- hand-written below: kept by bench_models.py -->\n"
 
 

@@ -1,4 +1,4 @@
-"""Pipelines and search benchmark (issue 15): writes docs/pipelines.md from three sections,
+"""Pipelines and search benchmark (issue 15): writes docs/results/pipelines.md from three sections,
 each a module with ``run(quick: bool) -> str`` returning Markdown:
 
 - ``chain``  (``pipelines_chain.py``): a named pipeline >= 8x smaller than fp32 at <= +10%
@@ -61,7 +61,7 @@ def replace_section(doc: str, name: str, body: str) -> str:
     b, e = begin(name), end(name)
     if doc.count(b) != 1 or doc.count(e) != 1 or doc.index(b) > doc.index(e):
         if b in doc or e in doc:
-            raise ValueError(f"docs/pipelines.md: the markers of section {name!r} are damaged; fix them by hand")
+            raise ValueError(f"docs/results/pipelines.md: the markers of section {name!r} are damaged; fix them by hand")
         doc = doc.rstrip("\n") + f"\n\n## {TITLES.get(name, name)}\n\n{b}\n{e}\n"
     head, rest = doc.split(b, 1)
     _, tail = rest.split(e, 1)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--section", choices=SECTIONS, action="append",
                     help="run only this section (repeatable); default: every section")
     ap.add_argument("--quick", action="store_true", help="the sections' smoke settings (minutes)")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "pipelines.md"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "pipelines.md"))
     a = ap.parse_args(argv)
     out = Path(a.out)
     for name in a.section or SECTIONS:

@@ -1,6 +1,6 @@
 """Pruning benchmark: accuracy on harness-tiny, storage of sparse formats, structured
 decode speed-up on harness-speed, 2:4 kernels on a GPU. Prints the tables and writes
-docs/pruning.md (all numbers measured side by side in this one run).
+docs/results/pruning.md (all numbers measured side by side in this one run).
 
     .venv/bin/python benchmarks/bench_pruning.py            # everything
     .venv/bin/python benchmarks/bench_pruning.py --no-speed # skip harness-speed timing
@@ -201,7 +201,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 keeps timings stable on a shared machine)")
     ap.add_argument("--speed-only", action="store_true", help="only the structured speed table (no doc)")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "pruning.md"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "pruning.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()

@@ -1,6 +1,6 @@
 """Quantization benchmark: accuracy / size / compression cost on harness-tiny, dynamic-int8
 decode speed on harness-speed, KV-cache memory. Prints the tables and writes
-docs/quantization.md (every number measured side by side in this one run).
+docs/results/quantization.md (every number measured side by side in this one run).
 
     .venv/bin/python benchmarks/bench_quantization.py              # everything
     .venv/bin/python benchmarks/bench_quantization.py --quick      # fewer rows, no QAT
@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--calib-n", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(ROOT / "docs" / "quantization.md"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "quantization.md"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     grid = GRID[:3] + GRID[5:6] if a.quick else GRID

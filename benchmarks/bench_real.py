@@ -2,7 +2,7 @@
 perplexity loss beside the paper's loss on Llama, the bundled cloze task's accuracy, and
 what each compression cost (wall time, peak memory) on this machine; plus GPTQ against RTN
 on text of another domain, calibrated in-domain and out-of-domain, for ``minilm-l6`` and
-``smollm2-135m``. Writes ``docs/real-model.md`` (the tables above its hand-written notes).
+``smollm2-135m``. Writes ``docs/results/real-model.md`` (the tables above its hand-written notes).
 
 The CPU may be shared and the runs are long, so the benchmark is resumable: each job
 (a technique on a model) runs in its own process, one at a time, and appends one JSON line
@@ -194,7 +194,7 @@ def drop_results(ids: set[str]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--doc-only", action="store_true", help="only rewrite docs/real-model.md from the results")
+    ap.add_argument("--doc-only", action="store_true", help="only rewrite docs/results/real-model.md from the results")
     ap.add_argument("--only", default=None, help="regex over job ids (e.g. 'main|gptq' or 'domain')")
     ap.add_argument("--redo", action="append", default=[], help="drop these specs' results first (repeatable)")
     ap.add_argument("--cloze", type=int, default=0, metavar="N",
@@ -245,7 +245,7 @@ def main() -> None:
                                    if k in r), flush=True)
     from bench_real_doc import write_doc
 
-    write_doc(load_results(), ROOT / "docs" / "real-model.md")
+    write_doc(load_results(), ROOT / "docs" / "results" / "real-model.md")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Tables of ``docs/real-model.md`` from ``bench_real``'s results (split out to keep each
+"""Tables of ``docs/results/real-model.md`` from ``bench_real``'s results (split out to keep each
 script short). Everything above the ``<!-- hand-written below -->`` marker is regenerated;
 the notes below it are kept."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Section ``chain`` of docs/pipelines.md: a named pipeline on harness-tiny that is >= 8x
+"""Section ``chain`` of docs/results/pipelines.md: a named pipeline on harness-tiny that is >= 8x
 smaller than the fp32 model (serialized bytes: every file of the saved checkpoint) at
 <= +10% validation perplexity, what each stage contributes, and the best single technique
 at the same size.

@@ -1,4 +1,4 @@
-"""Section ``mixed`` of docs/pipelines.md: per-layer mixed precision (``mixed:``) against
+"""Section ``mixed`` of docs/results/pipelines.md: per-layer mixed precision (``mixed:``) against
 uniform 3-bit GPTQ at the same *measured* bits/param, on harness-tiny (and smollm2-135m in
 the full run when its extra is installed).
 

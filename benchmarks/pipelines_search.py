@@ -1,8 +1,8 @@
-"""Search section of docs/pipelines.md (issue 15): a budgeted ``harness search`` on
+"""Search section of docs/results/pipelines.md (issue 15): a budgeted ``harness search`` on
 harness-tiny against every single-technique point of the default suite (quick profile),
 its chart, and an interrupted + resumed search against an uninterrupted one (same seed,
 same trial count). ``run(quick) -> str`` returns the Markdown; ``benchmarks/bench_pipelines.py
---section search`` puts it into docs/pipelines.md, or run this file alone:
+--section search`` puts it into docs/results/pipelines.md, or run this file alone:
 
     .venv/bin/python benchmarks/pipelines_search.py --quick            # a few minutes
     .venv/bin/python benchmarks/pipelines_search.py --out /tmp/s.md    # the 20-minute search
@@ -24,7 +24,7 @@ from pathlib import Path
 from _common import table
 
 ROOT = Path(__file__).resolve().parents[1]
-PNG = ROOT / "docs" / "pipelines-search.png"
+PNG = ROOT / "docs" / "results" / "pipelines-search.png"
 HARNESS = [sys.executable, "-c", "import sys; from harness.cli import main; sys.exit(main(sys.argv[1:]))"]
 ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
 

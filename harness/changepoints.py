@@ -1,6 +1,6 @@
 """Change points in nightly history: where a (model, technique, metric) series stepped.
 
-Method (documented in docs/gating.md, false-alarm rate measured there):
+Method (documented in docs/results/gating.md, false-alarm rate measured there):
 
 1. The noise scale of a series is estimated robustly from its first differences,
    ``sigma = 1.4826 * MAD(diff) / sqrt(2)``: a step moves one difference only, so the scale

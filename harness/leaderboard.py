@@ -4,7 +4,7 @@ An *entry* is (model, spec, profile, device class): rankings never mix device cl
 or measurement profiles. Ingesting a run is idempotent (a run's rows are keyed by its
 run id). Each ranking uses an entry's latest run; the history keeps every run.
 
-Cost-efficiency score (see docs/reports.md)::
+Cost-efficiency score (see docs/guide/reports.md)::
 
     score = accuracy_retained x size_reduction / compute_cost
     accuracy_retained = ppl_ref / ppl            (ppl.window; encoders: fidelity.cosine)

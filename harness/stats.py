@@ -175,7 +175,7 @@ def decide(change: Interval, allowed: float) -> tuple[str, str]:
     excluded); ``inconclusive``: neither, with the samples that would decide (the interval
     narrows as 1/sqrt(n)). Requiring the *whole* interval beyond the tolerance instead makes
     the effective threshold tolerance + 2 sd: on a noisy host a 13% speed-up loss against a
-    10% tolerance was never flagged (docs/gating.md)."""
+    10% tolerance was never flagged (docs/results/gating.md)."""
     if change.est > allowed and change.lo > 0:
         return "regressed", "" if change.lo > allowed else "beyond the tolerance by its estimate, and a real change"
     if change.est < -allowed and change.hi < 0:

@@ -7,7 +7,7 @@ with ``harness run suites/test_real.py`` or ``pytest suites/test_real.py`` (long
 2 CPU cores; select tests by node id to narrow it). The evaluation budget is
 ``--harness-max-tokens`` if given, else 8,192 tokens of the validation split
 (``ppl.window``, window 128). ``benchmarks/bench_real.py`` measures the same list and writes
-``docs/real-model.md``; the figures, and why each ordering holds or not, are there.
+``docs/results/real-model.md``; the figures, and why each ordering holds or not, are there.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ SPECS = [
     "svd:reduction=0.4", "asvd:reduction=0.4", "svd-llm:reduction=0.4",
     CALDERA24, "caldera", "gptq:bits=2,group=128,sym=false", "dynamic-int8",
 ]
-# (better, worse): the orderings of the literature's Llama tables (docs/real-model.md).
+# (better, worse): the orderings of the literature's Llama tables (docs/results/real-model.md).
 ORDERINGS = [
     (f"gptq:{A3}", f"rtn:{A3}"), ("gptq:bits=3,sym=false", "rtn:bits=3,sym=false"), (f"awq:{A3}", f"rtn:{A3}"),
     ("wanda:sparsity=0.5", "magnitude:sparsity=0.5"), ("sparsegpt:sparsity=0.5", "magnitude:sparsity=0.5"),
@@ -39,7 +39,7 @@ ORDERINGS = [
     pytest.param(CALDERA24, f"gptq:{A2}", marks=pytest.mark.xfail(
         strict=False, reason="measured 2.40e5 vs 9.22e4: scalar 2-bit Q without the paper's incoherence processing "
                              "and lattice codebook is broken on this model, and g64 groups are worth more than "
-                             "rank-16 factors (docs/real-model.md)")),
+                             "rank-16 factors (docs/results/real-model.md)")),
     (CALDERA24, "gptq:bits=2,group=128,sym=false"),  # CALDERA against its own backbone alone
     (f"gptq:{A2}", f"rtn:{A2}"),
 ]

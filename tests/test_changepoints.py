@@ -25,7 +25,7 @@ def test_noise_alone_and_a_step_below_tolerance_are_not_steps():
     for seed in range(200):
         g = np.random.default_rng(seed)
         false += bool(cp.change_points(list(10 * (1 + 0.05 * g.standard_normal(30))), 0.10))
-    assert false <= 4  # measured false-alarm rate: docs/gating.md
+    assert false <= 4  # measured false-alarm rate: docs/results/gating.md
     g = np.random.default_rng(1)
     x = list(10 * (1 + 0.005 * g.standard_normal(30)))
     x[15:] = [v * 1.05 for v in x[15:]]  # clear, but under the 10% tolerance

@@ -26,7 +26,7 @@ def test_defaults_cover_every_issue_metric_and_na_has_reasons(tiny_lm):
 
 
 def test_two_perplexity_protocols_agree_within_documented_tolerance(tiny_lm):
-    """docs/measurement.md: lm-eval's rolling protocol scores each document's first
+    """docs/guide/measurement.md: lm-eval's rolling protocol scores each document's first
     token without context, so it is a few percent above the window protocol."""
     recs = {r.metric: r.value for r in evaluate(tiny_lm, metrics=["ppl.window", "ppl.lm_eval"],
                                                 ctx=EvalContext(eval=EvalConfig(window=128)))}

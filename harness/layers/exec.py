@@ -9,7 +9,7 @@ remade when a stored buffer changes (load_state_dict, ``.to()``). Derived tensor
 *non-persistent buffers* named ``_kc_*``: they never enter ``state_dict`` or a saved
 checkpoint, but ``memory.model_mb`` counts them, so a dense cache costs what it costs.
 
-Paths (measured in ``docs/cpu-kernels.md``):
+Paths (measured in ``docs/results/cpu-kernels.md``):
 
 - ``int4pack-bf16``: QuantLinear 2/3/4-bit, group 32..256 or per channel (``harness.kernels.cpu``);
 - ``int8pack-bf16``: QuantLinear 8-bit per channel (sym or asym); W8A8Linear with its int8
@@ -252,7 +252,7 @@ def _quant(m) -> Plan:
 def _codebook(m) -> Plan:
     """Non-uniform levels fit no integer kernel as they are: the dequantized weight is
     re-quantized once to int8 per output channel (an extra rounding of at most 1/254 of the
-    row's largest weight, in the error column of docs/cpu-kernels.md) for the int8pack kernel;
+    row's largest weight, in the error column of docs/results/cpu-kernels.md) for the int8pack kernel;
     a dense-bf16 cache where that kernel refuses the shape."""
     why = {"int4pack-bf16": "non-uniform codebook levels are not (q - z) * s"}
     reason = cpu.int8pack_why_not(m.out_features, m.in_features) or cpu.bf16_supported_reason()

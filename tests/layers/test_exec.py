@@ -3,7 +3,7 @@ torch reference, and that kernel layouts never touch the stored state.
 
 Tolerance: the kernels take bf16 activations and bf16 scales/zeros and return a bf16 result,
 so each output carries a few bf16 roundings (2**-8 relative each). Per layer we allow 2% of
-the output's max magnitude; measured errors are 0.3-0.5% (docs/cpu-kernels.md).
+the output's max magnitude; measured errors are 0.3-0.5% (docs/results/cpu-kernels.md).
 """
 from __future__ import annotations
 

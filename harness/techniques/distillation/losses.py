@@ -29,7 +29,7 @@ teacher outputs on the same tokens:
   ``relation_states=false`` gives MiniLM's two terms alone. All three map the teacher's
   last block onto the student's last: a student that keeps the teacher's last block
   (``select=spread`` or ``angular``) is what this assumes; on minilm-l6 -> 3 layers it is
-  the difference between losing and gaining embedding cosine (docs/distillation.md).
+  the difference between losing and gaining embedding cosine (docs/results/distillation.md).
 """
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ class CalderaConfig:
     damp: float = 0.01
     init: Literal["zero", "svd", "best"] = "svd"
     lora_steps: int = 0
-    lora_lr: float = 3e-4  # best of {1e-4, 3e-4, 1e-3, 3e-3} on harness-tiny (docs/lowrank.md)
+    lora_lr: float = 3e-4  # best of {1e-4, 3e-4, 1e-3, 3e-3} on harness-tiny (docs/results/lowrank.md)
     lora_batch: int = 4
     lora_loss: Literal["kl", "ce"] = "kl"
 

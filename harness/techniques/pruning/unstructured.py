@@ -73,7 +73,7 @@ class ScopedSparsityConfig(SparsityConfig):
 @dataclass(frozen=True)
 class GradientSparsityConfig(ScopedSparsityConfig):
     """Taylor/OBD options; scope defaults to per-output-row comparison, which measured
-    better than per-layer on harness-tiny (docs/pruning.md), as Wanda found for LLMs."""
+    better than per-layer on harness-tiny (docs/results/pruning.md), as Wanda found for LLMs."""
 
     scope: Literal["layer", "row", "global"] = "row"
 

