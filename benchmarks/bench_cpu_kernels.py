@@ -256,7 +256,7 @@ def main() -> None:
 
 DOC = """# CPU kernels: what each packed format runs on CPU, and what it buys
 
-Written by `benchmarks/bench_cpu_kernels.py` (issue 13). Machine: {env}.
+Written by `.venv/bin/python benchmarks/bench_cpu_kernels.py` (issue 13). Machine: {env}.
 
 Issue 13's targets, from this run's medians (harness-speed, decode and prefill vs fp32):
 

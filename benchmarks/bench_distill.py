@@ -397,7 +397,7 @@ def render(a, ppl, cos, g, sp, causal_md, enc_md, gqa_md, speed_md, total_s: flo
                  f"layers {s8:.2f}x (ideal {i8:.2f}x) {_met(s8 >= 1.7)}.")
     return "\n".join([
         "# Distillation and efficient architecture", "",
-        "Written by `benchmarks/bench_distill.py`; every number below was measured in one run through "
+        "Written by `.venv/bin/python benchmarks/bench_distill.py`; every number below was measured in one run through "
         "`harness.evaluation.compress_and_measure` (the path `harness eval` and the suites use). "
         f"Host: {host}; total run {total_s / 60:.1f} min. The wall times (train s, compress s) are on "
         "2 CPU cores shared with other jobs running at the same time, so they are upper bounds.", "",

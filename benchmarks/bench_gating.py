@@ -149,7 +149,7 @@ def main() -> int:
     n = a.runs
     lines = [
         "# Gating: false-alarm and detection rates", "",
-        f"Measured by `benchmarks/bench_gating.py` on `{device_class()}` ({fp['cpu']}, {fp['cpu_cores']} cores, "
+        f"Measured by `.venv/bin/python benchmarks/bench_gating.py` on `{device_class()}` ({fp['cpu']}, {fp['cpu_cores']} cores, "
         f"torch {fp['torch']}) against the committed baseline `{a.baselines}/default/{device_class()}.json`, "
         f"quick profile. Planted changes come from `benchmarks/gating_plants.py` (a test-only plugin) on "
         f"`{spec}`. How the verdicts are decided: `harness/judge.py`, `harness/stats.py` and README "

@@ -80,7 +80,7 @@ def render(rows: list[dict], info: dict, e2e: list[tuple[str, list]] | None) -> 
     name = info.get("gpu") or info.get("gpu_torch_name")
     lines = [
         "# GPU results: Triton kernels and the end-to-end GPU path", "",
-        (f"Measured by `benchmarks/bench_kernels.py` on **{name}** "
+        (f"Measured by `.venv/bin/python benchmarks/bench_kernels.py` on **{name}** "
          f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC). Driver {info.get('driver')}, "
          f"CUDA driver {info.get('cuda_driver')}, runtime {info.get('cuda_runtime')}, "
          f"SM clock {info.get('sm_clock_mhz')} / max {info.get('sm_clock_max_mhz')} MHz, "

@@ -49,7 +49,7 @@ def main() -> int:
             print(f"{name:14} {r.metric:30} {fmt(r)}", flush=True)
     fp = fingerprint()
     lines = ["# Embedded models: reference figures", "",
-             f"Measured by `benchmarks/bench_models.py` on `{device_class()}` ({fp['cpu']}, "
+             f"Measured by `.venv/bin/python benchmarks/bench_models.py` on `{device_class()}` ({fp['cpu']}, "
              f"{fp['cpu_cores']} cores, torch {fp['torch']}, {fp['torch_threads']} threads). "
              "Latency: batch 1, 128-token prompt, 32 decode tokens, fp32.", ""]
     for name, load_s, recs in rows:

@@ -32,7 +32,7 @@ TITLES = {"chain": "A pipeline that is 8x smaller", "mixed": "Per-layer mixed pr
           "search": "Budgeted search: the Pareto frontier"}
 HEADER = """# Pipelines, mixed precision and search
 
-Written by `benchmarks/bench_pipelines.py` (one section per module: `pipelines_chain.py`,
+Written by `.venv/bin/python benchmarks/bench_pipelines.py` (one section per module: `pipelines_chain.py`,
 `pipelines_mixed.py`, `pipelines_search.py`); `--section NAME` re-measures one section and
 leaves the others as they are. Wall times were measured on a shared 2-core machine.
 """
