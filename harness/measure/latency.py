@@ -6,18 +6,34 @@ first token's logits and fills the KV cache (time to first token); *decode* is
 cache (time per output token = wall time of the decode loop / tokens). Encoders: one
 forward over a batch. Random prompts are seeded; every repeat uses a fresh cache.
 The torch thread count and the timer go into each record.
+
+Comparisons of two or more callables (benchmarks: dense against compressed, a kernel
+against fp32) go through ``ab_timing`` / ``interleaved_rounds``: ABBA rounds and per-round
+ratios, so the drift of a shared host cancels within a round.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from harness.config import LatencyConfig
+from harness.config import LatencyConfig, check
 from harness.measure.timing import Samples, Timer, sample, sample_paired
 from harness.records import Record
+
+
+Clock = Callable[[], float]
+
+
+def time_ms(fn: Callable[[], object], clock: Clock = time.perf_counter) -> float:
+    """Milliseconds ``clock`` advances over one call of ``fn``."""
+    t0 = clock()
+    fn()
+    return (clock() - t0) * 1e3
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -77,6 +93,22 @@ def greedy_decode(model: nn.Module, ids: torch.Tensor, steps: int, cache_factory
 
     timed = timer(loop) if timer else loop()
     return torch.cat(gen, 1), state["cache"], timed
+
+
+def decode_step_ms(model: nn.Module, ids: torch.Tensor, steps: int, *, cache_factory=None,
+                   clocks: Sequence[Clock] = (time.perf_counter,)) -> tuple[float, ...]:
+    """Milliseconds per cached step of ``greedy_decode`` (prefill untimed), one figure per
+    clock read around the same loop: ``(time.perf_counter, time.thread_time)`` gives wall
+    and this thread's CPU time of one decode, which on a shared host (one torch thread)
+    leaves out the time slices other jobs took."""
+    check(steps >= 1, f"steps={steps} must be >= 1")
+
+    def timer(loop: Callable[[], None]) -> tuple[float, ...]:
+        t0 = [c() for c in clocks]
+        loop()
+        return tuple((c() - s) * 1e3 / steps for c, s in zip(clocks, t0))
+
+    return greedy_decode(model, ids, steps, cache_factory, timer=timer)[2]
 
 
 def decode_with_cache(model: nn.Module, ids: torch.Tensor, n_tokens: int, cache_factory=None):
@@ -147,6 +179,76 @@ def measure_latency(model: nn.Module, kind: str = "causal-lm", cfg: LatencyConfi
         if "latency.decode_tok_s" in want:
             recs.append(_rec("latency.decode_tok_s", s, transform=lambda ms: cfg.batch * 1e3 / ms, ref=r, **ctx))
     return recs
+
+
+T = TypeVar("T")
+
+
+def interleaved_rounds(fns: Sequence[Callable[[], T]], *, rounds: int, warmup: int = 1,
+                       on_round: Callable[[int, list[T]], None] | None = None) -> list[list[T]]:
+    """Call every ``fn`` once per round for ``rounds`` rounds, after ``warmup`` unrecorded
+    rounds, in ABBA order (first to last on even rounds, last to first on odd ones, as
+    ``sample_paired``), so a host that drifts during the run, or a cache one side warms
+    for the next, hits every side alike. Returns what each call returned, [side][round];
+    ``on_round(r, results of round r)`` runs after each recorded round (progress lines)."""
+    check(len(fns) >= 2, f"fns={fns!r}: need at least two callables to interleave")
+    for i, f in enumerate(fns):
+        check(callable(f), f"fns[{i}]={f!r} is not callable")
+    check(isinstance(rounds, int) and rounds >= 1, f"rounds={rounds!r} must be an int >= 1")
+    check(isinstance(warmup, int) and warmup >= 0, f"warmup={warmup!r} must be an int >= 0")
+    out: list[list[T]] = [[] for _ in fns]
+    for r in range(-warmup, rounds):
+        order = range(len(fns)) if r % 2 == 0 else range(len(fns) - 1, -1, -1)
+        got = {i: fns[i]() for i in order}
+        if r >= 0:
+            for i in range(len(fns)):
+                out[i].append(got[i])
+            if on_round:
+                on_round(r, [got[i] for i in range(len(fns))])
+    return out
+
+
+@dataclass(frozen=True)
+class ABTiming:
+    """Interleaved timings, ms [side][round]. Ratios are per round, ``base`` over ``side``
+    (the speed-up of ``side`` when ``base`` is the reference): both were timed in the same
+    round, so the ratio is immune to drift between rounds, which a ratio of medians is not."""
+
+    samples: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def of(cls, samples: Sequence[Sequence[float]]) -> ABTiming:
+        return cls(tuple(tuple(float(v) for v in side) for side in samples))
+
+    @property
+    def medians(self) -> tuple[float, ...]:
+        return tuple(Samples(list(side)).median for side in self.samples)
+
+    def ratios(self, side: int = 1, base: int = 0) -> list[float]:
+        return [b / s for b, s in zip(self.samples[base], self.samples[side])]
+
+    def ratio(self, side: int = 1, base: int = 0) -> float:
+        """Median of the per-round ratios."""
+        return Samples(self.ratios(side, base)).median
+
+    def interval(self, side: int = 1, base: int = 0, lo: float = 0.1, hi: float = 0.9) -> tuple[float, float]:
+        """Percentiles (default p10, p90) of the per-round ratios: their spread, no bootstrap."""
+        s = Samples(self.ratios(side, base))
+        return s.quantile(lo), s.quantile(hi)
+
+
+def ab_timing(fns: Sequence[Callable[[], object]], *, rounds: int, warmup: int = 1,
+              clock: Clock = time.perf_counter) -> ABTiming:
+    """Time two or more zero-argument callables in interleaved ABBA rounds
+    (``interleaved_rounds``), each call read by ``clock`` (``time.thread_time`` leaves out
+    other jobs' time slices on a shared host). ``ab_timing([dense, pruned], rounds=8).ratio()``
+    is the pruned model's speed-up: the median of per-round ratios, ``.interval()`` their p10-p90."""
+    def timed(f: Callable[[], object]) -> Callable[[], float]:
+        return lambda: time_ms(f, clock)
+
+    for i, f in enumerate(fns):
+        check(callable(f), f"fns[{i}]={f!r} is not callable")
+    return ABTiming.of(interleaved_rounds([timed(f) for f in fns], rounds=rounds, warmup=warmup))
 
 
 def speedup(reference: Record, candidate: Record) -> float:

@@ -76,3 +76,82 @@ def test_interleaved_reference_rounds_pair_into_per_round_speedups(llama):
     # Without rounds of the reference the ratio is of the two values, labelled as such.
     plain = derive("latency.speedup_prefill", Record("latency.prefill_ms", 2.0), Record("latency.prefill_ms", 3.0))
     assert plain.value == pytest.approx(1.5) and plain.extra["pairing"] == "separate runs"
+
+
+def _spin(seconds: float):
+    """Busy-wait ``seconds`` of wall time (sleep's granularity would blur a 2x factor)."""
+    import time
+
+    def f() -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+    return f
+
+
+def _work(n: int):
+    """``n`` units of pure-Python CPU work: twice the n, twice the thread time."""
+    def f() -> int:
+        return sum(i * i for i in range(n))
+    return f
+
+
+def test_ab_timing_median_ratio_lands_on_the_known_cost_factor():
+    import time
+
+    from harness.measure.latency import ab_timing
+
+    t = ab_timing([_spin(0.004), _spin(0.002)], rounds=7)
+    assert len(t.samples) == 2 and all(len(s) == 7 for s in t.samples)
+    assert t.medians[0] == pytest.approx(4.0, rel=0.25) and t.medians[1] == pytest.approx(2.0, rel=0.25)
+    assert t.ratio() == pytest.approx(2.0, rel=0.1)
+    lo, hi = t.interval()
+    assert lo <= t.ratio() <= hi and len(t.ratios()) == 7
+    cpu = ab_timing([_work(40_000), _work(80_000)], rounds=7, clock=time.thread_time)
+    assert cpu.ratio() == pytest.approx(0.5, rel=0.25)  # base over side: the 2x side is half as fast
+
+
+def test_interleaved_rounds_run_abba_after_warmup_and_return_per_side_results():
+    from harness.measure.latency import interleaved_rounds
+
+    calls: list[str] = []
+
+    def side(name: str):
+        return lambda: calls.append(name) or name
+
+    out = interleaved_rounds([side("A"), side("B")], rounds=4, warmup=0)
+    assert "".join(calls) == "ABBAABBA" and out == [["A"] * 4, ["B"] * 4]
+    calls.clear()
+    seen = []
+    interleaved_rounds([side("A"), side("B"), side("C")], rounds=2, warmup=1,
+                       on_round=lambda r, got: seen.append((r, got)))
+    assert "".join(calls)[3:] == "ABCCBA" and len(calls) == 9  # 3 warm-up calls first, unrecorded
+    assert seen == [(0, ["A", "B", "C"]), (1, ["A", "B", "C"])]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"fns": [lambda: 0, lambda: 0], "rounds": 0}, r"^rounds=0 must be"),
+    ({"fns": [lambda: 0, lambda: 0], "rounds": 2, "warmup": -1}, r"^warmup=-1 must be"),
+    ({"fns": [lambda: 0, "not a function"], "rounds": 2}, r"^fns\[1\]='not a function' is not callable"),
+    ({"fns": [lambda: 0], "rounds": 2}, r"need at least two callables"),
+])
+def test_ab_timing_refuses_bad_arguments_in_one_line(kwargs, match):
+    from harness.measure.latency import ab_timing
+
+    with pytest.raises(ValueError, match=match) as e:
+        ab_timing(**kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_decode_step_ms_reads_every_clock_around_the_same_cached_steps(llama):
+    import time
+
+    import torch
+
+    from harness.measure.latency import decode_step_ms
+
+    ids = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(0))
+    wall, cpu = decode_step_ms(llama, ids, 4, clocks=(time.perf_counter, time.thread_time))
+    assert wall > 0 and cpu > 0
+    with pytest.raises(ValueError, match="^steps=0 must be"):
+        decode_step_ms(llama, ids, 0)
