@@ -25,7 +25,6 @@ from harness.config import LatencyConfig, check
 from harness.measure.timing import Samples, Timer, sample, sample_paired
 from harness.records import Record
 
-
 Clock = Callable[[], float]
 
 
