@@ -51,6 +51,37 @@ def _output_head(model: nn.Module) -> nn.Module | None:
         return None
 
 
+def _weight_tensors(mod: nn.Module) -> tuple[list[torch.Tensor], int]:
+    """A linear layer's stored weight tensors (a compressed layer: every tensor but its
+    bias) and the dense weight count they stand for."""
+    if isinstance(mod, CompressedModule):
+        return ([t for n, t in mod.state_dict(keep_vars=True).items() if n.split(".")[-1] != "bias"],
+                mod.logical_params())
+    w = linear_weight(mod)
+    return [w], w.numel()
+
+
+def linear_params(model: nn.Module) -> int:
+    """Weights of every dense linear layer (nn.Linear, Conv1D; the LM head included), each
+    layer on its own: the multiply-adds per token of a model whose linears are dense, e.g.
+    the ideal speed-up of structured pruning or a shallower student is before / after."""
+    return sum(linear_weight(m).numel() for m in model.modules() if is_linear(m))
+
+
+def layer_bits(model: nn.Module, names: list[str]) -> tuple[float, float]:
+    """(stored bits per dense weight, stored parameters per dense weight) over the named
+    linear layers, each counted on its own: a weight two layers share (share-layers) counts
+    twice here, once in ``weight_storage`` and size.bytes."""
+    bits = logical = params = 0
+    for n in names:
+        mod = model.get_submodule(n)
+        tensors, dense = _weight_tensors(mod)
+        bits += sum(t.numel() * t.element_size() * 8 for t in tensors)
+        logical += dense
+        params += mod.stored_params() if isinstance(mod, CompressedModule) else dense
+    return bits / logical, params / logical
+
+
 def weight_storage(model: nn.Module) -> tuple[int, int]:
     """(stored bits, dense-equivalent weight count) over the linear layers of the
     transformer blocks, shared tensors once. The output head is excluded, like the
@@ -63,14 +94,10 @@ def weight_storage(model: nn.Module) -> tuple[int, int]:
     for mod in model.modules():
         if mod is head and head is not None and not isinstance(head, CompressedModule):
             continue
-        if isinstance(mod, CompressedModule):
-            tensors = [t for n, t in mod.state_dict(keep_vars=True).items() if n.split(".")[-1] != "bias"]
-            logical += mod.logical_params()
-        elif is_linear(mod):
-            tensors = [linear_weight(mod)]
-            logical += tensors[0].numel()
-        else:
+        if not (isinstance(mod, CompressedModule) or is_linear(mod)):
             continue
+        tensors, dense = _weight_tensors(mod)
+        logical += dense
         for t in tensors:
             key = (t.data_ptr(), tuple(t.shape))
             if key in counted:

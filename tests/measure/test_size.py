@@ -61,3 +61,31 @@ def test_uncompressed_output_head_is_outside_bits_per_param(llama):
     res = harness.compress(llama, "rtn:bits=4,group=32")
     bits = {r.metric: r.value for r in measure_size(res.model)}["size.bits_per_param"]
     assert 4 < bits <= 4 + 16 / 32 + 0.01  # codes + one fp16 scale per 32 weights; fp32 lm_head excluded
+
+
+def test_linear_params_counts_every_dense_linear_weight_per_layer():
+    from harness.measure.size import linear_params
+
+    class WithHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = Two()
+            self.body.b.weight = self.body.a.weight  # one tensor, two layers: multiplied twice per token
+            self.head = nn.Linear(32, 10)  # bias not counted
+            self.norm = nn.LayerNorm(32)
+
+    assert linear_params(WithHead()) == 2 * 64 * 32 + 32 * 10
+    assert linear_params(Two(shared=True)) == 64 * 32  # one module under two names: one layer
+    assert linear_params(nn.Sequential(nn.LayerNorm(4))) == 0
+
+
+def test_layer_bits_of_named_layers_counts_shared_weights_again(llama):
+    import harness
+    from harness.measure.size import layer_bits
+
+    assert layer_bits(Two(shared=True), ["a", "b"]) == (32.0, 1.0)
+    assert layer_bits(Two(dtype=torch.float16), ["a"]) == (16.0, 1.0)
+    res = harness.compress(llama, "rtn:bits=4,group=32")
+    names = [n for n, m in res.model.named_modules() if type(m).__name__ == "QuantLinear"]
+    bits, kept = layer_bits(res.model, names)
+    assert bits == pytest.approx(4 + 16 / 32) and kept == pytest.approx(1.0, abs=0.1)
