@@ -11,18 +11,16 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import torch
-from _common import table
+from _common import splice, table, write_doc
 
 import harness
 from harness.evaluation import compress_and_measure
-from harness.layers.base import is_linear, linear_weight
-from harness.measure.latency import greedy_decode
-from harness.paths import atomic_write
+from harness.measure.latency import ABTiming, decode_step_ms, interleaved_rounds
+from harness.measure.size import linear_params
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["train.steps", "train.tokens", "train.wall_s", "train.loss_first", "train.loss_last"]
@@ -239,13 +237,12 @@ def gqa(steps: int, batch: int) -> tuple[str, dict[str, float]]:
     return md, out
 
 
-def linear_params(model: torch.nn.Module) -> int:
-    return sum(linear_weight(m).numel() for m in model.modules() if is_linear(m))
-
-
 def speed(layers: int, rounds: int) -> tuple[str, float, float]:
-    """Decode ms/token (thread CPU time, one torch thread) of a ``layers``-block model with
-    harness-speed's layer shapes and of its half-depth student."""
+    """Decode ms/token of a ``layers``-block model with harness-speed's layer shapes and of its
+    half-depth student: this thread's CPU time (``time.thread_time``, one torch thread, so
+    the time slices other jobs take on a shared host do not count) of 16 cached steps after
+    an untimed 32-token prefill, the two interleaved over ``rounds`` ABBA rounds after one
+    warm-up round; speed-up = ratio of the medians."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from harness.models.zoo import SPEED_CONFIG
@@ -256,26 +253,17 @@ def speed(layers: int, rounds: int) -> tuple[str, float, float]:
     ids = torch.randint(0, 32000, (1, 32), generator=torch.Generator().manual_seed(0))
 
     def cpu_ms(model) -> float:
-        def t(loop):
-            c0 = time.thread_time()
-            loop()
-            return (time.thread_time() - c0) * 1e3 / 16
-        return greedy_decode(model, ids, 16, timer=t)[2]
+        return decode_step_ms(model, ids, 16, clocks=(time.thread_time,))[0]
 
     with torch.no_grad():
-        cpu_ms(teacher), cpu_ms(student)
-        a, b = [], []
-        for _ in range(rounds):
-            a.append(cpu_ms(teacher))
-            b.append(cpu_ms(student))
-    ta, tb = statistics.median(a), statistics.median(b)
+        ta, tb = ABTiming.of(interleaved_rounds([lambda: cpu_ms(teacher), lambda: cpu_ms(student)],
+                                                rounds=rounds)).medians
     ideal = linear_params(teacher) / linear_params(student)
     md = f"| {layers} -> {layers // 2} | {ta:.1f} | {tb:.1f} | {ta / tb:.2f}x | {ideal:.2f}x |"
     return md, ta / tb, ideal
 
 
 SUITE_TECHNIQUES = ("student", "distill", "gqa", "drop-layers")
-SUITE_BEGIN, SUITE_END = "<!-- suite-times -->", "<!-- /suite-times -->"
 
 
 def suite_times(threads: int = 2) -> str:
@@ -304,19 +292,11 @@ def suite_times(threads: int = 2) -> str:
     finally:
         torch.set_num_threads(old)
     return "\n".join([
-        SUITE_BEGIN, f"## Suite specs: wall time on {threads} cores", "",
+        f"## Suite specs: wall time on {threads} cores", "",
         f"`compress` of harness-tiny with each suite spec, {threads} torch threads, the suites' calibration "
         f"(`--only suite-times` reruns just this table; host: {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}). The target is under 30 s per spec.", "",
-        table(["spec", "profile", "wall s", "compress s (recorded)", "< 30 s"], rows), SUITE_END])
-
-
-def _splice_suite_times(doc: str, section: str) -> str:
-    """``doc`` with its suite-times section replaced by ``section`` (appended if absent)."""
-    if SUITE_BEGIN in doc and SUITE_END in doc:
-        head, rest = doc.split(SUITE_BEGIN, 1)
-        return head + section + rest.split(SUITE_END, 1)[1]
-    return doc.rstrip("\n") + "\n\n" + section + "\n"
+        table(["spec", "profile", "wall s", "compress s (recorded)", "< 30 s"], rows)])
 
 
 def _met(ok: bool) -> str:
@@ -453,7 +433,7 @@ def main() -> None:
         return
     if a.only == "suite-times":
         section = suite_times()
-        atomic_write(a.out, _splice_suite_times(a.out.read_text() if a.out.exists() else "", section))
+        write_doc(a.out, section, section="suite-times")
         print(section)
         return
     t0 = time.time()
@@ -471,8 +451,8 @@ def main() -> None:
                   f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 torch thread",
                   diag)
     print("suite specs:", flush=True)
-    text = _splice_suite_times(text, suite_times())
-    atomic_write(a.out, text)
+    text = splice(text, "suite-times", suite_times())
+    write_doc(a.out, text)
     print(text)
 
 

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.paths import atomic_write
+from _common import splice, write_doc
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -38,34 +38,10 @@ leaves the others as they are. Wall times were measured on a shared 2-core machi
 """
 
 
-def begin(name: str) -> str:
-    return f"<!-- section:{name} -->"
-
-
-def end(name: str) -> str:
-    return f"<!-- /section:{name} -->"
-
-
 def skeleton() -> str:
     """An empty document with every section's markers, in order."""
-    parts = [HEADER]
-    for s in SECTIONS:
-        parts.append(f"## {TITLES[s]}\n\n{begin(s)}\n_not measured yet: run `python benchmarks/bench_pipelines.py "
-                     f"--section {s}`_\n{end(s)}\n")
-    return "\n".join(parts)
-
-
-def replace_section(doc: str, name: str, body: str) -> str:
-    """``doc`` with the text between ``name``'s markers replaced by ``body`` (markers are
-    appended, under a heading, when the document lacks them)."""
-    b, e = begin(name), end(name)
-    if doc.count(b) != 1 or doc.count(e) != 1 or doc.index(b) > doc.index(e):
-        if b in doc or e in doc:
-            raise ValueError(f"docs/results/pipelines.md: the markers of section {name!r} are damaged; fix them by hand")
-        doc = doc.rstrip("\n") + f"\n\n## {TITLES.get(name, name)}\n\n{b}\n{e}\n"
-    head, rest = doc.split(b, 1)
-    _, tail = rest.split(e, 1)
-    return f"{head}{b}\n{body.strip()}\n{e}{tail}"
+    return "\n".join([HEADER] + [f"## {TITLES[s]}\n\n" + splice("", s, f"_not measured yet: run `python "
+                                 f"benchmarks/bench_pipelines.py --section {s}`_") for s in SECTIONS])
 
 
 def section_module(name: str):
@@ -92,10 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.perf_counter()
         print(f"section {name}: running{' (quick)' if a.quick else ''} ...", flush=True)
-        body = mod.run(a.quick)
-        doc = out.read_text(encoding="utf-8") if out.is_file() else skeleton()
-        atomic_write(out, replace_section(doc, name, body))  # re-read: another section may have written
-        print(f"section {name}: written to {out} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        write_doc(out, mod.run(a.quick), section=name, heading=f"## {TITLES[name]}", blank=skeleton())
+        print(f"section {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 
 
