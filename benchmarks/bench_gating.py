@@ -152,8 +152,8 @@ def main() -> int:
         f"Measured by `.venv/bin/python benchmarks/bench_gating.py` on `{device_class()}` ({fp['cpu']}, {fp['cpu_cores']} cores, "
         f"torch {fp['torch']}) against the committed baseline `{a.baselines}/default/{device_class()}.json`, "
         f"quick profile. Planted changes come from `benchmarks/gating_plants.py` (a test-only plugin) on "
-        f"`{spec}`. How the verdicts are decided: `harness/judge.py`, `harness/stats.py` and README "
-        "'How verdicts are decided'.", "",
+        f"`{spec}`. How the verdicts are decided: `harness/judge.py`, `harness/stats.py` and "
+        "[docs/guide/gating.md](../guide/gating.md).", "",
         "## Rates", "",
         table(["check", "target", "measured"], [
             ["(a) false alarms: `regressed` verdicts in clean runs", "0 in total", f"**{clean_reg}** in {n} runs "
