@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 import torch
-from _common import table
+from _common import table, write_doc
 
 import harness
 from harness.layers.base import is_linear, linear_weight
 from harness.layers.sparse import SparseLinear
 from harness.measure.accuracy import perplexity_window
-from harness.measure.latency import greedy_decode
-from harness.measure.size import serialized_bytes
+from harness.measure.latency import ABTiming, decode_step_ms, interleaved_rounds
+from harness.measure.size import linear_params, serialized_bytes
 from harness.measure.timing import cuda_timer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,55 +106,38 @@ def encoder(calib_n: int) -> str:
     return table(["spec", "embedding cosine to dense (32 validation sentences)", "storage"], rows)
 
 
-def linear_params(model: torch.nn.Module) -> int:
-    """Weights multiplied per decoded token: every Linear incl. the LM head."""
-    return sum(linear_weight(m).numel() for m in model.modules() if is_linear(m))
-
-
-def decode_times(model: torch.nn.Module, ids: torch.Tensor, n_tokens: int) -> tuple[float, float]:
-    """(wall ms, thread-CPU ms) per token of the harness's greedy decode loop with KV cache
-    (``n_tokens`` cached steps), after an untimed prefill. With one torch thread the matmuls
-    run on this thread, so its CPU time is the compute the decode really costs, and time
-    slices lost to other jobs on a shared machine do not count (they do count in wall time)."""
-    def wall_and_cpu(loop) -> tuple[float, float]:
-        w0, c0 = time.perf_counter(), time.thread_time()
-        loop()
-        return (time.perf_counter() - w0) * 1e3 / n_tokens, (time.thread_time() - c0) * 1e3 / n_tokens
-
-    return greedy_decode(model, ids, n_tokens, timer=wall_and_cpu)[2]
-
-
 def speed(rounds: int) -> tuple[str, list[tuple[str, float, float]]]:
+    """Per-token time of 16 cached greedy steps after an untimed 32-token prefill
+    (``decode_step_ms``), wall and this thread's CPU time (``time.thread_time``) read around
+    the same loop: with one torch thread the matmuls run on this thread, so its CPU time is
+    the compute the decode costs, without the time slices other jobs on a shared machine
+    take (wall time has them). The models run interleaved, ABBA, after one warm-up round."""
     lm = harness.load_model("harness-speed")
     models = {"none": lm.model}
     for spec in SPEED_SPECS:
         models[spec] = harness.compress(copy.deepcopy(lm.model), spec).model
     ids = torch.randint(0, 4096, (1, 32), generator=torch.Generator().manual_seed(0))
-    wall: dict[str, list[float]] = {k: [] for k in models}
-    cpu: dict[str, list[float]] = {k: [] for k in models}
-    for m in models.values():  # warm-up
-        decode_times(m, ids, 4)
     names = list(models)
-    for r in range(rounds):  # interleave (rotating the order) so load drift hits all alike
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            w, c = decode_times(models[name], ids, 16)
-            wall[name].append(w)
-            cpu[name].append(c)
-        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k.split(':')[0]} {wall[k][-1]:.1f}/{cpu[k][-1]:.1f} ms"
-                                                      for k in models), flush=True)
-    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
-    med_wall = {k: statistics.median(v) for k, v in wall.items()}
+
+    def progress(r: int, got: list[tuple[float, float]]) -> None:
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k.split(':')[0]} {w:.1f}/{c:.1f} ms"
+                                                      for k, (w, c) in zip(names, got)), flush=True)
+
+    res = interleaved_rounds([lambda m=m: decode_step_ms(m, ids, 16, clocks=(time.perf_counter, time.thread_time))
+                              for m in models.values()], rounds=rounds, on_round=progress)
+    wall, cpu = (ABTiming.of([[v[i] for v in side] for side in res]) for i in (0, 1))
+    med_cpu, med_wall = dict(zip(names, cpu.medians)), dict(zip(names, wall.medians))
     p0 = linear_params(models["none"])
     rows = [["none (dense)", f"{p0 / 1e6:.1f}", f"{med_cpu['none']:.2f}", f"{med_wall['none']:.2f}",
              "1.000", "1.000", "", "-"]]
     out = []
-    for spec in SPEED_SPECS:
+    for i, spec in enumerate(SPEED_SPECS, 1):
         p = linear_params(models[spec])
-        ratios = [d / c for d, c in zip(wall["none"], wall[spec])]
+        ratios = wall.ratios(i)
         ideal, real = p0 / p, med_cpu["none"] / med_cpu[spec]
         out.append((spec, ideal, real))
         rows.append([f"`{spec}`", f"{p / 1e6:.1f}", f"{med_cpu[spec]:.2f}", f"{med_wall[spec]:.2f}", f"{ideal:.3f}",
-                     f"{real:.3f}", f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})",
+                     f"{real:.3f}", f"{wall.ratio(i):.3f} ({min(ratios):.3f}-{max(ratios):.3f})",
                      f"{real / ideal:.2f}"])
     md = table(["spec", "linear weights (M)", "decode CPU ms/token (median)", "decode wall ms/token (median)",
                 "ideal speed-up", "realized speed-up (CPU time)", "wall-clock paired ratio: median (range)",
@@ -255,9 +238,8 @@ def main() -> None:
            f"run took {time.time() - t0:.0f} s")
     doc = TEMPLATE.format(env=env, acc=acc_md, enc=enc_md, sto=sto_md, spd=spd_md, gpu=gpu_md,
                           checks=table(["target", "met"], checks), findings=findings)
-    Path(args.out).write_text(doc)
+    write_doc(args.out, doc)
     print(table(["target", "met"], checks))
-    print(f"wrote {args.out}")
 
 
 def explain(ppl: dict[str, float]) -> list[str]:
@@ -361,7 +343,7 @@ fp16 bytes; the model file also holds embeddings, norms and the LM head, which s
 Ideal speed-up = linear-layer weights multiplied per decoded token (LM head included)
 before / after. Realized = dense / pruned per-token time of a real greedy decode loop with
 KV cache (prompt 32 tokens, prefill untimed, 16 decoded tokens, one torch thread), the
-models interleaved over several rounds in one run (order rotated each round), median
+models interleaved over several rounds in one run (ABBA: the order reversed every other round), median
 over rounds. This machine is
 shared with other jobs on 2 cores, so wall-clock time mostly measures how often we were
 preempted; the realized speed-up therefore uses the decoding thread's CPU time
