@@ -17,15 +17,14 @@ import time
 from pathlib import Path
 
 import torch
-from _common import table
+from _common import table, write_doc
 
 import harness
 from harness.calibration import target_linears
 from harness.config import LatencyConfig
-from harness.layers.base import CompressedModule
 from harness.measure.accuracy import perplexity_window
-from harness.measure.latency import measure_latency
-from harness.measure.size import serialized_bytes
+from harness.measure.latency import ABTiming, interleaved_rounds, measure_latency
+from harness.measure.size import layer_bits, serialized_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,24 +68,6 @@ SHARE_SPECS = ["share-layers:group=2", "share-layers:group=2,steps=300,lr=0.001"
                "tie-embeddings:steps=200", "cluster:clusters=16"]
 
 
-def block_bits(model: torch.nn.Module, names: list[str]) -> tuple[float, float]:
-    """(bits per weight, fraction of parameters kept) over the given block linears,
-    counting every stored tensor of a compressed layer except its bias."""
-    bits = logical = params = 0
-    for n in names:
-        m = model.get_submodule(n)
-        if isinstance(m, CompressedModule):
-            bits += sum(t.numel() * t.element_size() * 8 for k, t in m.state_dict().items() if k != "bias")
-            logical += m.logical_params()
-            params += m.stored_params()
-        else:
-            w = m.weight
-            bits += w.numel() * w.element_size() * 8
-            logical += w.numel()
-            params += w.numel()
-    return bits / logical, params / logical
-
-
 def run_specs(lm, calib, specs, base_bytes, names, score=None,
               digits: int = 2) -> tuple[list[list], dict[str, float]]:
     """One table row per spec; ``score(model)`` is the quality column (default: validation
@@ -98,7 +79,7 @@ def run_specs(lm, calib, specs, base_bytes, names, score=None,
         res = harness.compress(copy.deepcopy(lm.model), spec, calibration=calib, kind=lm.kind)
         torch.set_num_threads(THREADS)
         values[spec] = score(res.model)
-        bpp, kept = block_bits(res.model, names)
+        bpp, kept = layer_bits(res.model, names)
         nbytes = serialized_bytes(res.model)
         rows.append([f"`{spec}`", f"{values[spec]:.{digits}f}", f"{bpp:.3f}", f"{kept:.3f}", f"{nbytes / 1e6:.3f}",
                      f"{nbytes / base_bytes:.3f}", res.storage, f"{res.wall_s:.1f}"])
@@ -138,9 +119,10 @@ def run_minilm(calib_n: int) -> tuple[str, list[list], str]:
 
 
 def speed(rounds: int = 5) -> tuple[str, float]:
-    """Dense vs ``svd:reduction=0.5`` prefill on harness-speed, measured in interleaved
-    rounds (dense, low-rank, dense, ...) so that drift of a shared host hits both alike;
-    the speed-up is the median of the per-round ratios."""
+    """Dense vs ``svd:reduction=0.5`` prefill on harness-speed (perf_counter): each round one
+    ``measure_latency`` sample of each model, in interleaved ABBA rounds so that drift of a
+    shared host hits both alike; the speed-up is the median of the per-round ratios of the
+    rounds' medians."""
     import statistics
 
     lm = harness.load_model("harness-speed")
@@ -149,13 +131,11 @@ def speed(rounds: int = 5) -> tuple[str, float]:
     torch.set_num_threads(1)
     res = harness.compress(copy.deepcopy(lm.model), "svd:reduction=0.5")
     torch.set_num_threads(THREADS)
-    _, kept = block_bits(res.model, names)
-    dense, low = [], []
-    for _ in range(rounds):
-        dense.append(measure_latency(lm.model, cfg=cfg, metrics={"latency.prefill_ms"})[0])
-        low.append(measure_latency(res.model, cfg=cfg, metrics={"latency.prefill_ms"})[0])
-    ratios = [d.value / lo.value for d, lo in zip(dense, low)]
-    ratio = statistics.median(ratios)
+    _, kept = layer_bits(res.model, names)
+    dense, low = interleaved_rounds([lambda m=m: measure_latency(m, cfg=cfg, metrics={"latency.prefill_ms"})[0]
+                                     for m in (lm.model, res.model)], rounds=rounds, warmup=0)
+    paired = ABTiming.of([[r.value for r in dense], [r.value for r in low]])
+    ratios, ratio = paired.ratios(), paired.ratio()
 
     def fmt(rs) -> str:
         v = [r.value for r in rs]
@@ -259,9 +239,8 @@ model's on 64 validation paragraphs (1.0 = unchanged).
 {sp_text}
 {NOTES}"""
     out = ROOT / "docs" / "results" / "lowrank.md"
-    out.write_text(doc)
+    write_doc(out, doc)
     print(doc)
-    print(f"wrote {out}")
 
 
 THREADS = 1
