@@ -30,6 +30,9 @@ import sys
 import time
 from pathlib import Path
 
+from _common import write_doc
+from bench_real_doc import A2, A3, CALDERA24, TITLE, render
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "reports" / "bench_real"
 # tracked, so a fresh clone regenerates the doc and resumes where the last run stopped
@@ -39,10 +42,6 @@ MODEL = "smollm2-135m"
 SETTINGS = {"max_tokens": 8192, "window": 128, "calib_n": 32, "calib_seq": 128, "v": 1}
 CLOZE_ITEMS = 32  # harness_cloze items per technique (--cloze); 0 = not measured
 
-A3, A2 = "bits=3,group=64,sym=false", "bits=2,group=64,sym=false"
-# CALDERA at GPTQ 2-bit g64's budget (2.375 bits): asymmetric 2-bit Q at g128 (2.19 bits) plus
-# rank-16 4-bit factors (0.18 bits on this model's 576/1536-wide layers), about 2.38 bits
-CALDERA24 = "caldera:q_group=128,q_sym=false,rank=16"
 # (job id, spec): the issue's list, in the order the orderings need them (so a partial
 # run still answers the most questions). Weight quantization is asymmetric (a zero point),
 # as in the GPTQ / AWQ / OmniQuant tables.
@@ -108,9 +107,7 @@ def run_job(job: dict) -> dict:
     import harness
     from harness.calibration import get_calibration, target_linears
     from harness.measure.accuracy import embedding_cosine, eval_sentences, perplexity_window
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_lowrank import block_bits
+    from harness.measure.size import layer_bits
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -136,7 +133,7 @@ def run_job(job: dict) -> dict:
     out.update(compress_s=res.wall_s, compress_cpu_s=time.process_time() - cpu0, rss_before_mb=rss0,
                rss_peak_mb=_maxrss_mb(), notes=res.notes[:3],
                load_1min=os.getloadavg()[0])  # > ~2 on this 2-core machine: the wall time had neighbours
-    out["bits"], out["kept"] = block_bits(model, names) if job["spec"] not in ("none", "dynamic-int8") else (
+    out["bits"], out["kept"] = layer_bits(model, names) if job["spec"] not in ("none", "dynamic-int8") else (
         (32.0, 1.0) if job["spec"] == "none" else (None, None))
     t1 = time.perf_counter()
     if job["kind"] == "main":
@@ -243,9 +240,8 @@ def main() -> None:
             print("  " + ", ".join(f"{k}={r[k]:.4g}" if isinstance(r.get(k), float) else f"{k}={r.get(k)}"
                                    for k in ("compress_s", "rss_peak_mb", "ppl", "ppl_other", "cos_other", "eval_s")
                                    if k in r), flush=True)
-    from bench_real_doc import write_doc
-
-    write_doc(load_results(), ROOT / "docs" / "results" / "real-model.md")
+    write_doc(ROOT / "docs" / "results" / "real-model.md", render(load_results(), SPECS), section="results",
+              blank=f"{TITLE}\n")
 
 
 if __name__ == "__main__":
