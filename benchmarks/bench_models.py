@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import write_doc
 
 import harness
 from harness.config import LatencyConfig
@@ -20,7 +21,7 @@ from harness.evaluation import EvalContext, evaluate
 from harness.measure.environment import device_class, fingerprint
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "results" / "models.md"
-HAND_WRITTEN = "\n<!-- hand-written below: kept by bench_models.py -->\n"
+TITLE = "# Embedded models: reference figures"
 
 
 def fmt(r) -> str:
@@ -48,8 +49,7 @@ def main() -> int:
         for r in recs:
             print(f"{name:14} {r.metric:30} {fmt(r)}", flush=True)
     fp = fingerprint()
-    lines = ["# Embedded models: reference figures", "",
-             f"Measured by `.venv/bin/python benchmarks/bench_models.py` on `{device_class()}` ({fp['cpu']}, "
+    lines = [f"Measured by `.venv/bin/python benchmarks/bench_models.py` on `{device_class()}` ({fp['cpu']}, "
              f"{fp['cpu_cores']} cores, torch {fp['torch']}, {fp['torch_threads']} threads). "
              "Latency: batch 1, 128-token prompt, 32 decode tokens, fp32.", ""]
     for name, load_s, recs in rows:
@@ -60,9 +60,7 @@ def main() -> int:
                 v += f" ({r.value / 2**20:.2f} MiB)"
             lines.append(f"| `{r.metric}` | {v} |")
         lines.append("")
-    keep = OUT.read_text().partition(HAND_WRITTEN)[2] if OUT.is_file() else ""  # sections written by hand
-    OUT.write_text("\n".join(lines) + (HAND_WRITTEN + keep if keep else ""))
-    print(f"wrote {OUT}")
+    write_doc(OUT, "\n".join(lines), section="results", blank=f"{TITLE}\n")  # the hand-written rest is kept
     return 0
 
 
