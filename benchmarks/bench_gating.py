@@ -27,18 +27,17 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from _common import table
+from _common import table, write_doc
 
 from harness.changepoints import change_points
 from harness.measure.environment import device_class, fingerprint
-from harness.paths import atomic_write
 from harness.records import load_records
 from harness.report.summary import summarize
 from harness.techniques.base import TECHNIQUES
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results" / "gating.md"
-MARK = "<!-- hand-written below -->"
+TITLE = "# Gating: false-alarm and detection rates"
 HARNESS = [str(Path(sys.executable).parent / "harness")]
 
 
@@ -148,7 +147,6 @@ def main() -> int:
     fp = fingerprint()
     n = a.runs
     lines = [
-        "# Gating: false-alarm and detection rates", "",
         f"Measured by `.venv/bin/python benchmarks/bench_gating.py` on `{device_class()}` ({fp['cpu']}, {fp['cpu_cores']} cores, "
         f"torch {fp['torch']}) against the committed baseline `{a.baselines}/default/{device_class()}.json`, "
         f"quick profile. Planted changes come from `benchmarks/gating_plants.py` (a test-only plugin) on "
@@ -233,10 +231,7 @@ def main() -> int:
                   "![summary](gating-summary.png)", ""]
     lines += ["## Trend chart", "", "What the leaderboard HTML draws for a series that stepped (simulated series):",
               "", "![trend](gating-trend.png)", ""]
-    old = OUT.read_text(encoding="utf-8") if OUT.is_file() else ""
-    tail = old[old.index(MARK):] if MARK in old else ""  # notes kept across reruns
-    atomic_write(OUT, "\n".join(lines) + ("\n" + tail if tail else ""))
-    print(f"wrote {OUT}")
+    write_doc(OUT, "\n".join(lines), section="results", blank=f"{TITLE}\n")  # the notes outside it are kept
     return 0
 
 
