@@ -1,9 +1,10 @@
 """CPU kernels behind the packed formats (issue 13): per-layer speed-ups and error on
 2048x5632 shapes, end-to-end decode and prefill on harness-speed. Writes docs/results/cpu-kernels.md.
 
-Method: 1 torch thread; every timing is paired with an fp32 timing taken right before it
-(interleaved), the ratio of the pair is one sample, and tables show the median over rounds
-(p10-p90 in brackets), so a busy neighbour on a shared machine moves both sides of a pair.
+Method: 1 torch thread, perf_counter; every timing is paired with an fp32 timing in the same
+round (``measure.latency.interleaved_rounds``, ABBA order), the ratio of the pair is one
+sample, and tables show the median over rounds (p10-p90 in brackets), so a busy neighbour
+on a shared machine moves both sides of a pair.
 Per-layer calls run with cold caches (128 MiB written between calls, untimed), as in a
 model where every layer's weights come from memory.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import table
+from _common import table, write_doc
 from torch import nn
 
 import harness
@@ -33,9 +34,8 @@ from harness.layers.lowrank import LowRankLinear
 from harness.layers.qlr import QLRLinear
 from harness.layers.quant import CodebookLinear, QuantLinear, W8A8Linear
 from harness.layers.sparse import SparseLinear
-from harness.measure.latency import greedy_decode, prefill
+from harness.measure.latency import ABTiming, decode_step_ms, interleaved_rounds, prefill, time_ms
 from harness.measure.memory import model_resident_mb
-from harness.paths import atomic_write
 from harness.primitives.codebook import NF4_LEVELS, codebook_quantize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,20 +52,14 @@ def _median_calls(f: Callable[[], object], reps: int) -> float:
     ts = []
     for i in range(reps):
         FLUSH.fill_(float(i))
-        t0 = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t0)
+        ts.append(time_ms(f))
     return statistics.median(ts)
 
 
-def _q(vals: list[float]) -> tuple[float, float, float]:
-    s = sorted(vals)
-    return statistics.median(s), s[int(0.1 * (len(s) - 1))], s[int(round(0.9 * (len(s) - 1)))]
-
-
-def _fmt(vals: list[float]) -> str:
-    m, lo, hi = _q(vals)
-    return f"{m:.2f}x [{lo:.2f}-{hi:.2f}]"
+def _fmt(t: ABTiming, side: int, base: int) -> str:
+    """Median per-round speed-up of ``side`` over ``base`` [p10-p90]."""
+    lo, hi = t.interval(side, base)
+    return f"{t.ratio(side, base):.2f}x [{lo:.2f}-{hi:.2f}]"
 
 
 # -- per layer --------------------------------------------------------------------------------
@@ -127,19 +121,17 @@ def layer_table(rounds: int, quick: bool) -> list[list]:
         err = float((y - ref).abs().max() / ref.abs().max())
         one_path = getattr(mod, "layer_name", "") not in PLANNERS or "reference" in name
         err_s = "- (one path)" if one_path else f"{err:.4f}"
-        ratios: dict[int, list[float]] = {1: [], 128: []}
-        for _ in range(rounds):
-            for m, reps in ((1, 15), (128, 3)):
-                x = xs[m]
-                reps = 2 if "reference" in name else reps
-                with torch.inference_mode():
-                    t_fp = _median_calls(lambda x=x: F.linear(x, lin.weight), reps)
-                    t_k = _median_calls(lambda x=x, mod=mod: mod(x), reps)
-                ratios[m].append(t_fp / t_k)
+        calls = []  # per round: fp32 then the layer at M=1, then at M=128 (reversed on odd rounds)
+        for m, reps in ((1, 15), (128, 3)):
+            x, reps = xs[m], 2 if "reference" in name else reps
+            calls += [lambda x=x, r=reps: _median_calls(lambda: F.linear(x, lin.weight), r),
+                      lambda x=x, r=reps, mod=mod: _median_calls(lambda: mod(x), r)]
+        with torch.inference_mode():
+            t = ABTiming.of(interleaved_rounds(calls, rounds=rounds, warmup=0))
+        m1, m128 = _fmt(t, 1, 0), _fmt(t, 3, 2)
         stored, resident = _bytes(mod)
-        rows.append([name, info["kernel"], _fmt(ratios[1]), _fmt(ratios[128]), f"{stored / 2**20:.1f}",
-                     f"{resident / 2**20:.1f}", err_s])
-        print(f"  {name:46s} {info['kernel']:34s} M=1 {_fmt(ratios[1]):22s} M=128 {_fmt(ratios[128]):22s} "
+        rows.append([name, info["kernel"], m1, m128, f"{stored / 2**20:.1f}", f"{resident / 2**20:.1f}", err_s])
+        print(f"  {name:46s} {info['kernel']:34s} M=1 {m1:22s} M=128 {m128:22s} "
               f"resident {resident / 2**20:6.1f} MiB  err {err:.4f}", flush=True)
     return rows
 
@@ -165,11 +157,11 @@ def e2e_table(rounds: int, quick: bool, decode_tokens: int) -> list[list]:
     ids_pre = torch.randint(0, 32000, (1, 128), generator=g)
     ref_mb = model_resident_mb(ref).value
 
-    def dec(m: nn.Module) -> float:
-        return greedy_decode(m, ids_dec, decode_tokens, timer=lambda f: _timed(f))[2] / decode_tokens
+    def dec(m: nn.Module) -> float:  # ms per cached step, the prefill untimed
+        return decode_step_ms(m, ids_dec, decode_tokens)[0]
 
     def pre(m: nn.Module) -> float:
-        return _timed(lambda: prefill(m, ids_pre))
+        return time_ms(lambda: prefill(m, ids_pre))
 
     rows = []
     for spec, label, post in e2e_variants(quick):
@@ -181,15 +173,13 @@ def e2e_table(rounds: int, quick: bool, decode_tokens: int) -> list[list]:
         summ = kernel_summary(model)
         wall = time.perf_counter() - t0
         mb = model_resident_mb(model).value
-        d, p = [], []
-        with torch.inference_mode():
-            dec(model), pre(model), dec(ref)  # warm-up: layouts, allocator
-            for _ in range(rounds):
-                d.append(dec(ref) / dec(model))
-                p.append(pre(ref) / pre(model))
-        rows.append([label, f"`{spec}`", summ["kernel"], _fmt(d), _fmt(p), f"{mb:.0f} / {ref_mb:.0f}"])
-        MEDIANS[label] = (_q(d)[0], _q(p)[0], summ["kernel"])
-        print(f"  {label:28s} decode {_fmt(d):22s} prefill {_fmt(p):22s} {mb:6.0f} MiB  ({wall:.0f}s to build) "
+        with torch.inference_mode():  # one warm-up round: layouts, allocator
+            t = ABTiming.of(interleaved_rounds([lambda: dec(ref), lambda m=model: dec(m), lambda: pre(ref),
+                                                lambda m=model: pre(m)], rounds=rounds))
+        d, p = _fmt(t, 1, 0), _fmt(t, 3, 2)
+        rows.append([label, f"`{spec}`", summ["kernel"], d, p, f"{mb:.0f} / {ref_mb:.0f}"])
+        MEDIANS[label] = (t.ratio(1, 0), t.ratio(3, 2), summ["kernel"])
+        print(f"  {label:28s} decode {d:22s} prefill {p:22s} {mb:6.0f} MiB  ({wall:.0f}s to build) "
               f"[{summ['kernel']}]", flush=True)
         del model
     return rows
@@ -221,12 +211,6 @@ def target_lines() -> str:
     return "\n".join(out)
 
 
-def _timed(f: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    f()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -250,8 +234,7 @@ def main() -> None:
                       e2e=table(["model", "spec", "kernels (linear layers)", "decode vs fp32",
                                  "prefill M=128 vs fp32", "resident MiB (model / fp32)"], erows),
                       targets=target_lines())
-    atomic_write(Path(a.out), text)
-    print(f"wrote {a.out}")
+    write_doc(a.out, text)
 
 
 DOC = """# CPU kernels: what each packed format runs on CPU, and what it buys
