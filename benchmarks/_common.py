@@ -20,6 +20,17 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
+def fmt_record(r, *, unit: bool = True, n: bool = True) -> str:
+    """A Record as ``value [unit] (p10 .., p90 .. [, n=..])``, ``N/A (reason)``, or ``-`` for None."""
+    if r is None:
+        return "-"
+    if r.value is None:
+        return f"N/A ({r.reason})"
+    s = r.spread or {}
+    spread = f" (p10 {s['p10']:.4g}, p90 {s['p90']:.4g}{f', n={r.n}' if n else ''})" if s.get("p10") is not None else ""
+    return f"{r.value:.4g}" + (f" {r.unit}" if unit else "") + spread
+
+
 def markers(name: str) -> tuple[str, str]:
     """The begin and end markers of region ``name`` of a docs page."""
     return f"<!-- section:{name} -->", f"<!-- /section:{name} -->"

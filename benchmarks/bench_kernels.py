@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import torch
+from _common import fmt_record, write_doc
 
 from harness.measure import gpu, kernel_bench
 
@@ -68,12 +69,7 @@ def _val(recs: list, metric: str):
 
 
 def _fmt_rec(r) -> str:
-    if r is None:
-        return "-"
-    if r.value is None:
-        return f"N/A ({r.reason})"
-    spread = f" (p10 {r.spread['p10']:.4g}, p90 {r.spread['p90']:.4g})" if r.spread.get("p10") is not None else ""
-    return f"{r.value:.4g}{spread}"
+    return fmt_record(r, unit=False, n=False)
 
 
 def render(rows: list[dict], info: dict, e2e: list[tuple[str, list]] | None) -> str:
@@ -134,11 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     e2e = None if args.no_e2e else e2e_records(args.quick)
     text = render(rows, info, e2e)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
+    write_doc(args.out, text)
     return 0
 
 

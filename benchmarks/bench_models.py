@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import write_doc
+from _common import fmt_record, write_doc
 
 import harness
 from harness.config import LatencyConfig
@@ -22,13 +22,6 @@ from harness.measure.environment import device_class, fingerprint
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "results" / "models.md"
 TITLE = "# Embedded models: reference figures"
-
-
-def fmt(r) -> str:
-    if r.value is None:
-        return f"N/A ({r.reason})"
-    spread = f" (p10 {r.spread['p10']:.4g}, p90 {r.spread['p90']:.4g}, n={r.n})" if r.spread else ""
-    return f"{r.value:.4g} {r.unit}{spread}"
 
 
 def main() -> int:
@@ -47,7 +40,7 @@ def main() -> int:
         recs = evaluate(lm, metrics=metrics, ctx=EvalContext(latency=lat))
         rows.append((name, load_s, recs))
         for r in recs:
-            print(f"{name:14} {r.metric:30} {fmt(r)}", flush=True)
+            print(f"{name:14} {r.metric:30} {fmt_record(r)}", flush=True)
     fp = fingerprint()
     lines = [f"Measured by `.venv/bin/python benchmarks/bench_models.py` on `{device_class()}` ({fp['cpu']}, "
              f"{fp['cpu_cores']} cores, torch {fp['torch']}, {fp['torch_threads']} threads). "
@@ -55,7 +48,7 @@ def main() -> int:
     for name, load_s, recs in rows:
         lines += [f"## {name}", "", f"load time {load_s:.1f} s", "", "| metric | value |", "|---|---|"]
         for r in recs:
-            v = fmt(r)
+            v = fmt_record(r)
             if r.metric == "size.bytes" and r.value:
                 v += f" ({r.value / 2**20:.2f} MiB)"
             lines.append(f"| `{r.metric}` | {v} |")
