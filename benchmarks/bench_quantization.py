@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import table
+from _common import table, write_doc
 
 import harness
 from harness.config import LatencyConfig
@@ -184,7 +184,7 @@ def main() -> None:
         "CPU `_int_mm` is slower than fp32), so only dynamic-int8 is faster here. KV-cache 'vs fp16' "
         "halves the fp32 baseline bytes (an estimate, not a run)."),
     ]) + "\n"
-    Path(a.out).write_text(md)
+    write_doc(a.out, md)
     print(md)
 
 

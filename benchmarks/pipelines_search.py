@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import table
+from _common import table, write_doc
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = ROOT / "docs" / "results" / "pipelines-search.png"
@@ -246,7 +246,5 @@ if __name__ == "__main__":
     a = ap.parse_args()
     text = run(a.quick, Path(a.reuse).resolve() if a.reuse else None)
     if a.out:
-        from harness.paths import atomic_write
-
-        atomic_write(Path(a.out), text)
+        write_doc(a.out, text)
     print(text)
