@@ -6,13 +6,16 @@ the kernels do not cover (e.g. 3-bit, or a group size that does not divide in_fe
 ragged last group); ``why_not`` gives the reason for records and docs.
 ``quant_matmul`` is what ``QuantLinear.forward`` calls on CUDA: Triton when it applies,
 the torch reference (``harness.kernels.reference``) otherwise, so it always returns y.
+
+The package (``harness.kernels``) re-exports these names; this module imports only its
+sibling modules, never the package.
 """
 from __future__ import annotations
 
 import torch
 
-from harness.kernels import reference
 from harness.kernels._build import triton_missing_reason
+from harness.kernels.reference import qlr_matmul_ref, quant_matmul_ref
 
 
 def why_not(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, bits: int,
@@ -48,7 +51,7 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     """QuantLinear's entry point (no bias: the layer adds it): Triton if possible, else torch."""
     y = maybe_triton_linear(x, qweight, scales, zeros, bits, group, None, in_features)
     if y is None:
-        y = reference.quant_matmul_ref(x, qweight, scales, zeros, bits, group, in_features)
+        y = quant_matmul_ref(x, qweight, scales, zeros, bits, group, in_features)
     return y
 
 
@@ -77,7 +80,7 @@ def qlr_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     """QLRLinear's entry point: Triton if possible, else the torch reference."""
     y = maybe_triton_qlr(x, qweight, scales, zeros, bits, group, L, R, bias, in_features)
     if y is None:
-        y = reference.qlr_matmul_ref(x, qweight, scales, zeros, bits, group, L, R, in_features, bias)
+        y = qlr_matmul_ref(x, qweight, scales, zeros, bits, group, L, R, in_features, bias)
     return y
 
 
