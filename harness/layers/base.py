@@ -6,9 +6,18 @@ A compressed module (QuantLinear, SparseLinear, LowRankLinear, QLRLinear, ...) s
 saved model reloads from safetensors + a JSON manifest, never pickle. Every tensor it
 stores is a registered buffer or parameter, so ``state_dict`` holds exactly the stored
 bytes that ``measure.size`` counts.
+
+Each module also carries its CPU *plan* (``Plan``: which code path runs it, the refused
+paths and why, the derived ``_kc_*`` tensors it needs): ``plan`` makes it with the planner
+registered for the layer's name (``PLANNERS``, filled by ``harness.layers.exec`` and the
+layer modules) and caches it on the module until a stored buffer changes. This module
+imports nothing from the rest of ``harness.layers``.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -73,14 +82,10 @@ class CompressedModule(nn.Module):
 
     def kernel_info(self) -> dict[str, Any]:
         """Which code path runs this layer here: {"kernel", "why_not", "cache_bytes"}
-        (plans now; ``harness.layers.exec``)."""
-        from harness.layers.exec import kernel_info
-
+        (plans now; the planners are in ``harness.layers.exec``)."""
         return kernel_info(self)
 
     def _apply(self, fn, recurse=True):  # .to()/.cuda()/.half(): kernel layouts are remade after the move
-        from harness.layers.exec import drop_cache
-
         drop_cache(self)
         return super()._apply(fn, recurse)
 
@@ -128,3 +133,101 @@ def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
     parent = root.get_submodule(parent_path) if parent_path else root
     setattr(parent, leaf, new)
 
+
+# -- the CPU plan every compressed module carries ------------------------------------------------
+ENV = "HARNESS_CPU_KERNELS"
+CACHE_PREFIX = "_kc_"
+REFERENCE = "torch reference (dequantize per call)"
+
+Cache = dict[str, torch.Tensor]
+
+
+@dataclass
+class Plan:
+    """One layer's CPU path: label, refused paths, layout builder and forward."""
+
+    kernel: str
+    why_not: dict[str, str] = field(default_factory=dict)
+    build: Callable[[Any], Cache] | None = None
+    run: Callable[[Any, torch.Tensor, Cache], torch.Tensor] | None = None
+
+
+PLANNERS: dict[str, Callable[[Any], Plan]] = {}
+# Fixed labels of layers that always run the same code (no planner).
+LABELS = {"lowrank_linear": "torch F.linear x2 (low-rank factors)",
+          "dynamic_int8_linear": "fbgemm dynamic int8 (quantized.linear_dynamic)",
+          "fp8_linear": "torch reference (fp8 dequantize per call)"}
+
+
+def planner(*names: str):
+    def deco(fn: Callable[[Any], Plan]) -> Callable[[Any], Plan]:
+        for n in names:
+            PLANNERS[n] = fn
+        return fn
+    return deco
+
+
+def disabled_reason(module: nn.Module) -> str | None:
+    """Why the kernels are off for ``module`` (None when they may run)."""
+    env = os.environ.get(ENV, "1").strip().lower()
+    if env in ("0", "off", "false", "no", "reference"):
+        return f"{ENV}={os.environ[ENV]} forces the torch reference"
+    if not getattr(module, "use_kernel", True):
+        return "use_kernel=False on this layer"
+    return None
+
+
+def _sources(module: nn.Module) -> list[torch.Tensor]:
+    ts = [t for n, t in module._buffers.items() if t is not None and not n.startswith(CACHE_PREFIX)]
+    return ts + [p for p in module._parameters.values() if p is not None]
+
+
+def _key(module: nn.Module) -> tuple:
+    return (os.environ.get(ENV), getattr(module, "use_kernel", True),
+            tuple((t.data_ptr(), t._version, t.device.type, t.dtype) for t in _sources(module)))
+
+
+def drop_cache(module: nn.Module) -> None:
+    """Forget the plan and free its derived tensors (before ``.to()``, on buffer change)."""
+    for n in [n for n in module._buffers if n.startswith(CACHE_PREFIX)]:
+        del module._buffers[n]
+    module.__dict__.pop("_kernel_state", None)
+
+
+def _device(module: nn.Module) -> torch.device:
+    src = _sources(module)
+    return src[0].device if src else torch.device("cpu")
+
+
+def plan(module: CompressedModule) -> tuple[Plan, Cache]:
+    """The module's current CPU plan and its derived tensors (built now if needed)."""
+    key = _key(module)
+    state = module.__dict__.get("_kernel_state")
+    if state is not None and state[0] == key:
+        return state[1], state[2]
+    drop_cache(module)
+    reason = disabled_reason(module)
+    make = PLANNERS.get(module.layer_name)
+    if _device(module).type != "cpu":
+        p = Plan(f"{_device(module).type}: layer forward (harness.kernels dispatch where it applies)")
+    elif make is None:
+        p = Plan(LABELS.get(module.layer_name, REFERENCE))
+    elif reason:
+        p = Plan(REFERENCE, {"cpu kernels": reason})
+    else:
+        p = make(module)
+    cache: Cache = {}
+    if p.build is not None:
+        with torch.inference_mode(False), torch.no_grad():
+            cache = p.build(module)
+        for n, t in cache.items():
+            module.register_buffer(CACHE_PREFIX + n, t, persistent=False)
+    module.__dict__["_kernel_state"] = (_key(module), p, cache)
+    return p, cache
+
+
+def kernel_info(module: CompressedModule) -> dict[str, Any]:
+    """{"kernel": label, "why_not": {path: reason}, "cache_bytes": derived bytes}."""
+    p, cache = plan(module)
+    return {"kernel": p.kernel, "why_not": dict(p.why_not),
+            "cache_bytes": sum(t.numel() * t.element_size() for t in cache.values())}

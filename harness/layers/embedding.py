@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.layers.base import DTYPES, CompressedModule, dtype_name
-from harness.layers.exec import LABELS
+from harness.layers.base import DTYPES, LABELS, CompressedModule, dtype_name
 from harness.primitives.packing import pack, packed_width, unpack
 from harness.primitives.quant import check_quant_args, dequantize_groupwise, n_groups, quantize_groupwise
 

@@ -21,6 +21,10 @@ Paths (measured in ``docs/results/cpu-kernels.md``):
   dequantized once to bf16, counted in memory;
 - ``dense cache (storage savings only)``: SparseLinear, decompressed once in its dtype.
 
+The plan itself (``Plan``, ``PLANNERS``, ``plan``, ``kernel_info``, the ``_kc_`` cache and
+its opt-outs) is part of every compressed module, so it lives in ``harness.layers.base``;
+this module holds the planners, the CPU forward and the model-wide summary.
+
 Opt-out: ``HARNESS_CPU_KERNELS=0`` (environment) or ``layer.use_kernel = False`` keep the torch
 reference forward (dequantize per call), so the reference path stays testable.
 Autograd never goes through a kernel: an input that requires grad uses the reference; so
@@ -31,10 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,101 +44,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.kernels import cpu
-from harness.layers.base import CompressedModule, is_linear, linear_weight
+from harness.layers.base import (
+    ENV,
+    LABELS,
+    PLANNERS,
+    REFERENCE,
+    Cache,
+    CompressedModule,
+    Plan,
+    disabled_reason,
+    drop_cache,
+    is_linear,
+    kernel_info,
+    linear_weight,
+    plan,
+    planner,
+)
 from harness.primitives.packing import unpack
 
-ENV = "HARNESS_CPU_KERNELS"
-CACHE_PREFIX = "_kc_"
-REFERENCE = "torch reference (dequantize per call)"
 DENSE_BF16 = "dense-bf16 cache"
 STORAGE_ONLY = "dense cache (storage savings only)"
 INT8_CACHE = "int8pack-bf16 (int8 re-quantized cache)"
-
-Cache = dict[str, torch.Tensor]
-
-
-@dataclass
-class Plan:
-    """One layer's CPU path: label, refused paths, layout builder and forward."""
-
-    kernel: str
-    why_not: dict[str, str] = field(default_factory=dict)
-    build: Callable[[Any], Cache] | None = None
-    run: Callable[[Any, torch.Tensor, Cache], torch.Tensor] | None = None
-
-
-PLANNERS: dict[str, Callable[[Any], Plan]] = {}
-# Fixed labels of layers that always run the same code (no planner).
-LABELS = {"lowrank_linear": "torch F.linear x2 (low-rank factors)",
-          "dynamic_int8_linear": "fbgemm dynamic int8 (quantized.linear_dynamic)",
-          "fp8_linear": "torch reference (fp8 dequantize per call)"}
-
-
-def planner(*names: str):
-    def deco(fn: Callable[[Any], Plan]) -> Callable[[Any], Plan]:
-        for n in names:
-            PLANNERS[n] = fn
-        return fn
-    return deco
-
-
-def disabled_reason(module: nn.Module) -> str | None:
-    """Why the kernels are off for ``module`` (None when they may run)."""
-    env = os.environ.get(ENV, "1").strip().lower()
-    if env in ("0", "off", "false", "no", "reference"):
-        return f"{ENV}={os.environ[ENV]} forces the torch reference"
-    if not getattr(module, "use_kernel", True):
-        return "use_kernel=False on this layer"
-    return None
-
-
-def _sources(module: nn.Module) -> list[torch.Tensor]:
-    ts = [t for n, t in module._buffers.items() if t is not None and not n.startswith(CACHE_PREFIX)]
-    return ts + [p for p in module._parameters.values() if p is not None]
-
-
-def _key(module: nn.Module) -> tuple:
-    return (os.environ.get(ENV), getattr(module, "use_kernel", True),
-            tuple((t.data_ptr(), t._version, t.device.type, t.dtype) for t in _sources(module)))
-
-
-def drop_cache(module: nn.Module) -> None:
-    """Forget the plan and free its derived tensors (before ``.to()``, on buffer change)."""
-    for n in [n for n in module._buffers if n.startswith(CACHE_PREFIX)]:
-        del module._buffers[n]
-    module.__dict__.pop("_kernel_state", None)
-
-
-def _device(module: nn.Module) -> torch.device:
-    src = _sources(module)
-    return src[0].device if src else torch.device("cpu")
-
-
-def plan(module: CompressedModule) -> tuple[Plan, Cache]:
-    """The module's current CPU plan and its derived tensors (built now if needed)."""
-    key = _key(module)
-    state = module.__dict__.get("_kernel_state")
-    if state is not None and state[0] == key:
-        return state[1], state[2]
-    drop_cache(module)
-    reason = disabled_reason(module)
-    make = PLANNERS.get(module.layer_name)
-    if _device(module).type != "cpu":
-        p = Plan(f"{_device(module).type}: layer forward (harness.kernels dispatch where it applies)")
-    elif make is None:
-        p = Plan(LABELS.get(module.layer_name, REFERENCE))
-    elif reason:
-        p = Plan(REFERENCE, {"cpu kernels": reason})
-    else:
-        p = make(module)
-    cache: Cache = {}
-    if p.build is not None:
-        with torch.inference_mode(False), torch.no_grad():
-            cache = p.build(module)
-        for n, t in cache.items():
-            module.register_buffer(CACHE_PREFIX + n, t, persistent=False)
-    module.__dict__["_kernel_state"] = (_key(module), p, cache)
-    return p, cache
 
 
 _REFERENCE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("harness_reference_forward", default=False)
@@ -160,13 +88,6 @@ def cpu_forward(module: CompressedModule, x: torch.Tensor) -> torch.Tensor | Non
         return None
     p, cache = plan(module)
     return None if p.run is None else p.run(module, x, cache)
-
-
-def kernel_info(module: CompressedModule) -> dict[str, Any]:
-    """{"kernel": label, "why_not": {path: reason}, "cache_bytes": derived bytes}."""
-    p, cache = plan(module)
-    return {"kernel": p.kernel, "why_not": dict(p.why_not),
-            "cache_bytes": sum(t.numel() * t.element_size() for t in cache.values())}
 
 
 def kernel_summary(model: nn.Module) -> dict[str, Any]:
@@ -336,5 +257,5 @@ def _sparse(m) -> Plan:
     return Plan(STORAGE_ONLY, {"sparse kernel": "no CPU sparse matmul beats dense at this density"}, build, run)
 
 
-__all__ = ["ENV", "PLANNERS", "Plan", "cpu_forward", "disabled_reason", "drop_cache", "kernel_info", "kernel_summary",
-           "plan", "reference_forward"]
+__all__ = ["DENSE_BF16", "ENV", "INT8_CACHE", "LABELS", "PLANNERS", "Plan", "STORAGE_ONLY", "cpu_forward",
+           "disabled_reason", "drop_cache", "kernel_info", "kernel_summary", "plan", "planner", "reference_forward"]
