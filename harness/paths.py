@@ -35,6 +35,15 @@ def inside(root: str | Path, *parts: str) -> Path:
     return path
 
 
+def cache_root() -> Path:
+    """The harness's user cache: ``$HARNESS_CACHE``, else ``$XDG_CACHE_HOME/llm-compression-harness``,
+    else ``~/.cache/llm-compression-harness``."""
+    if os.environ.get("HARNESS_CACHE"):
+        return Path(os.environ["HARNESS_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "llm-compression-harness"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

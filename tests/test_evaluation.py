@@ -54,7 +54,7 @@ def test_fidelity_against_a_perturbed_copy(tiny_lm):
 def test_random_weight_model_records_accuracy_na():
     from conftest import random_llama
 
-    from harness.models.zoo import LoadedModel
+    from harness.models.hf import LoadedModel
 
     lm = LoadedModel("speedlike", random_llama(), None, "causal-lm", "test", accuracy_na="random weights")
     recs = {r.metric: r for r in evaluate(lm, metrics=["ppl.window", "fidelity.kl"], ctx=FAST)}

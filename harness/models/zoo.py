@@ -1,5 +1,8 @@
 """Named models: the embedded ``harness-tiny``, ``harness-speed``, ``minilm-l6``, ``smollm2-135m``, or any
 local Hugging Face directory. Loading never touches the network.
+
+The catalogue above ``harness.models.hf`` (``LoadedModel``, ``ModelLoadError``,
+``load_hf_dir``) and ``harness.models.real`` (the converted SmolLM2).
 """
 from __future__ import annotations
 
@@ -7,37 +10,14 @@ import functools
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import torch
 
 from harness.models.build import CHECKPOINT_DIR
+from harness.models.hf import Kind, LoadedModel, ModelLoadError, load_hf_dir
 from harness.registry import Registry
-
-Kind = Literal["causal-lm", "encoder"]
-
-
-class ModelLoadError(ValueError):
-    """A model that cannot be loaded: missing, corrupt, or of an unsupported type."""
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to evaluate, with what the measurements need to know about it."""
-
-    name: str
-    model: torch.nn.Module
-    tokenizer: Any
-    kind: Kind
-    source: str
-    accuracy_na: str | None = None  # reason accuracy metrics are N/A (e.g. "random weights")
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def config(self):
-        return self.model.config
 
 
 @dataclass(frozen=True)
@@ -50,42 +30,6 @@ class ModelSpec:
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
-
-
-def _load_hf_dir(path: Path, name: str, dtype: torch.dtype, *, trust_remote_code: bool = False,
-                 kind: Kind | None = None) -> LoadedModel:
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-    if not path.is_dir():
-        raise ModelLoadError(f"model directory {str(path)!r} does not exist")
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{str(path)!r} has no config.json; not a Hugging Face model directory")
-    weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin"))
-    if not weights:
-        raise ModelLoadError(f"{str(path)!r} has no weights (*.safetensors or *.bin)")
-    try:
-        cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        if kind is None:
-            archs = cfg.architectures or []
-            kind = "causal-lm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) else "encoder"
-        cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
-        model, loading = cls.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                             output_loading_info=True)
-        missing = sorted(loading.get("missing_keys") or [])
-        if missing:  # transformers would leave them randomly initialised: every figure would be wrong
-            raise ModelLoadError(f"{str(path)!r}: {len(missing)} weight(s) missing from the checkpoint "
-                                 f"(e.g. {missing[0]!r}) would be randomly initialised; refusing to load")
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except ModelLoadError:
-        raise
-    except Exception as e:  # corrupt safetensors, bad json, unknown architecture
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelLoadError(f"cannot load model from {str(path)!r}: {msg}") from e
-    model.eval()
-    return LoadedModel(name=name, model=model, tokenizer=tok, kind=kind, source=str(path))
 
 
 def _load_checkpoint_dir(path: Path, dtype: torch.dtype) -> LoadedModel:
@@ -113,7 +57,7 @@ def _load_checkpoint_dir(path: Path, dtype: torch.dtype) -> LoadedModel:
 
 def _tiny(_: str, dtype: torch.dtype) -> LoadedModel:
     path = CHECKPOINT_DIR / "harness-tiny"
-    lm = _load_hf_dir(path, "harness-tiny", dtype, kind="causal-lm")
+    lm = load_hf_dir(path, "harness-tiny", dtype, kind="causal-lm")
     meta = path / "harness_recipe.json"
     if meta.is_file():
         lm.info.update(json.loads(meta.read_text()))
@@ -160,7 +104,7 @@ def minilm_path() -> Path:
 
 def _minilm(_: str, dtype: torch.dtype) -> LoadedModel:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return _load_hf_dir(minilm_path(), "minilm-l6", dtype, kind="encoder")
+    return load_hf_dir(minilm_path(), "minilm-l6", dtype, kind="encoder")
 
 
 def _smollm2(name: str, dtype: torch.dtype) -> LoadedModel:
@@ -205,7 +149,7 @@ def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, device:
         if (path / "harness.json").is_file():
             lm = _load_checkpoint_dir(path, dtype)
         else:
-            lm = _load_hf_dir(path, path.name, dtype, trust_remote_code=trust_remote_code)
+            lm = load_hf_dir(path, path.name, dtype, trust_remote_code=trust_remote_code)
     else:
         raise ModelLoadError(MODELS.unknown_message(name_or_path) + "; or give a local model directory")
     if device != "cpu":

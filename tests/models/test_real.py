@@ -11,7 +11,9 @@ from harness.cli import main
 from harness.config import EvalConfig
 from harness.evaluation import EvalContext, evaluate
 from harness.models import real
-from harness.models.zoo import MODELS, ModelLoadError
+from harness.models.hf import ModelLoadError
+from harness.models.zoo import MODELS
+from harness.paths import cache_root
 
 
 def _has_extra() -> bool:
@@ -30,7 +32,7 @@ needs_real = pytest.mark.skipif(not _has_extra(), reason="needs the 'real' extra
 def test_cache_root_honours_harness_cache_then_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv("HARNESS_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert real.cache_root() == tmp_path / "xdg" / "llm-compression-harness"
+    assert cache_root() == tmp_path / "xdg" / "llm-compression-harness"
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "hc"))
     assert real.cache_dir() == tmp_path / "hc" / "models" / "smollm2-135m"
     assert MODELS.get("smollm2-135m").extra == "real"

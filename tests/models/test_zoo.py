@@ -4,7 +4,8 @@ import torch
 import harness
 from harness.measure import accuracy
 from harness.models.build import TinyRecipe, build_tiny
-from harness.models.zoo import ModelLoadError, load_model
+from harness.models.hf import ModelLoadError
+from harness.models.zoo import load_model
 
 
 def test_harness_tiny_is_a_real_language_model(tiny_lm):
