@@ -19,8 +19,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_model": "harness.models.zoo", "LoadedModel": "harness.models.zoo",
-    "compress": "harness.techniques.base", "make": "harness.techniques.base",
+    "load_model": "harness.models.zoo", "LoadedModel": "harness.models.hf",
+    "compress": "harness.techniques.spec", "make": "harness.techniques.spec",
     "register": "harness.techniques.base", "Technique": "harness.techniques.base",
     "CompressionResult": "harness.techniques.base", "Applied": "harness.techniques.base",
     "evaluate": "harness.evaluation", "EvalContext": "harness.evaluation",

@@ -12,7 +12,6 @@ measures the same way.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import statistics
 import uuid
@@ -26,7 +25,7 @@ from harness.config import EvalConfig, LatencyConfig
 from harness.measure.producers import PRODUCERS
 from harness.measure.timing import Samples
 from harness.metrics import METRICS, defaults
-from harness.models.zoo import LoadedModel
+from harness.models.hf import LoadedModel
 from harness.records import Record
 
 RefRecords = Callable[[list[str]], dict[str, Record]]  # metrics -> the reference's records
@@ -182,21 +181,13 @@ def compress_model(lm: LoadedModel, spec: Any, *, calibration: Callable[[], Any]
 
     ``calibration``: the windows, or a function returning them (called only when the
     technique uses calibration). A technique that cannot run here raises a one-line
-    ``DeviceUnsupportedError`` naming why."""
-    from harness.techniques.base import DeviceUnsupportedError, compress, make
-
-    tech = make(spec)
-    reason = tech.unsupported_reason(device, lm.kind)
-    if reason:
-        raise DeviceUnsupportedError(reason)
-    calib = None
-    if tech.needs_calibration or tech.uses_calibration:
-        calib = calibration() if callable(calibration) else calibration
-    model = lm.model if tech.name == "none" else copy.deepcopy(lm.model)
+    ``DeviceUnsupportedError`` naming why (checked by the compress path before the copy)."""
     from harness.techniques.pipeline import observe_stages, stage_observer
+    from harness.techniques.spec import compress, make
 
+    tech = make(spec)  # parsed once: the Technique itself goes on to compress
     with observe_stages(stage_observer() or _stage_size):  # a pipeline records its size after each stage
-        return compress(model, tech, calibration=calib, kind=lm.kind)
+        return compress(lm.model, tech, calibration, kind=lm.kind, device=device, copy=tech.name != "none")
 
 
 def _stage_size(_stage: int, model: nn.Module) -> dict[str, Any]:

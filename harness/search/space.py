@@ -13,7 +13,7 @@ pipelines:                  # templates of stage specs joined by ' + '; {name} i
 seeds: ["gptq:bits=4,group=128"]   # optional: evaluated first, as given
 ```
 
-A spec is only ever handed to ``harness.techniques.base.make``: the search does not know
+A spec is only ever handed to ``harness.techniques.spec.make``: the search does not know
 how techniques or pipelines are built. Loading validates every entry at its corner values
 through ``make``, so a typo fails before any model is loaded. Pipelines need the
 ``pipeline`` technique; where it is not registered they are left out with a note.
@@ -208,7 +208,8 @@ def load_space(path: str | Path | None = None, *, check: bool = True) -> Space:
 def _validated(entries: list[Entry], seeds: list[str], path: Path) -> tuple[list[Entry], list[str], list[str]]:
     """Entries whose corner specs ``make`` accepts; pipelines dropped (with a note) where the
     ``pipeline`` technique is not registered."""
-    from harness.techniques.base import TECHNIQUES, load_all, make
+    from harness.techniques.base import TECHNIQUES
+    from harness.techniques.spec import load_all, make
 
     load_all()
     keep, notes = [], []

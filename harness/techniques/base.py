@@ -17,21 +17,22 @@ Techniques are stateless: one instance may compress any number of models.
   calibration iff its config allocates ranks by measured sensitivity). On the class they
   give the value for the default config (what ``harness techniques`` lists); on an
   instance, the value for its config.
-- ``compress`` checks the declarations, runs ``apply`` (under ``torch.no_grad`` unless
-  ``needs_grad``) and builds the ``CompressionResult``.
+- ``harness.techniques.run.run_technique`` checks the declarations, runs ``apply`` (under
+  ``torch.no_grad`` unless ``needs_grad``) and builds the ``CompressionResult``;
+  ``harness.techniques.spec`` turns spec strings and recipes into Techniques (``make``).
+
+This module is the contract: it imports nothing else from ``harness.techniques``.
 """
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 
-from harness.config import SpecError, build_config, config_to_dict, config_to_spec, parse_spec
-from harness.peakmem import PeakTracker
+from harness.config import SpecError, build_config, config_to_dict, config_to_spec
 from harness.registry import Registry
 
 Storage = Literal["reference", "packed", "dense", "fake-quant", "mask", "structural", "shared"]
@@ -124,6 +125,9 @@ class Technique:
     # Specs the default suite runs for this technique (quick mode uses the first one).
     suite_specs: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    # Bumped when a default or the meaning of an option changes: it joins the resolved key
+    # baselines are matched by (``harness.config.resolved_key``), so old numbers never match.
+    config_version: ClassVar[int] = 1
 
     def __init__(self, config: Any | None = None) -> None:
         self.config = config if config is not None else self.config_cls()
@@ -131,6 +135,10 @@ class Technique:
     def apply(self, model: torch.nn.Module, calibration: Any | None = None) -> Applied:
         """Compress ``model`` (in place or not) and say how; must not change ``self``."""
         raise NotImplementedError
+
+    def canonical(self) -> str:
+        """The canonical spec of this technique (options at their defaults left out)."""
+        return config_to_spec(self.name, self.config)
 
     def unsupported_reason(self, device: str | torch.device = "cpu", kind: str = "causal-lm") -> str | None:
         """Why this technique cannot run here, or None. Suites skip with this reason."""
@@ -152,64 +160,17 @@ def register(cls: type[Technique]) -> type[Technique]:
     return cls
 
 
-def load_all() -> None:
-    """Import every technique module so the registry is complete."""
-    import harness.techniques  # noqa: F401  (its __init__ imports the catalogue)
-
-
-def make(spec: str | Technique) -> Technique:
-    """Parse a spec string (``"rtn:bits=4,group=128"``) into a configured Technique; a
-    pipeline (``"a:... + b:..."``) or a recipe file (``path.yaml``) gives a ``pipeline``."""
-    if isinstance(spec, Technique):
-        return spec
-    load_all()
-    from harness.techniques.pipeline import is_pipeline_spec, make_pipeline
-
-    if is_pipeline_spec(spec):
-        return make_pipeline(spec)
-    name, opts = parse_spec(spec)
+def build(name: str, opts: dict[str, str] | None = None) -> Technique:
+    """The registered technique ``name`` with its config built from the option strings
+    ``opts`` (validated as in a spec; a mistake is a one-line ``SpecError``). One technique,
+    never a pipeline: ``harness.techniques.spec.make`` parses specs, pipelines and recipes."""
     cls = TECHNIQUES.get(name)
-    cfg = build_config(cls.config_cls, opts, context=f"technique {name!r}")
-    return cls(cfg)
-
-
-def canonical_spec(t: Technique) -> str:
-    own = getattr(t, "canonical", None)  # a pipeline: its stages' canonical specs joined by " + "
-    return own() if callable(own) else config_to_spec(t.name, t.config)
-
-
-def compress(model: torch.nn.Module, spec: str | Technique, calibration: Any | None = None, *,
-             kind: str = "causal-lm") -> CompressionResult:
-    """Apply one technique. The input model may be modified in place; pass a copy to keep it."""
-    tech = make(spec)
-    dev = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
-    reason = tech.unsupported_reason(dev, kind)
-    if reason:
-        raise DeviceUnsupportedError(reason)
-    if tech.needs_calibration and calibration is None:
-        raise CalibrationRequiredError(
-            f"technique {tech.name!r} needs calibration data; "
-            "pass calibration=harness.calibration.get_calibration(...)")
-    from harness.layers.exec import reference_forward  # compress on the torch reference: same result everywhere
-
-    with PeakTracker() as mem:  # the high-water mark during compression, not an after-minus-before
-        t0 = time.perf_counter()
-        with torch.enable_grad() if tech.needs_grad else torch.no_grad(), reference_forward():
-            applied = tech.apply(model, calibration)
-        wall = time.perf_counter() - t0
-    if not isinstance(applied, Applied):  # a technique may return just the model
-        applied = Applied(applied)
-    applied.model.eval()
-    return CompressionResult(model=applied.model, technique=tech.name, spec=canonical_spec(tech),
-                             config=tech.config, storage=tech.storage, wall_s=wall, peak_rss_mb=mem.added_mb,
-                             peak_rss_reason=mem.reason,
-                             notes=list(applied.notes), cache_factory=applied.cache_factory,
-                             figures=dict(applied.figures), extra=dict(applied.extra))
+    return cls(build_config(cls.config_cls, dict(opts or {}), context=f"technique {name!r}"))
 
 
 def is_spec_error(e: BaseException) -> bool:
     return isinstance(e, (SpecError, ValueError))
 
 
-__all__ = ["Applied", "Technique", "TECHNIQUES", "register", "make", "compress", "CompressionResult",
+__all__ = ["Applied", "Technique", "TECHNIQUES", "register", "build", "CompressionResult",
            "CalibrationRequiredError", "DeviceUnsupportedError", "NoConfig", "dataclasses", "from_config"]

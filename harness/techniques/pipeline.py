@@ -7,7 +7,7 @@ registered technique name followed by ``:``, ``+`` or the end (or, around spaces
 option value (``distill:loss=logits+hidden``). A stage may carry ``targets=P1|P2``: fnmatch
 patterns on full module names, the same as a recipe's ``targets`` list.
 
-Recipe (YAML, ``recipe.load_recipe``; ``make("x.yaml")`` and ``--technique x.yaml`` accept it)::
+Recipe (YAML, ``recipe.load_recipe``; ``spec.make("x.yaml")`` and ``--technique x.yaml`` accept it)::
 
     stages:
       - technique: prune-neurons
@@ -27,6 +27,10 @@ made between stages (``stacking.Stacker``). Each stage's spec, wall time, RSS gr
 storage, train figures and notes go into ``Applied.extra["stages"]`` (the compress.*
 records' extra), plus whatever a stage observer (``observe_stages``, e.g. the size after
 each stage from ``harness.evaluation``) returns.
+
+Which strings are pipelines, and building one from a spec or a recipe path, is
+``harness.techniques.spec`` (above this module and ``recipe``); each stage runs through the
+one compress path, ``harness.techniques.run.run_technique``.
 """
 from __future__ import annotations
 
@@ -37,17 +41,17 @@ import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from harness.calibration import restrict_targets
-from harness.config import SpecError, build_config, check, config_to_dict, config_to_spec, parse_spec
-from harness.techniques.base import TECHNIQUES, Applied, Technique, compress, from_config, register
+from harness.config import SpecError, build_config, check, config_to_dict, config_to_spec, parse_spec, resolved_key
+from harness.registry import UnknownNameError
+from harness.techniques.base import TECHNIQUES, Applied, Technique, build, from_config, register
+from harness.techniques.run import run_technique
 from harness.techniques.stacking import Stacker, check_order, check_untouched, snapshot
 
-RECIPE_SUFFIXES = (".yaml", ".yml")
 _NAME = re.compile(r"[A-Za-z][\w.-]*")
 StageObserver = Callable[[int, nn.Module], dict[str, Any]]
 _OBSERVER: contextvars.ContextVar[StageObserver | None] = contextvars.ContextVar("harness_stage_observer",
@@ -91,31 +95,6 @@ def split_stages(spec: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-def is_pipeline_spec(spec: Any) -> bool:
-    """A recipe path, a spec of two or more stages, or one stage with ``targets=``."""
-    if not isinstance(spec, str):
-        return False
-    s = spec.strip()
-    if is_recipe_path(s) or len(split_stages(s)) > 1:
-        return True
-    try:
-        return "targets" in parse_spec(s)[1]
-    except SpecError:
-        return False
-
-
-def is_recipe_path(s: str) -> bool:
-    """A recipe path ends in .yaml/.yml and is not a technique spec whose last option value
-    happens to (``mixed:...,recipe_out=map.yaml``)."""
-    if not s.lower().endswith(RECIPE_SUFFIXES):
-        return False
-    try:
-        name, _ = parse_spec(s)
-    except SpecError:
-        return True
-    return name not in TECHNIQUES.names() or Path(s).is_file()
-
-
 @dataclass(frozen=True)
 class Stage:
     """One stage: its canonical technique spec and the layer-name patterns it may touch."""
@@ -139,9 +118,7 @@ class Stage:
 
 @functools.lru_cache(maxsize=256)
 def _techniques(stages: tuple[Stage, ...]) -> tuple[Technique, ...]:
-    from harness.techniques.base import make
-
-    return tuple(make(s.spec) for s in stages)
+    return tuple(build(*parse_spec(s.spec)) for s in stages)
 
 
 def _storage(stages: tuple[Stage, ...]) -> str:
@@ -154,8 +131,8 @@ def _storage(stages: tuple[Stage, ...]) -> str:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """stages: the techniques in order (at least one; ``make`` builds pipelines of two or
-    more from a spec, a recipe may hold one stage with targets)."""
+    """stages: the techniques in order (at least one; ``spec.make`` builds pipelines of two
+    or more from a spec, a recipe may hold one stage with targets)."""
 
     stages: tuple[Stage, ...] = ()
     # Each stage's full config (defaults included) and config version, so a baseline keyed by
@@ -174,8 +151,7 @@ class PipelineConfig:
         techs = _techniques(self.stages)
         check_order([(s.text, t, s.targets) for s, t in zip(self.stages, techs)])
         object.__setattr__(self, "resolved", tuple(
-            f"{t.name}:{','.join(f'{k}={v}' for k, v in sorted(config_to_dict(t.config).items()))}"
-            f"@v{getattr(t, 'config_version', 1)}" for t in techs))
+            resolved_key(t.name, config_to_dict(t.config), t.config_version) for t in techs))
 
 
 def _kinds(cfg: PipelineConfig) -> tuple[str, ...]:
@@ -263,7 +239,7 @@ class Pipeline(Technique):
             before = snapshot(model)
             run = _DistillFrom(tech.config, teacher) if teacher is not None and tech.name == "distill" else tech
             with restrict_targets(model, scope):
-                res = compress(model, run, calibration, kind=kind)
+                res = run_technique(model, run, calibration, kind=kind)
             model = res.model
             if scope:
                 check_untouched(model, before, scope, label)
@@ -284,12 +260,10 @@ class Pipeline(Technique):
                        extra={"pipeline": self.canonical(), "stages": records})
 
 
-# -- building pipelines from specs and recipes ------------------------------------------------
+# -- the stages of specs and recipes ----------------------------------------------------------
 def parse_stage(text: str, where: str) -> Stage:
     """One stage text (``name:k=v,...[,targets=P1|P2]``) as a validated Stage; errors name
     ``where`` (the stage and the spec or recipe it is in)."""
-    from harness.registry import UnknownNameError
-
     if not text:
         raise SpecError(f"{where}: an empty stage; stages are joined by ' + ' (e.g. 'magnitude + rtn:bits=4')")
     try:
@@ -304,16 +278,5 @@ def parse_stage(text: str, where: str) -> Stage:
     return Stage(config_to_spec(name, cfg), targets)
 
 
-def make_pipeline(spec: str) -> Pipeline:
-    """A Pipeline from a spec of ``+``-joined stages or from a recipe path."""
-    s = spec.strip()
-    if is_recipe_path(s):
-        from harness.techniques.recipe import load_recipe
-
-        return load_recipe(s)
-    stages = tuple(parse_stage(t, f"stage {i} of {spec!r}") for i, t in enumerate(split_stages(s), 1))
-    return Pipeline(PipelineConfig(stages))
-
-
-__all__ = ["Pipeline", "PipelineConfig", "Stage", "is_pipeline_spec", "make_pipeline", "observe_stages",
-           "parse_stage", "split_stages", "stage_observer"]
+__all__ = ["Pipeline", "PipelineConfig", "Stage", "observe_stages", "parse_stage", "split_stages",
+           "stage_observer"]

@@ -6,7 +6,8 @@ import random
 import pytest
 
 from harness.search.space import DEFAULT_SPACE, Param, load_space
-from harness.techniques.base import TECHNIQUES, load_all, make
+from harness.techniques.base import TECHNIQUES
+from harness.techniques.spec import load_all, make
 
 load_all()
 HAS_PIPELINE = "pipeline" in TECHNIQUES

@@ -13,7 +13,7 @@ from conftest import ids, random_llama
 
 import harness.techniques as catalogue
 from harness.calibration import Calibration
-from harness.techniques import TECHNIQUES, Applied, Technique, compress, from_config, make
+from harness.techniques import TECHNIQUES, Applied, Technique, compress, from_config, make, spec
 from harness.techniques.finetune import cycled_windows, train
 
 
@@ -98,13 +98,13 @@ def test_apply_returns_applied():
 def test_every_listed_family_exists_and_a_missing_one_is_an_error(tmp_path, monkeypatch):
     import importlib.util
 
-    assert all(importlib.util.find_spec(m) for m in catalogue._FAMILIES)
+    assert all(importlib.util.find_spec(m) for m in spec.FAMILIES)
     assert catalogue.IMPORT_ERRORS == {}
     with pytest.raises(ModuleNotFoundError):
-        catalogue._import_families(["harness.techniques.no_such_family"])
+        spec.import_families(["harness.techniques.no_such_family"])
     (tmp_path / "optional_family_mod.py").write_text("import no_such_dependency_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    errors = catalogue._import_families(["optional_family_mod"])
+    errors = spec.import_families(["optional_family_mod"])
     assert "no_such_dependency_xyz" in errors["optional_family_mod"]
     sys.modules.pop("optional_family_mod", None)
 

@@ -16,8 +16,8 @@ from harness.layers.exec import reference_forward
 from harness.layers.quant import QuantLinear
 from harness.layers.stacked import LowRankQuantLinear, SparseQuantLinear, quant_bytes, sparse_quant_bytes
 from harness.techniques import compress, make
-from harness.techniques.base import canonical_spec
 from harness.techniques.pipeline import Pipeline, observe_stages, split_stages
+from harness.techniques.spec import canonical_spec
 
 BLOCK = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

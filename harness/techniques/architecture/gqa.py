@@ -26,9 +26,9 @@ from harness.config import SpecError, check
 from harness.models.train_data import for_technique
 from harness.techniques.base import Applied, Technique, from_config, register
 from harness.techniques.finetune import cycled_windows, loss_summary, train, train_figures, warmup_linear
-from harness.techniques.pruning.surgery import _LLAMA_LIKE
+from harness.techniques.structure import LLAMA_LIKE
 
-GQA_FAMILIES = sorted(_LLAMA_LIKE)
+GQA_FAMILIES = sorted(LLAMA_LIKE)
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def target_kv_heads(n_q: int, n_kv: int, want: int) -> int:
 def mean_pool_kv(model: nn.Module, k: int) -> tuple[int, int]:
     """Convert every block to ``k`` KV heads in place; returns (old KV heads, query heads)."""
     cfg = model.config
-    if getattr(cfg, "model_type", None) not in _LLAMA_LIKE or not hasattr(cfg, "num_key_value_heads"):
+    if getattr(cfg, "model_type", None) not in LLAMA_LIKE or not hasattr(cfg, "num_key_value_heads"):
         raise SpecError(f"gqa does not apply to {getattr(cfg, 'model_type', type(model).__name__)} models; "
                         f"it converts the attention of {', '.join(GQA_FAMILIES)}")
     n_q, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads

@@ -11,7 +11,7 @@ starting point of distillation.
   drops the contiguous run of blocks whose input and output hidden states are closest in
   angle (Gromov et al., "The Unreasonable Ineffectiveness of the Deeper Layers").
 - Width: ``width=F`` keeps the fraction F of FFN neurons and of attention head groups in
-  every kept block, chosen by the structured-pruning importance (``techniques.pruning``);
+  every kept block, chosen by the structured-pruning importance (``techniques.structure``);
   the hidden size is unchanged. Heads are cut only where the config can express it
   (Llama-family ``head_dim``); BERT students keep their heads (fewer heads at the same
   head size is not a BERT config) and cut FFN neurons only; GPT-2 and OPT refuse ``width``.
@@ -32,12 +32,15 @@ from torch import nn
 from harness.calibration import Calibration, find_blocks
 from harness.config import SpecError, check
 from harness.techniques.base import Applied, Technique, register
-from harness.techniques.pruning.structured import angular_run, group_scores, neuron_scores, probe
-from harness.techniques.pruning.surgery import (
-    _LLAMA_LIKE,
+from harness.techniques.structure import (
+    LLAMA_LIKE,
+    angular_run,
     attn_of,
     ffn_of,
+    group_scores,
     heads,
+    neuron_scores,
+    probe,
     remove_ffn_neurons,
     remove_head_groups,
     remove_layers,
@@ -45,7 +48,7 @@ from harness.techniques.pruning.surgery import (
 
 Init = Literal["teacher", "random"]
 Select = Literal["every", "spread", "first", "angular"]
-WIDTH_FAMILIES = sorted(_LLAMA_LIKE | {"bert"})
+WIDTH_FAMILIES = sorted(LLAMA_LIKE | {"bert"})
 
 
 @dataclass(frozen=True)

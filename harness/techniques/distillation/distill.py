@@ -25,12 +25,12 @@ from typing import Literal
 import torch
 from torch import nn
 
+import harness.techniques.distillation.losses as L
 from harness.calibration import find_blocks
 from harness.config import SpecError, check
 from harness.models.train_data import for_technique
 from harness.techniques.architecture.student import Init, Select, StudentConfig, build_student
 from harness.techniques.base import Applied, Technique, from_config, register
-from harness.techniques.distillation import losses as L
 from harness.techniques.finetune import (
     cycled_windows,
     is_causal_lm,

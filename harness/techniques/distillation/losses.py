@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.config import SpecError
-from harness.techniques.pruning.surgery import attn_of, heads
+from harness.techniques.structure import attn_of, heads
 
 LOSSES = ("logits", "hidden", "relation")
 

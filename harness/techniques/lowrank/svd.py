@@ -33,13 +33,13 @@ from typing import Literal
 import torch
 from torch import nn
 
+import harness.techniques.lowrank.rank_alloc as rank_alloc
 from harness.calibration import InputStats, collect_linear_stats, target_linears
 from harness.config import check
 from harness.layers.base import linear_shape, linear_weight, set_module
 from harness.layers.lowrank import LowRankLinear, check_rank
 from harness.techniques import finetune
 from harness.techniques.base import Applied, Technique, from_config, register
-from harness.techniques.lowrank import rank_alloc
 
 
 @dataclass(frozen=True)

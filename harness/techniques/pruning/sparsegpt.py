@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+import harness.techniques.pruning.nm as nm
 from harness.config import check
 from harness.layers.base import linear_weight
 from harness.techniques.base import Applied, register
-from harness.techniques.pruning import nm
 from harness.techniques.pruning.unstructured import (
     SparsityConfig,
     UnstructuredPruning,

@@ -19,12 +19,13 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+import harness.techniques.pruning.importance as importance
+import harness.techniques.pruning.nm as nm
 from harness.calibration import block_linears, collect_linear_stats, find_blocks, for_each_block, target_linears
 from harness.config import check
 from harness.layers.base import linear_shape, set_module
 from harness.layers.sparse import SparseLinear
 from harness.techniques.base import Applied, Technique, from_config, register
-from harness.techniques.pruning import importance, nm
 
 StorageFormat = Literal["auto", "bitmask", "csr", "dense"]
 

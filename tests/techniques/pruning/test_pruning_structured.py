@@ -11,7 +11,7 @@ import harness
 from harness.calibration import Calibration, find_blocks
 from harness.config import SpecError
 from harness.layers.base import linear_weight
-from harness.techniques.pruning.surgery import (
+from harness.techniques.structure import (
     attn_of,
     ffn_of,
     heads,
@@ -179,7 +179,7 @@ def test_angular_drop_removes_the_near_identity_run_and_reloads_with_transformer
 def test_angular_distance_is_measured_before_the_final_norm():
     """The last block's output is the residual stream, not the final-normed hidden state
     (HF returns the latter as hidden_states[-1]): a last block that adds nothing is at 0."""
-    from harness.techniques.pruning.structured import angular_distances
+    from harness.techniques.structure import angular_distances
 
     model = random_llama(layers=3)
     with torch.no_grad():

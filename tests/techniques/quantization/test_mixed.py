@@ -17,7 +17,6 @@ from harness.calibration import Calibration, target_linears
 from harness.config import SpecError
 from harness.layers.quant import QuantLinear
 from harness.measure.size import measure_size, weight_storage
-from harness.techniques.base import make
 from harness.techniques.quantization.mixed import (
     MixedConfig,
     MixedGPTQ,
@@ -30,6 +29,7 @@ from harness.techniques.quantization.mixed import (
     write_recipe,
 )
 from harness.techniques.quantization.sensitivity import hutchinson_traces
+from harness.techniques.spec import make
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

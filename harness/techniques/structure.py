@@ -1,6 +1,8 @@
-"""Model surgery for structured pruning: find each family's FFN and attention
-projections, slice Linear/Conv1D layers, and remove FFN neurons, KV head groups or whole
-blocks while keeping the model runnable, cacheable and reloadable.
+"""The structure of a transformer, shared by every family that reshapes one (structured
+pruning, the distillation student, GQA conversion): where each family keeps its FFN and
+attention projections, slicing Linear/Conv1D layers, removing FFN neurons, KV head groups
+or whole blocks while keeping the model runnable, cacheable and reloadable, and the
+importance scores that choose what to keep.
 
 Weights are sliced into smaller layers (the dims really shrink); the HF config is updated
 where it can express the new shape (``intermediate_size``/``ffn_dim``/``n_inner``, Llama's
@@ -10,17 +12,29 @@ listed in ``harness_attrs``, which ``harness.checkpoint`` restores on load. Head
 whole KV groups (one KV head with the query heads sharing it), so GQA ratios stay intact.
 Blocks after a dropped one get their ``layer_idx`` renumbered for the KV cache.
 Families: Llama/Qwen/Mistral (q/k/v/o, gate/up/down), OPT, GPT-2 (Conv1D), BERT.
+
+Scores (``neuron_scores``, ``group_scores``): ``||W_out[:, j]|| * ||X_j||`` (Wanda-style,
+from calibration) or, without calibration, ``||W_out[:, j]|| * ||W_in[j, :]||``; head
+groups the same, summed over the group's output-projection columns (or
+``||W_o[:, g]|| * ||W_v[g]||``). ``angular_distances`` / ``angular_run``: Gromov et al.'s
+distance between a block's input and the output ``n`` blocks later.
+
+Family-neutral: imports no technique family (and nothing else from ``harness.techniques``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from harness.calibration import find_blocks
+from harness.calibration import Calibration, collect_linear_stats, find_blocks
 from harness.config import SpecError
 from harness.layers.base import linear_weight, set_module
+
+# HF model types with Llama's layout and config keys (head_dim, num_key_value_heads).
+LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
 # ---------------------------------------------------------------- family layouts
@@ -174,14 +188,11 @@ def remove_head_groups(model: nn.Module, keep: dict[int, torch.Tensor]) -> nn.Mo
                 setattr(att, k, v)
         counts.add((new_q, int(groups.numel()), hd))
     cfg = model.config
-    if (len(counts) == 1 and len(keep) == len(blocks) and cfg.model_type in _LLAMA_LIKE):
+    if (len(counts) == 1 and len(keep) == len(blocks) and cfg.model_type in LLAMA_LIKE):
         nq, nkv, hd = counts.pop()
         cfg.head_dim = hd
         cfg.num_attention_heads, cfg.num_key_value_heads = nq, nkv
     return model
-
-
-_LLAMA_LIKE = {"llama", "mistral", "qwen2", "qwen3"}
 
 
 def remove_layers(model: nn.Module, drop: list[int]) -> nn.Module:
@@ -202,3 +213,119 @@ def remove_layers(model: nn.Module, drop: list[int]) -> nn.Module:
     if isinstance(getattr(cfg, "layer_types", None), list):
         cfg.layer_types = [t for i, t in enumerate(cfg.layer_types) if i not in drop_set]
     return model
+
+
+# ---------------------------------------------------------------- importance
+def forward_batch(model: nn.Module, batch: dict[str, torch.Tensor]) -> None:
+    dev = next(model.parameters()).device
+    kw = {k: v.to(dev) for k, v in batch.items()}
+    try:
+        model(**kw, use_cache=False)
+    except TypeError:
+        model(**kw)
+
+
+def run_windows(model: nn.Module, calib: Calibration, batch_size: int = 8) -> None:
+    for b in calib.batches(batch_size):
+        forward_batch(model, b)
+
+
+def probe(model: nn.Module, n: int = 4, seq_len: int = 64) -> Calibration:
+    """Seeded random-token windows, for layer scores when no calibration is given."""
+    vocab = int(getattr(model.config, "vocab_size", 1000))
+    return Calibration(torch.randint(0, vocab, (n, seq_len), generator=torch.Generator().manual_seed(0)),
+                       split="random-probe")
+
+
+def _out_stats(model: nn.Module, paths: list[str], calib: Calibration | None) -> dict[str, torch.Tensor] | None:
+    """sq_norm of the inputs of block-relative linears ``paths`` in every block (one pass)."""
+    if calib is None:
+        return None
+    _, blocks = find_blocks(model)
+    mods = {f"{i}.{p}": blocks[i].get_submodule(p) for i in range(len(blocks)) for p in paths}
+    with torch.no_grad():
+        stats = collect_linear_stats(mods, lambda: run_windows(model, calib), hessian=False)
+    return {k: s.sq_norm for k, s in stats.items()}
+
+
+def neuron_scores(model: nn.Module, calib: Calibration | None) -> list[torch.Tensor]:
+    _, blocks = find_blocks(model)
+    f = ffn_of(blocks[0])
+    sq = _out_stats(model, [f.out], calib)
+    out = []
+    for i, block in enumerate(blocks):
+        w_out = linear_weight(block.get_submodule(f.out)).detach().float()
+        col = w_out.norm(dim=0)
+        if sq is not None:
+            out.append(col * sq[f"{i}.{f.out}"].to(col.device).sqrt())
+        else:
+            ins = torch.stack([linear_weight(block.get_submodule(p)).detach().float().norm(dim=1) for p in f.ins])
+            out.append(col * ins.mean(0))
+    return out
+
+
+def group_scores(model: nn.Module, calib: Calibration | None) -> list[torch.Tensor]:
+    _, blocks = find_blocks(model)
+    a0 = attn_of(blocks[0])
+    sq = _out_stats(model, [a0.o], calib)
+    out = []
+    for i, block in enumerate(blocks):
+        a = attn_of(block)
+        nq, nkv = heads(block, a)
+        w_o = linear_weight(block.get_submodule(a.o)).detach().float()
+        if sq is not None:
+            per_col = w_o.square().sum(0) * sq[f"{i}.{a.o}"].to(w_o.device)
+            out.append(per_col.view(nkv, -1).sum(1).sqrt())
+        else:
+            wq = linear_weight(block.get_submodule(a.q)).detach().float()
+            if a.k is None:
+                wv = wq[2 * nq * a.head_dim:]
+            else:
+                wv = linear_weight(block.get_submodule(a.v)).detach().float()
+            out.append(w_o.square().sum(0).view(nkv, -1).sum(1).sqrt() * wv.square().sum(1).view(nkv, -1).sum(1).sqrt())
+    return out
+
+
+@torch.no_grad()
+def angular_distances(model: nn.Module, calib: Calibration, n: int) -> torch.Tensor:
+    """Gromov et al.'s ``d(x_s, x_{s+n}) = arccos(cos(x_s, x_{s+n})) / pi`` for every start
+    ``s``: ``x_s`` is block s's input and ``x_{s+n}`` the output of block ``s+n-1`` (taken by
+    hooks, so the last block's output is the residual stream before the final norm), mean
+    over every calibration token (the paper takes each sequence's last token; with causal
+    attention every position is the last token of its prefix)."""
+    _, blocks = find_blocks(model)
+    states: list[torch.Tensor | None] = [None] * (len(blocks) + 1)
+
+    def grab(i: int, output: bool):
+        def hook(_m, args, kwargs, *out):
+            x = (out[0] if output else (args[0] if args else kwargs["hidden_states"]))
+            states[i] = (x[0] if isinstance(x, (tuple, list)) else x).detach().float()
+        return hook
+
+    handles = [b.register_forward_pre_hook(grab(i, False), with_kwargs=True) for i, b in enumerate(blocks)]
+    handles.append(blocks[-1].register_forward_hook(grab(len(blocks), True), with_kwargs=True))
+    dist = torch.zeros(len(blocks) - n + 1, dtype=torch.float64)
+    tokens = 0
+    try:
+        for b in calib.batches(8):
+            forward_batch(model, b)
+            mask = b.get("attention_mask")
+            w = (torch.ones(b["input_ids"].shape) if mask is None else mask.float()).double()
+            for s in range(dist.numel()):
+                cos = torch.nn.functional.cosine_similarity(states[s], states[s + n], dim=-1)
+                dist[s] += ((torch.arccos(cos.clamp(-1, 1)) / math.pi).double().cpu() * w).sum()
+            tokens += float(w.sum())
+    finally:
+        for h in handles:
+            h.remove()
+    return dist / max(tokens, 1.0)
+
+
+def angular_run(model: nn.Module, calib: Calibration, n: int) -> int:
+    """Start of the contiguous run of ``n`` blocks with the smallest angular distance."""
+    return int(angular_distances(model, calib, n).argmin())
+
+
+__all__ = ["LLAMA_LIKE", "Attn", "FFN", "angular_distances", "angular_run", "attn_of", "ffn_of", "forward_batch",
+           "group_scores", "heads", "neuron_scores", "probe", "remove_ffn_neurons", "remove_head_groups",
+           "remove_layers", "run_windows", "slice_linear"]
