@@ -105,7 +105,7 @@ class Bench:
         names = parse_metrics(None, self.lm.kind)
         if self.quick and not reference:
             names = [m for m in names if m not in QUICK_ONLY_REFERENCE]
-        tasks = [m for m in self.session.opts.eval_opts.get("task_metrics", []) if self.lm.kind == "causal-lm"]
+        tasks = [m for m in self.session.opts.eval.task_metrics if self.lm.kind == "causal-lm"]
         return names + [m.name for m in METRICS.ordered() if m.derive and self.lm.kind in m.kinds
                         and m.derive[0] in names] + tasks
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.judge import fingerprint_diff
+from harness.baselines.judge import fingerprint_diff
 
 PENALTY = 4.0
 MIN_SIZE = 2

@@ -83,18 +83,13 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
         import torch
 
         import harness
-        from harness.config import EvalConfig
         from harness.evaluation import EvalContext, compress_and_measure, parse_metrics
         from harness.measure.environment import device_class, fingerprint_id
-        from harness.metrics import TASK_FIGURES
+        from harness.options import EvalOptions, auto_threads, parse_threads
 
         if a.threads is not None:  # before any work: a bad value fails in a second
-            if a.threads != "auto" and not (a.threads.isdigit() and int(a.threads) >= 1):
-                raise UsageError(f"--threads {a.threads!r}: expected 'auto' or an integer >= 1")
-            from harness.session import auto_threads
-
-            torch.set_num_threads(auto_threads() if a.threads == "auto" else int(a.threads))
-
+            threads = parse_threads(a.threads, "--threads")
+            torch.set_num_threads(threads or auto_threads())
         if a.device.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError(f"--device {a.device}: CUDA requested but no GPU is available here")
         if a.save:  # before any work: never measure for minutes, then refuse to save
@@ -103,26 +98,17 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
             check_save_target(a.save, overwrite=a.overwrite)
         elif a.overwrite:
             raise UsageError("--overwrite only applies together with --save DIR")
-        if a.max_tokens is not None and a.max_tokens < 1:
-            raise UsageError(f"--max-tokens {a.max_tokens}: expected an integer >= 1")
-        ctx = EvalContext(eval=EvalConfig(max_tokens=a.max_tokens, split=a.split, text=a.text))
-        for f in (a.text, a.calibration_text):  # a bad file fails before the model loads
-            if f is not None:
-                from harness.models.textfile import read_text
-
-                read_text(f)
-        tasks = [t.strip() for t in (a.lm_eval_tasks or "").split(",") if t.strip()]
-        if a.lm_eval_tasks is not None:
-            from harness.measure.tasks import check_tasks
-
-            if not tasks:
-                raise UsageError("--lm-eval-tasks is empty; give e.g. --lm-eval-tasks harness_cloze")
-            check_tasks(tasks)  # unknown task or missing dataset: one line, before any work
-        harness.make(a.technique)  # a bad spec fails before the model loads
+        if a.lm_eval_tasks is not None and not EvalOptions.tasks_of(a.lm_eval_tasks):
+            raise UsageError("--lm-eval-tasks is empty; give e.g. --lm-eval-tasks harness_cloze")
+        # bad budget, split, files or tasks: one line, before the model loads (the same checks as --harness-*)
+        opts = EvalOptions(max_tokens=a.max_tokens, split=a.split, text=a.text, calibration_text=a.calibration_text,
+                           lm_eval_tasks=EvalOptions.tasks_of(a.lm_eval_tasks))
+        ctx = EvalContext(eval=opts.eval_config())
+        tech = harness.make(a.technique)  # parsed once, here: a bad spec fails before the model loads
         lm = harness.load_model(a.model, device=a.device, trust_remote_code=a.trust_remote_code)
-        metrics = parse_metrics(a.metrics, lm.kind) + [f"task.{t}.{w}" for t in tasks for w in TASK_FIGURES]
+        metrics = parse_metrics(a.metrics, lm.kind) + opts.task_metrics
         res, records = compress_and_measure(
-            lm, a.technique, parse_metrics(metrics, lm.kind), ctx=ctx, device=a.device, deltas=False,
+            lm, tech, parse_metrics(metrics, lm.kind), ctx=ctx, device=a.device, deltas=False,
             calibration=lambda: harness.get_calibration(lm.tokenizer, n=a.calibration,
                                                         text_file=a.calibration_text))
         extra = dict(technique=res.technique, spec=res.spec, config=res.config_dict, storage=res.storage,
@@ -270,10 +256,33 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:  # bad input: one line, exit 2
+    except Exception as e:  # noqa: BLE001 - sorted into bad input (exit 2) and bugs (exit 1)
+        if not is_bad_input(e):
+            import traceback
+
+            traceback.print_exc()
+            print(f"harness {args.command}: internal error ({type(e).__name__}); this is a bug in the harness, "
+                  f"please report it with the traceback above and the command line", file=sys.stderr)
+            return 1
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"harness {args.command}: error: {msg}", file=sys.stderr)
         return 2
+
+
+# Bad input, not bugs: a value the user gave (ValueError and its kinds: SpecError, BaselineError,
+# ModelLoadError, CheckpointError, UsageError, ...), a path that is not there or not readable, a
+# technique this device cannot run. Anything else raised from inside the harness is a bug.
+BAD_INPUT: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                                              PermissionError)
+
+
+def is_bad_input(e: BaseException) -> bool:
+    """Whether ``e`` is the user's mistake (one line, exit 2) rather than a bug (traceback, exit 1)."""
+    if isinstance(e, BAD_INPUT):
+        return True
+    from harness.techniques.base import DeviceUnsupportedError
+
+    return isinstance(e, DeviceUnsupportedError)
 
 
 if __name__ == "__main__":  # pragma: no cover

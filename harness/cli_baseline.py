@@ -21,7 +21,7 @@ def _load_runs(a: argparse.Namespace, partial_ok: bool = False) -> tuple[list, l
     equal in the comparability fields), else one line and exit 2. Several runs are repeats:
     verdicts and baselines take each metric's median run and learn the run-to-run noise from
     the others."""
-    from harness import baselines as bl
+    from harness.baselines.judge import fingerprint_diff
     from harness.records import load_records
     from harness.rundir import read_run_info, run_status
 
@@ -34,7 +34,7 @@ def _load_runs(a: argparse.Namespace, partial_ok: bool = False) -> tuple[list, l
             print(f"warning: {d} is a partial run ({why}): judged on what it measured", file=sys.stderr)
         info = read_run_info(d)
         fp = info.get("fingerprint")
-        diff = bl.fingerprint_diff(fp, fp0)  # [] while either side has none
+        diff = fingerprint_diff(fp, fp0)  # [] while either side has none
         if diff:
             raise UsageError(f"{d} ran on another host than {a.run_dirs[0]} ({'; '.join(diff)}): repeats of a "
                              "run must come from one host")
@@ -52,11 +52,11 @@ def _load_runs(a: argparse.Namespace, partial_ok: bool = False) -> tuple[list, l
 
 def _update(a: argparse.Namespace) -> int:
     """``harness baseline update RUN [RUN ...]``."""
-    from harness import baselines as bl
+    from harness.baselines.store import update
 
     records, ids, fp0 = _load_runs(a)
     label = "+".join(ids)
-    for path, n, kept in bl.update(records, a.baselines, prune=a.prune, run_id=label, fingerprint=fp0):
+    for path, n, kept in update(records, a.baselines, prune=a.prune, run_id=label, fingerprint=fp0):
         print(f"wrote {path}: {n} entries from {label}" + (f", {kept} kept" if kept else ""))
     print("review the change with: git diff -- " + a.baselines)
     return 0
@@ -66,17 +66,22 @@ def _check(a: argparse.Namespace) -> int:
     """``harness baseline check RUN [RUN ...]``: verdicts, exit 1 on a regression. Several
     runs of one host are judged as one (each metric's median run; the run-to-run noise
     divided by the runs)."""
-    from harness import baselines as bl
-    from harness.report.summary import run_verdicts
+    from harness.baselines.store import BaselineStore
+    from harness.baselines.verdicts import VERDICTS, GatePolicy, gate, judge_run, run_verdicts
+    from harness.rundir import read_reference
 
     records, _, fp = _load_runs(a, partial_ok=True)
-    vs = run_verdicts(records, a.baselines, fingerprint=fp)
+    if len(a.run_dirs) == 1:  # the verdicts the run wrote, while the baselines are unchanged
+        vs = run_verdicts(a.run_dirs[0], a.baselines, skip_bad_lines=a.skip_bad_lines)
+    else:
+        vs = judge_run(records, BaselineStore(a.baselines), fingerprint=fp,
+                       reference=[r for d in a.run_dirs for r in read_reference(d)])
     for v in vs:
         if v.status != "pass":
             print(f"{v.status:20} {v.line()}")
-    counts = {s: sum(v.status == s for v in vs) for s in bl.VERDICTS}
+    counts = {s: sum(v.status == s for v in vs) for s in VERDICTS}
     print("verdicts: " + ", ".join(f"{k} {n}" for k, n in counts.items() if n))
-    return 1 if counts["regressed"] else 0
+    return 1 if gate(vs, GatePolicy(gate=True))[0] else 0
 
 
 @command("baseline", "update, show or check stored baselines (baselines/<suite>/<device-class>.json)")
@@ -100,12 +105,13 @@ def _baseline_cmd(p: argparse.ArgumentParser) -> None:
     _skip_option(p)
 
     def run(a: argparse.Namespace) -> int:
-        from harness import baselines as bl
+        from harness.baselines.file import SCHEMA, load_baseline
+        from harness.baselines.store import migrate
 
         if a.action == "migrate":
-            done = bl.migrate(a.baselines)
+            done = migrate(a.baselines)
             for path, n in done:
-                print(f"migrated {path}: {n} entries to {bl.SCHEMA} (specs resolved with today's defaults)")
+                print(f"migrated {path}: {n} entries to {SCHEMA} (specs resolved with today's defaults)")
             print("nothing to migrate" if not done else "review the change with: git diff -- " + a.baselines)
             return 0
         if a.action == "show":
@@ -114,7 +120,7 @@ def _baseline_cmd(p: argparse.ArgumentParser) -> None:
             if not files:
                 raise UsageError(f"no baseline files under {root}/<suite>/<device-class>.json")
             for f in files:
-                b = bl.load_baseline(f)
+                b = load_baseline(f)
                 n = sum(len(e.metrics) for e in b.entries.values())
                 print(f"{f}: suite {b.suite}, {b.device_class}, {len(b.entries)} entries, {n} metrics")
             return 0

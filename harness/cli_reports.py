@@ -62,11 +62,13 @@ def _report_cmd(p: argparse.ArgumentParser) -> None:
 
 
 def _report(a: argparse.Namespace, run_dir: str | Path) -> int:
+    from harness.baselines.verdicts import run_verdicts
     from harness.report.html import write_html
     from harness.report.markdown import markdown_from
     from harness.report.summary import summarize
 
-    s = summarize(run_dir, a.baselines, skip_bad_lines=a.skip_bad_lines)  # records read once
+    vs = run_verdicts(run_dir, a.baselines, skip_bad_lines=a.skip_bad_lines)  # stored, or judged now
+    s = summarize(run_dir, vs, skip_bad_lines=a.skip_bad_lines)
     for msg in s.skipped:
         print(f"warning: {msg}", file=sys.stderr)
     classes = sorted({r.device_class for r in s.records if r.device_class})

@@ -146,13 +146,12 @@ def _run_repeats(a: argparse.Namespace, suites: list[str], extra: list[str], pyt
                  run_dir: Path) -> int:
     """``--repeat N``: N complete runs, each its own pytest process and run directory under
     ``OUT.repeats/``, then merged into OUT (``harness.merge``), whose verdicts combine them
-    (``harness.baselines.combine_runs``). ``--gate`` gates the merged run, not each repeat:
+    (``harness.baselines.store.combine_runs``). ``--gate`` gates the merged run, not each repeat:
     one noisy repeat must not fail the job that the median would pass."""
     from harness import runner
+    from harness.baselines.verdicts import GatePolicy, gate, run_verdicts
     from harness.merge import merge_runs
-    from harness.records import load_records
-    from harness.report.summary import run_verdicts, summary_lines
-    from harness.rundir import read_run_info
+    from harness.report.summary import summary_lines
 
     parts = run_dir.parent / f"{run_dir.name}.repeats"
     if parts.exists() or (run_dir.exists() and any(run_dir.iterdir())):
@@ -178,20 +177,20 @@ def _run_repeats(a: argparse.Namespace, suites: list[str], extra: list[str], pyt
     for w in res.warnings:
         print(f"harness run: warning: {w}", file=sys.stderr)
     print(f"harness run: {a.repeat} repeats merged into {run_dir} ({res.records} records)")
-    for line in summary_lines(run_dir, baselines=a.baselines):
+    vs = run_verdicts(run_dir, a.baselines, write=True)  # the merged run judged once, into verdicts.jsonl
+    for line in summary_lines(run_dir, vs):
         print(line)
     if a.gate:
-        vs = run_verdicts(list(load_records(run_dir)), a.baselines or "baselines",
-                          fingerprint=read_run_info(run_dir).get("fingerprint"))
-        bad = [v for v in vs if v.status == "regressed"]
-        for v in bad:
-            print(f"harness gate: {v.line()}", file=sys.stderr)
+        bad, _ = gate(vs, GatePolicy(gate=True))
+        for line in bad:
+            print(f"harness gate: {line}", file=sys.stderr)
         worst = max(worst, 1 if bad else 0)
-    return _finish(run_dir, worst, a)
+    return _finish(run_dir, worst, a, vs)
 
 
-def _finish(run_dir: Path, code: int, a: argparse.Namespace) -> int:
-    """After the run: refuse a run without records, render the report, warn if partial."""
+def _finish(run_dir: Path, code: int, a: argparse.Namespace, verdicts: list | None = None) -> int:
+    """After the run: refuse a run without records, render the report with the run's
+    verdicts (those it wrote, unless given), warn if partial."""
     from harness import rundir
     from harness.records import record_files
 
@@ -200,9 +199,11 @@ def _finish(run_dir: Path, code: int, a: argparse.Namespace) -> int:
               file=sys.stderr)
         return code or 2
     if not a.no_report:
+        from harness.baselines.verdicts import run_verdicts
         from harness.report.html import write_report
 
-        path = write_report(run_dir, baselines=a.baselines)
+        vs = verdicts if verdicts is not None else run_verdicts(run_dir, a.baselines)
+        path = write_report(run_dir, verdicts=vs)
         print(f"harness run: report {path}")
     status, why = rundir.run_status(run_dir)
     if status != "complete":
@@ -273,10 +274,12 @@ def _after_signal(run_dir: Path, signum: int, a: argparse.Namespace) -> int:
     rundir.mark_interrupted(run_dir, signum)
     print(f"harness run: {name}: stopped; the run is partial", file=sys.stderr)
     if record_files(run_dir) and not a.no_report:
+        from harness.baselines.verdicts import run_verdicts
         from harness.report.html import write_report
 
         try:
-            print(f"harness run: report {write_report(run_dir, baselines=a.baselines)} (partial)")
+            path = write_report(run_dir, verdicts=run_verdicts(run_dir, a.baselines))
+            print(f"harness run: report {path} (partial)")
         except (ValueError, OSError) as e:
             print(f"harness run: warning: no report: {str(e).splitlines()[0]}", file=sys.stderr)
     return 128 + signum

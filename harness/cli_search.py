@@ -76,7 +76,7 @@ def _threads(value: str | None) -> None:
         raise UsageError(f"--threads {value!r}: expected 'auto' or an integer >= 1")
     import torch
 
-    from harness.session import auto_threads
+    from harness.options import auto_threads
 
     torch.set_num_threads(auto_threads() if value == "auto" else int(value))
 

@@ -128,7 +128,12 @@ def normalize_key(key: str) -> str:
 
 def resolved_key(technique: str, config: Mapping[str, Any], version: int) -> str:
     """The full resolved config and config version of a technique, the key a baseline entry
-    is matched by (``rtn:bits=4,group=128,sym=true@v1``): the one place it is formatted."""
+    is matched by (``rtn:bits=4,group=128,sym=true@v1``): the one place it is formatted.
+    Values are taken as a record stores them (JSON: tuples are lists), so a config in memory
+    and the same config read back from a records file give one key."""
+    import json
+
+    config = json.loads(json.dumps(dict(config), default=str))
     body = ",".join(f"{k}={_key_value(v)}" for k, v in sorted(config.items()))
     return normalize_key(f"{technique}:{body}@v{version}" if body else f"{technique}@v{version}")
 

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.baselines import entry_key
+from harness.baselines.store import entry_key
 from harness.metrics import METRICS
 from harness.records import load_records
 from harness.rundir import read_run_info, run_status
@@ -180,8 +180,8 @@ def rank(items: list[Entry], metric: str | None = None) -> list[Entry]:
 
 def _tied(a: Entry, b: Entry, metric: str) -> bool:
     """Whether the interval of a's change against b contains zero (False without samples)."""
-    from harness.baseline_file import MetricBaseline, Tolerance, baseline_samples
-    from harness.judge import change_interval
+    from harness.baselines.file import MetricBaseline, Tolerance, baseline_samples
+    from harness.baselines.judge import change_interval
     from harness.records import Record
 
     if a.model != b.model or not a.samples.get(metric) or not b.samples.get(metric):
@@ -199,7 +199,7 @@ def _tied(a: Entry, b: Entry, metric: str) -> bool:
 def steps(con: sqlite3.Connection, device_class: str | None = None, metric: str | None = None) -> list:
     """Detected steps (``harness.changepoints``) of every (entry, metric) series, oldest run
     first, each explained by the two runs' fingerprints and commits."""
-    from harness.baseline_file import parse_tolerance
+    from harness.baselines.file import parse_tolerance
     from harness.changepoints import Step, change_points, explain
 
     runs = {r[0]: {"fingerprint": r[1], "commit": r[2]}

@@ -1,6 +1,8 @@
-"""pytest plugin (entry point ``pytest11: harness``): options and hooks only. The state
-behind them (caches, run directory, gating) is ``harness.session``; the ``bench`` fixture's
-API is ``harness.bench.Bench``.
+"""pytest plugin (entry point ``pytest11: harness``): options and hooks only. The options
+become ``harness.options.Options`` (validated once); the state behind the hooks is
+``harness.session`` (caches, run directory, per-test gate) and ``harness.controller`` (the
+run's verdicts and summaries); the ``bench`` fixture's API is ``harness.bench.Bench``; the
+default suite's parameters are ``harness.suite``.
 
 Inert for test sessions that never use ``bench``: nothing is written unless a test
 records something or ``--harness-out`` is given. Under pytest-xdist the controller picks
@@ -17,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from harness.bench import Bench
-from harness.session import Controller, HarnessBaselineWarning, Options, Session
+from harness.controller import Controller
+from harness.options import EvalOptions, Options
+from harness.session import HarnessBaselineWarning, Session
 
 SESSION = pytest.StashKey[Session]()
 ITEM_BENCH = pytest.StashKey[Bench]()
@@ -64,27 +68,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="also measure these lm-eval tasks' acc/acc_norm offline (e.g. harness_cloze, bundled)")
 
 
-def _eval_opts(get) -> dict:
+def _eval_options(get) -> EvalOptions:
     """--harness-max-tokens/-split/-text/-calibration-text/-lm-eval-tasks, checked now."""
-    from harness.config import EvalConfig
-    from harness.metrics import TASK_FIGURES
-    from harness.models.textfile import read_text
+    from harness.options import EvalOptions
 
-    ev = {k: get(f"harness_{k}") for k in ("max_tokens", "split", "text") if get(f"harness_{k}") is not None}
-    tasks = [t.strip() for t in (get("harness_lm_eval_tasks") or "").split(",") if t.strip()]
     try:
-        EvalConfig(**ev)
-        for f in (get("harness_text"), get("harness_calibration_text")):
-            if f is not None:
-                read_text(f)
-        if tasks:  # unknown task or missing dataset: a usage error now, not a failure per test
-            from harness.measure.tasks import check_tasks
-
-            check_tasks(tasks)
+        return EvalOptions(max_tokens=get("harness_max_tokens"), split=get("harness_split"),
+                           text=get("harness_text"), calibration_text=get("harness_calibration_text"),
+                           lm_eval_tasks=EvalOptions.tasks_of(get("harness_lm_eval_tasks")))
     except ValueError as e:
         raise pytest.UsageError(f"--harness-*: {e}") from None
-    return {"eval": ev, "calibration_text": get("harness_calibration_text"),
-            "task_metrics": [f"task.{t}.{w}" for t in tasks for w in TASK_FIGURES]}
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -112,7 +105,8 @@ def _durations(config: pytest.Config) -> dict[str, float]:
 
 
 def _options(config: pytest.Config) -> Options:
-    from harness.baselines import parse_fail_on
+    from harness.baselines.store import parse_fail_on
+    from harness.options import parse_threads
     from harness.paths import safe_component
     from harness.rundir import new_run_id
 
@@ -138,14 +132,15 @@ def _options(config: pytest.Config) -> Options:
         run_id = _existing_run_id(out) or run_id
     base = Path(get("harness_baselines")) if get("harness_baselines") else config.rootpath / "baselines"
     md = get("harness_markdown")
-    threads = get("harness_threads")
-    if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
-        raise pytest.UsageError(f"--harness-threads {threads!r}: expected 'auto' or an integer >= 1")
+    try:
+        threads = parse_threads(get("harness_threads"))
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
     return Options(out=out.resolve(), run_id=run_id, baselines=base.resolve(), gate=get("harness_gate"),
                    fail_on=fail_on, strict=get("harness_strict"), device=get("harness_device"),
-                   models=get("harness_model") or ["harness-tiny"], quick=get("harness_quick"),
+                   models=tuple(get("harness_model") or ["harness-tiny"]), quick=get("harness_quick"),
                    shard=_parse_shard(get("harness_shard")), markdown=Path(md) if md else None,
-                   threads=None if threads == "auto" else int(threads), eval_opts=_eval_opts(get),
+                   threads=threads, eval=_eval_options(get),
                    worker=str(wi.get("workerid", "main")) if wi else "main",
                    workers=int(wi.get("workercount", 1)) if wi else 1)
 
@@ -178,7 +173,7 @@ def pytest_configure(config: pytest.Config) -> None:
         controller = Controller(config.stash[SESSION])
         config.pluginmanager.register(controller, "harness-controller")
         if config.getoption("harness_out"):
-            config.stash[SESSION].write_run(status="running")
+            config.stash[SESSION].writer.run_info(status="running")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(controller), "harness-xdist")
 
@@ -262,40 +257,9 @@ def pytest_runtest_call(item: pytest.Item):
     res = yield
     b = item.stash.get(ITEM_BENCH, None)
     if b is not None and b.records:
-        problems, warns = b.session.gate(b.suite, b.records)
+        problems, warns = b.session.gate(b.records)
         for w in warns:
             warnings.warn(HarnessBaselineWarning(w), stacklevel=2)
         if problems:
             pytest.fail("harness gate: " + "; ".join(problems), pytrace=False)
     return res
-
-
-def technique_params(quick: bool, specs: list[str] | None = None) -> list:
-    """One ``pytest.param`` per suite spec of every registered technique (the reference
-    first): the first spec of each technique in quick mode, all of them otherwise.
-    ``specs`` (``--harness-technique``) replaces that list: the reference, then these.
-    CUDA-only techniques carry the ``gpu`` marker; techniques that declare no
-    ``suite_specs`` (and family modules that failed to import) appear as skipped with the
-    reason, so nothing disappears silently."""
-    from harness.techniques import IMPORT_ERRORS, TECHNIQUES
-
-    if specs:
-        from harness.techniques.base import make
-
-        chosen = [make(spec) for spec in specs]  # bad spec: one-line error at collection
-        return [pytest.param("none", id="none")] + [
-            pytest.param(spec, id=spec, marks=[pytest.mark.gpu] if t.requires_cuda else [])
-            for spec, t in zip(specs, chosen) if spec != "none"]
-    params = []
-    names = sorted(TECHNIQUES, key=lambda n: (n != "none", TECHNIQUES.get(n).family, n))
-    for name in names:
-        cls = TECHNIQUES.get(name)
-        specs = list(cls.suite_specs[:1] if quick else cls.suite_specs)
-        marks = [pytest.mark.gpu] if cls.requires_cuda else []
-        if not specs:
-            params.append(pytest.param(name, id=name, marks=[pytest.mark.skip(
-                reason=f"technique {name!r} declares no suite_specs")]))
-        params += [pytest.param(spec, id=spec, marks=marks) for spec in specs]
-    params += [pytest.param(mod, id=mod.rsplit(".", 1)[-1], marks=[pytest.mark.skip(
-        reason=f"technique module {mod} failed to import: {err}")]) for mod, err in IMPORT_ERRORS.items()]
-    return params

@@ -3,13 +3,17 @@
 A run directory ``reports/<run-id>/`` holds ``records-<worker>.jsonl`` (one per pytest-xdist
 worker / shard), ``outcomes-<shard>.jsonl`` (the pytest outcome of each test, written by the
 controller as it happens), ``run.json`` (status, timing, environment) and, once rendered,
-``report.html``. A run whose ``run.json`` says ``running`` (killed) or ``partial`` (Ctrl-C,
-``-x``) is reported as partial; records already written are kept. This module only reads and
+``report.html``; ``verdicts.jsonl`` (``harness.baselines.verdicts``) and ``.reference/`` (the
+uncompressed reference's records) once the run judged itself. A run whose ``run.json`` says
+``running`` (killed) or ``partial`` (Ctrl-C, ``-x``) is reported as partial; records already
+written are kept. This module only reads and
 writes those files; ``harness.runner`` starts pytest, the reports read through here.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import secrets
 import signal
 import time
@@ -19,6 +23,7 @@ from typing import Any
 from harness.paths import atomic_write
 
 RUN_JSON = "run.json"
+REFERENCE_DIR = ".reference"  # the uncompressed reference's records, measured once per run
 
 
 def new_run_id() -> str:
@@ -54,6 +59,29 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
         return info if isinstance(info, dict) else {}
     except (json.JSONDecodeError, OSError):
         return {}
+
+
+def reference_path(run_dir: str | Path, model: str, profile: str, device: str) -> Path:
+    """Where a run keeps the reference records of ``model`` (measured once, shared by workers)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model)
+    return Path(run_dir) / REFERENCE_DIR / f"{slug}-{profile}-{device}.json"
+
+
+def read_reference(run_dir: str | Path) -> list:
+    """Every reference record a run stored (``reference_path``), each with its profile in
+    ``extra["profile"]``; damaged files are skipped (they only ever inform host drift)."""
+    from harness.records import Record
+
+    out = []
+    for path in sorted((Path(run_dir) / REFERENCE_DIR).glob("*.json")):
+        profile = path.stem.rsplit("-", 2)[-2] if path.stem.count("-") >= 2 else "full"
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            recs = [Record.from_dict(d) for d in stored.values()]
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+        out += [dataclasses.replace(r, extra={**r.extra, "profile": profile}) for r in recs]
+    return out
 
 
 def run_info_problem(run_dir: str | Path) -> str | None:

@@ -4,7 +4,7 @@ Parametrized from the technique registry (``Technique.suite_specs``), so a techn
 joins the suite by registering itself. ``--harness-quick`` runs each technique's first
 spec with cheaper measurement settings.
 """
-from harness.plugin import technique_params
+from harness.suite import technique_params
 
 
 def pytest_generate_tests(metafunc):

@@ -63,7 +63,8 @@ _PPL: dict[str, float] = {}  # spec -> ppl.window measured in this process (the 
 def _on_real_model(bench) -> None:
     """Point the bench at the real model with the fixed evaluation budget."""
     bench.model_name = MODEL
-    bench.session.opts.eval_opts.setdefault("eval", {}).setdefault("max_tokens", MAX_TOKENS)
+    if bench.session.opts.eval.max_tokens is None:
+        bench.session.set_eval(max_tokens=MAX_TOKENS)
 
 
 def _ppl(bench, spec: str) -> float:

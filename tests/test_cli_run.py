@@ -261,7 +261,7 @@ def test_run_into_a_directory_that_holds_records_is_refused(tmp_path, capsys, mo
 
 
 def test_run_technique_option_selects_specs(tmp_path, capsys, monkeypatch):
-    from harness.plugin import technique_params
+    from harness.suite import technique_params
 
     ids = [p.id for p in technique_params(True, ["rtn:bits=8", "magnitude:sparsity=0.5"])]
     assert ids == ["none", "rtn:bits=8", "magnitude:sparsity=0.5"]

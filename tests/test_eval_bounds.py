@@ -62,7 +62,7 @@ def test_calibration_text_draws_the_windows_from_the_file(tmp_path, tiny_lm):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--max-tokens", "0"], "--max-tokens 0: expected an integer >= 1"),
+    (["--max-tokens", "0"], "max_tokens=0 must be >= 1"),
     (["--text", "/no/such/file.txt"], "text file '/no/such/file.txt' cannot be read"),
     (["--calibration-text", "/no/such/cal.txt"], "cannot be read"),
     (["--lm-eval-tasks", ","], "--lm-eval-tasks is empty"),
@@ -83,20 +83,21 @@ def test_lm_eval_tasks_adds_acc_acc_norm_and_recovery_records(capsys):
 
 
 def test_suite_options_reach_the_eval_context_and_calibration(tmp_path):
-    from harness.plugin import _eval_opts
-    from harness.session import Options, Session
+    from harness.options import Options
+    from harness.plugin import _eval_options
+    from harness.session import Session
 
     f = tmp_path / "t.txt"
     f.write_text(PROSE)
     opts = {"harness_max_tokens": 256, "harness_split": None, "harness_text": str(f),
             "harness_calibration_text": str(f), "harness_lm_eval_tasks": "harness_cloze"}
-    ev = _eval_opts(opts.get)
-    assert ev["task_metrics"] == ["task.harness_cloze.acc", "task.harness_cloze.acc_norm",
+    ev = _eval_options(opts.get)
+    assert ev.task_metrics == ["task.harness_cloze.acc", "task.harness_cloze.acc_norm",
                                   "task.harness_cloze.recovery"]
-    s = Session(Options(out=tmp_path / "o", run_id="r", baselines=tmp_path / "b", quick=True, eval_opts=ev))
+    s = Session(Options(out=tmp_path / "o", run_id="r", baselines=tmp_path / "b", quick=True, eval=ev))
     cfg = s.eval_context().eval
     assert (cfg.max_tokens, cfg.text, cfg.split) == (256, str(f), "validation")
     with pytest.raises(pytest.UsageError, match="max_tokens=0 must be >= 1"):
-        _eval_opts({**opts, "harness_max_tokens": 0}.get)
+        _eval_options({**opts, "harness_max_tokens": 0}.get)
     with pytest.raises(pytest.UsageError, match="cannot be read"):
-        _eval_opts({**opts, "harness_calibration_text": str(tmp_path / "nope")}.get)
+        _eval_options({**opts, "harness_calibration_text": str(tmp_path / "nope")}.get)

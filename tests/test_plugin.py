@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.baselines import SCHEMA
+# Imported before pytester's in-process runs, which unload what they import: torch's c10d ops
+# cannot be registered twice, and a later test in this process loading a Llama would fail.
+import transformers.models.llama.modeling_llama  # noqa: F401
+
+from harness.baselines.file import SCHEMA
 from harness.measure.environment import device_class
 from harness.records import load_records
 from harness.rundir import load_outcomes, read_run_info
@@ -299,7 +303,7 @@ def test_bench_compress_and_measure_on_a_tiny_model(pytester, tmp_path):
 
 
 def test_technique_params_follow_the_registry(monkeypatch):
-    from harness.plugin import technique_params
+    from harness.suite import technique_params
     from harness.techniques import IMPORT_ERRORS, TECHNIQUES
 
     monkeypatch.setitem(IMPORT_ERRORS, "harness.techniques.broken", "No module named 'missing_dep'")

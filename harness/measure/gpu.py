@@ -104,7 +104,7 @@ def nvml_device_info(index: int = 0) -> dict[str, Any]:
         "sm_clock_max_mhz": q(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_SM),
         "mem_clock_max_mhz": q(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_MEM),
         "mem_bus_width_bits": q(pynvml.nvmlDeviceGetMemoryBusWidth, h),
-        # comparability (harness.judge): a capped board is a different machine
+        # comparability (harness.baselines.judge): a capped board is a different machine
         "power_limit_w": (pl / 1000) if (pl := q(pynvml.nvmlDeviceGetEnforcedPowerLimit, h)) else None,
     }
 

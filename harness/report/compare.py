@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.baseline_file import baseline_samples
-from harness.baselines import MetricBaseline, Verdict, compare, default_tolerance, entry_key, worst
+from harness.baselines.file import MetricBaseline, baseline_samples
+from harness.baselines.judge import Verdict, compare
+from harness.baselines.store import default_tolerance, entry_key
+from harness.baselines.verdicts import worst
 from harness.merge import load_many
 from harness.records import Record
 from harness.report.html import environment

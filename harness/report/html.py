@@ -14,6 +14,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
+from harness.baselines.judge import Verdict
 from harness.report.charts import Point, pareto_svg
 from harness.report.summary import LEGEND, Row, RunSummary, summarize
 
@@ -109,9 +110,10 @@ def render_html(s: RunSummary) -> str:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None,
-                 baselines: str | Path | None = None, *, skip_bad_lines: bool = False) -> Path:
-    """Render ``run_dir`` to ``out`` (default ``<run_dir>/report.html``); returns the path."""
-    return write_html(summarize(run_dir, baselines, skip_bad_lines=skip_bad_lines), out)
+                 verdicts: list[Verdict] | None = None, *, skip_bad_lines: bool = False) -> Path:
+    """Render ``run_dir`` to ``out`` (default ``<run_dir>/report.html``) with ``verdicts``
+    (default: those stored in the run directory); returns the path."""
+    return write_html(summarize(run_dir, verdicts, skip_bad_lines=skip_bad_lines), out)
 
 
 def write_html(s: RunSummary, out: str | Path | None = None) -> Path:

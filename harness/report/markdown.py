@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.baselines.judge import Verdict
 from harness.report.summary import LEGEND, RunSummary, summarize, table
 
 
@@ -38,6 +39,7 @@ def markdown_from(s: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(run_dir: str | Path, baselines: str | Path | None = None, *,
+def render_markdown(run_dir: str | Path, verdicts: list[Verdict] | None = None, *,
                     skip_bad_lines: bool = False) -> str:
-    return markdown_from(summarize(run_dir, baselines, skip_bad_lines=skip_bad_lines))
+    """The Markdown summary of ``run_dir`` with ``verdicts`` (default: those it stored)."""
+    return markdown_from(summarize(run_dir, verdicts, skip_bad_lines=skip_bad_lines))

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.baselines import RAW_LATENCY, BaselineStore, Tolerance, Verdict, combine_runs, profile_of, verdicts, worst
+from harness.baselines.judge import Verdict
+from harness.baselines.store import combine_runs, profile_of
+from harness.baselines.verdicts import RAW_LATENCY, read_verdicts, worst
 from harness.metrics import METRICS
 from harness.records import Record, load_records
 from harness.rundir import load_outcomes, read_run_info, run_status
@@ -161,31 +163,16 @@ def worst_outcome(outcomes: Iterable[str]) -> str:
     return next((o for o in ("error", "failed", "xpassed", "xfailed", "skipped", "passed") if o in s), "")
 
 
-def run_verdicts(records: list[Record], baselines: str | Path | None,
-                 fail_on: dict[str, Tolerance] | None = None, fingerprint: dict | None = None) -> list[Verdict]:
-    """Verdicts of every record against the baselines of its own device class (and, with the
-    run's ``fingerprint``, only where the baseline's fingerprint matches it)."""
-    if baselines is None:
-        return []
-    store = BaselineStore(baselines)
-    out: list[Verdict] = []
-    for dc in sorted({r.device_class for r in records if r.device_class}):
-        out += verdicts([r for r in records if r.device_class == dc], store, dc, overrides=fail_on,
-                        fingerprint=fingerprint)
-    return out
-
-
-def summarize(run_dir: str | Path, baselines: str | Path | None = None,
-              fail_on: dict[str, Tolerance] | None = None, *, skip_bad_lines: bool = False) -> RunSummary:
+def summarize(run_dir: str | Path, verdicts: list[Verdict] | None = None, *,
+              skip_bad_lines: bool = False) -> RunSummary:
     """Load a run directory (records merged across workers) into a RunSummary.
 
-    ``baselines`` defaults to the directory the run used (from run.json) if it exists."""
+    ``verdicts``: the run's verdicts (``harness.baselines.verdicts.run_verdicts``); default:
+    those the run stored in its ``verdicts.jsonl``, or none. A report never judges."""
     run_dir = Path(run_dir)
     records = load_records(run_dir, skip_bad_lines=skip_bad_lines)
     info = read_run_info(run_dir)
-    if baselines is None and info.get("baselines") and Path(info["baselines"]).is_dir():
-        baselines = info["baselines"]
-    vs = run_verdicts(records, baselines, fail_on, info.get("fingerprint"))
+    vs = list(verdicts) if verdicts is not None else (read_verdicts(run_dir) or [])
     outcomes = sorted(load_outcomes(run_dir), key=lambda o: o["nodeid"])
     rows = build_rows(combine_runs(records), vs, outcomes)  # repeats of a run: its median run
     present = {r.metric for r in records}
@@ -212,10 +199,9 @@ def table(rows: list[Row], columns: list[Column]) -> tuple[list[str], list[list[
     return header, body
 
 
-def summary_lines(run_dir: str | Path, baselines: str | Path | None = None,
-                  fail_on: dict[str, Tolerance] | None = None) -> list[str]:
+def summary_lines(run_dir: str | Path, verdicts: list[Verdict] | None = None) -> list[str]:
     """The terminal summary: aligned table, verdict counts, regressions, run status."""
-    s = summarize(run_dir, baselines, fail_on)
+    s = summarize(run_dir, verdicts)
     header, body = table(s.rows, s.columns)
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731

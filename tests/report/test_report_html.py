@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.baselines import SCHEMA
+from harness.baselines.file import SCHEMA
+from harness.baselines.verdicts import run_verdicts
 from harness.paths import append_jsonl
 from harness.records import NoRecordsError, Record, RecordWriter, load_records
 from harness.report.charts import Point, pareto_front, pareto_svg
@@ -126,7 +127,7 @@ def test_verdict_colours_and_regression_banner(tmp_path):
         {"model": "tiny", "spec": "rtn:bits=4", "profile": "full",
          "metrics": {"ppl.window": {"value": 50.0, "direction": "lower", "tolerance": "2%"},
                      "size.bytes": {"value": 300.0, "direction": "lower", "tolerance": "1%"}}}]}))
-    page = parse(write_report(run, baselines=tmp_path / "bl"))
+    page = parse(write_report(run, verdicts=run_verdicts(run, tmp_path / "bl")))
     cells = [a.get("class", "") for t, a in page.tags if t == "td"]
     assert any("v-regressed" in c for c in cells) and any("v-pass" in c for c in cells)
     text = "".join(page.text)
@@ -171,7 +172,7 @@ def test_pareto_front_and_svg_escaping():
 def test_summary_explains_a_host_that_moved(tmp_path):
     """When the uncompressed reference's own latency moved against its baseline, the summary
     says so in one sentence (the host moved), next to the verdict legend."""
-    from harness import baselines as bl
+    from harness.baselines.store import update
     from harness.report.summary import LEGEND, summary_lines
 
     def run(path, ref_ms, rtn_ms):
@@ -183,11 +184,14 @@ def test_summary_explains_a_host_that_moved(tmp_path):
         write_run_info(path, run_id=path.name, status="complete")
         return path
 
-    bl.update(load_records(run(tmp_path / "base", 10.0, 5.0)), tmp_path / "bl")
-    same = summary_lines(run(tmp_path / "same", 10.5, 5.2), baselines=tmp_path / "bl")
+    update(load_records(run(tmp_path / "base", 10.0, 5.0)), tmp_path / "bl")
+    same_dir = run(tmp_path / "same", 10.5, 5.2)
+    same = summary_lines(same_dir, run_verdicts(same_dir, tmp_path / "bl"))
     assert f"  ({LEGEND})" in same and not any(line.startswith("Host moved") for line in same)
-    slow = summary_lines(run(tmp_path / "slow", 15.0, 7.5), baselines=tmp_path / "bl")
+    slow_dir = run(tmp_path / "slow", 15.0, 7.5)
+    vs = run_verdicts(slow_dir, tmp_path / "bl")
+    slow = summary_lines(slow_dir, vs)
     [note] = [line for line in slow if line.startswith("Host moved")]
     assert "latency.prefill_ms +50%" in note
-    assert "Host moved" in render_markdown(tmp_path / "slow", baselines=tmp_path / "bl")
-    assert 'id="host-banner"' in write_report(tmp_path / "slow", baselines=tmp_path / "bl").read_text()
+    assert "Host moved" in render_markdown(slow_dir, vs)
+    assert 'id="host-banner"' in write_report(slow_dir, verdicts=vs).read_text()

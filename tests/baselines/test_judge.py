@@ -9,11 +9,20 @@ import re
 import numpy as np
 import pytest
 
-from harness import baselines as bl
 from harness import stats
+from harness.baselines.file import SCHEMA, BaselineError, load_baseline, parse_tolerance
+from harness.baselines.judge import run_noise
+from harness.baselines.store import BaselineStore, combine_runs, update
+from harness.baselines.verdicts import judge_run
 from harness.records import Record
 
 DC = "cpu-test-2c"
+
+
+def verdicts(records, store, dc=None, *, missing=True, overrides=None, reference_records=(), fingerprint=None):
+    """``judge_run`` as the tests call it: ``missing=False`` leaves out metrics a test did not measure."""
+    vs = judge_run(records, store, fingerprint=fingerprint, reference=reference_records, tolerances=overrides)
+    return vs if missing else [v for v in vs if v.status != "missing"]
 FP = {"cpu": "Test CPU", "cpu_affinity": 2, "torch": "2.13.0", "transformers": "5.0", "torch_threads": 1}
 
 
@@ -36,8 +45,8 @@ def lat_rec(metric, median, n=20, spread=0.03, seed=0, spec="rtn:bits=4"):
 
 
 def judge(records, base_records, tmp_path, fingerprint=None, base_fp=None, refs=()):
-    bl.update(base_records, tmp_path, fingerprint=base_fp)
-    return bl.verdicts(records, bl.BaselineStore(tmp_path), DC, missing=False, fingerprint=fingerprint,
+    update(base_records, tmp_path, fingerprint=base_fp)
+    return verdicts(records, BaselineStore(tmp_path), DC, missing=False, fingerprint=fingerprint,
                        reference_records=refs)
 
 
@@ -146,16 +155,16 @@ def test_hosts_of_one_class_name_with_another_simd_level_are_not_comparable(tmp_
 
 
 def test_update_stores_samples_and_fingerprint_and_a_spread_only_file_still_works(tmp_path):
-    [(path, _, _)] = bl.update([ppl_rec(1.0), lat_rec("latency.prefill_ms", 10.0)], tmp_path, fingerprint=FP)
-    bf = bl.load_baseline(path)
+    [(path, _, _)] = update([ppl_rec(1.0), lat_rec("latency.prefill_ms", 10.0)], tmp_path, fingerprint=FP)
+    bf = load_baseline(path)
     assert bf.source["fingerprint"] == FP
     ent = next(iter(bf.entries.values()))
     assert len(ent.metrics["ppl.window"].samples["window_nll"]) == 64
     assert len(ent.metrics["latency.prefill_ms"].samples["values"]) == 20
     # A baseline written before samples existed: judged by the old band rule, labelled.
     old = dataclasses.replace(lat_rec("latency.prefill_ms", 10.0), samples={}, spread={"p10": 9.5, "p90": 10.5})
-    bl.update([old], tmp_path / "old")
-    [v] = bl.verdicts([lat_rec("latency.prefill_ms", 10.2)], bl.BaselineStore(tmp_path / "old"), DC,
+    update([old], tmp_path / "old")
+    [v] = verdicts([lat_rec("latency.prefill_ms", 10.2)], BaselineStore(tmp_path / "old"), DC,
                       missing=False)
     assert v.status == "pass" and "spread-only baseline" in v.note and "harness baseline update" in v.note
 
@@ -167,16 +176,16 @@ def test_bad_samples_in_a_baseline_file_are_a_one_line_error(tmp_path):
 
     p = tmp_path / "default" / f"{DC}.json"
     p.parent.mkdir(parents=True)
-    p.write_text(json.dumps({"schema": bl.SCHEMA, "suite": "default", "device_class": DC, "entries": [
+    p.write_text(json.dumps({"schema": SCHEMA, "suite": "default", "device_class": DC, "entries": [
         {"model": "m", "spec": "none", "metrics": {"ppl.window": {
             "value": 5.0, "direction": "lower", "tolerance": "1%", "samples": {"window_nll": ["x"]}}}}]}))
-    with pytest.raises(bl.BaselineError, match=r"samples: expected an object of number lists"):
-        bl.load_baseline(p)
+    with pytest.raises(BaselineError, match=r"samples: expected an object of number lists"):
+        load_baseline(p)
 
 
 def test_a_relative_plus_absolute_tolerance_judges_near_zero_memory(tmp_path):
-    assert str(bl.parse_tolerance("25%+8")) == "25%+8"
-    assert bl.parse_tolerance("25%+8").allowed(100.0) == 33.0
+    assert str(parse_tolerance("25%+8")) == "25%+8"
+    assert parse_tolerance("25%+8").allowed(100.0) == 33.0
     [v] = judge([rec("memory.step_peak_mb", 0.0078)], [rec("memory.step_peak_mb", 0.0)], tmp_path)
     assert v.status == "pass"  # the registry's 25%+8 MiB: a page of RSS is not a regression
     [v] = judge([rec("memory.step_peak_mb", 20.0)], [rec("memory.step_peak_mb", 0.0)], tmp_path)
@@ -281,12 +290,12 @@ def test_a_multi_run_baseline_allows_for_run_to_run_noise_an_entry_at_a_time(tmp
     assert vs[noisy].status == "inconclusive", vs[noisy].note
     assert "run-to-run noise" in vs[noisy].note and "only repeated runs narrow" in vs[noisy].note
     assert vs[stable].status == "regressed", vs[stable].note
-    bf = bl.load_baseline(tmp_path / "three" / "default" / f"{DC}.json")
+    bf = load_baseline(tmp_path / "three" / "default" / f"{DC}.json")
     ent = next(e for e in bf.entries.values() if e.spec == noisy)
     mb = ent.metrics["latency.speedup_prefill"]
     assert np.allclose(mb.runs, [0.85, 0.72, 0.80], rtol=0.02)
     assert mb.value == sorted(mb.runs)[1]  # the median run's value (and its samples)
-    sd, k, k_run = bl.run_noise(bf, "latency.speedup_prefill", mb)
+    sd, k, k_run = run_noise(bf, "latency.speedup_prefill", mb)
     own = float(np.std(np.log(mb.runs), ddof=1))
     assert k == 3 and k_run == 1 and 0.005 < sd < own  # shrunk towards the pooled (mostly stable) noise
 
@@ -299,14 +308,14 @@ def test_widen_adds_in_quadrature_and_keeps_the_estimate():
 
 
 def test_runs_round_trip_and_a_single_run_value_is_refused(tmp_path):
-    [(path, _, _)] = bl.update([_speedup(1.0, "a", "rtn:bits=4", 1), _speedup(1.1, "b", "rtn:bits=4", 2)], tmp_path)
+    [(path, _, _)] = update([_speedup(1.0, "a", "rtn:bits=4", 1), _speedup(1.1, "b", "rtn:bits=4", 2)], tmp_path)
     raw = path.read_text()
     assert '"runs": [' in raw
-    assert bl.load_baseline(path).entries
+    assert load_baseline(path).entries
     path.write_text(raw.replace('"runs": [', '"runs": [1.0], "x": [', 1))
     try:
-        bl.load_baseline(path)
-    except bl.BaselineError as e:
+        load_baseline(path)
+    except BaselineError as e:
         assert ".runs: expected a list of at least 2 per-run values" in str(e)
     else:
         raise AssertionError("a one-value runs list was accepted")
@@ -331,7 +340,7 @@ def test_a_repeated_run_divides_the_run_to_run_noise_by_its_runs(tmp_path):
 def test_combine_runs_keeps_the_median_run_whole_and_every_runs_value():
     rs = [_speedup(v, f"r{i}", "nf4", i) for i, v in enumerate((0.9, 0.7, 0.8))]
     other = _speedup(0.5, "r0", "awq", 9)
-    out = bl.combine_runs([*rs, other])
+    out = combine_runs([*rs, other])
     assert len(out) == 2 and out[1] is other  # a metric measured by one run only passes unchanged
     m = out[0]
     assert m.run_id == "r2" and m.samples == rs[2].samples and sorted(m.extra["runs"]) == pytest.approx(

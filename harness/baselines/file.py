@@ -1,5 +1,5 @@
 """Baseline files: ``baselines/<suite>/<device-class>.json``, their schema, validation and
-migration. ``harness.baselines`` compares records with what these files hold.
+migration. ``harness.baselines.verdicts`` judges records against what these files hold.
 
 Schema ``harness-baseline/2``: each entry is keyed by (model, resolved config, profile). The
 resolved config is the technique's full configuration, defaults included, plus its
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.config import config_to_dict, normalize_key, resolved_key
 from harness.metrics import METRICS
 from harness.paths import inside, safe_component
 
@@ -79,10 +80,10 @@ class MetricBaseline:
     spread: dict[str, float] = field(default_factory=dict)
     unit: str = ""
     n: int = 1
-    # Raw samples the statistical verdicts use (``harness.judge``); empty = spread-only.
+    # Raw samples the statistical verdicts use (``harness.baselines.judge``); empty = spread-only.
     samples: dict[str, list[float]] = field(default_factory=dict)
     # The value of each run the baseline was written from (``harness baseline update RUN1 RUN2
-    # ...``): the run-to-run noise, which one run's samples cannot show (``harness.judge``).
+    # ...``): the run-to-run noise, which one run's samples cannot show (``harness.baselines.judge``).
     runs: list[float] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -103,7 +104,7 @@ SAMPLE_KEYS = ("values", "reference_values", "window_nll", "window_ids", "agree_
 
 
 def baseline_samples(samples: dict[str, Any] | None) -> dict[str, list[float]]:
-    """The part of a record's raw samples a baseline keeps (what ``harness.judge`` tests)."""
+    """The part of a record's raw samples a baseline keeps (what ``harness.baselines.judge`` tests)."""
     return {k: list(v) for k, v in (samples or {}).items() if k in SAMPLE_KEYS and v}
 
 
@@ -199,7 +200,7 @@ def parse_baseline(data: Any, where: str) -> BaselineFile:
         resolved = None if v1 else e.get("resolved")
         if resolved is not None and not isinstance(resolved, str):
             raise BaselineError(f"{w}.resolved: expected a string like 'rtn:bits=4,group=128,sym=true@v1'")
-        ent.resolved = resolved or resolve_spec(ent.spec)
+        ent.resolved = normalize_key(resolved) if resolved else resolve_spec(ent.spec)
         ent.migrated = v1 or bool(e.get("migrated")) or resolved is None
         for name, md in metrics.items():
             if name not in METRICS:
@@ -234,28 +235,18 @@ def load_baseline(path: str | Path) -> BaselineFile:
     return bf
 
 
-def _fmt(v: Any) -> str:
-    return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
-
-
-def resolved_key(technique: str, config: dict[str, Any], version: int) -> str:
-    body = ",".join(f"{k}={_fmt(v)}" for k, v in sorted(config.items()))
-    return f"{technique}:{body}@v{version}" if body else f"{technique}@v{version}"
-
-
 @functools.lru_cache(maxsize=512)
 def resolve_spec(spec: str) -> str:
     """A spec string as its full resolved config with today's defaults and config version
     (the schema-1 migration, and records that carry no config). A spec that no installed
     technique parses stays as written."""
     try:
-        from harness.config import config_to_dict
-        from harness.techniques.base import make
+        from harness.techniques.spec import make
 
         t = make(spec)
     except Exception:  # noqa: BLE001 - a foreign or retired technique: keep the text
         return spec
-    return resolved_key(t.name, config_to_dict(t.config), int(getattr(t, "config_version", 1)))
+    return resolved_key(t.name, config_to_dict(t.config), t.config_version)
 
 
 def dump(bf: BaselineFile, run_id: str = "") -> str:

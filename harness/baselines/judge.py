@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import stats
-from harness.baseline_file import MetricBaseline, Tolerance
+from harness.baselines.file import MetricBaseline, Tolerance
 from harness.records import Record
 
 # Fingerprint fields that change performance figures; a difference in any of them makes
