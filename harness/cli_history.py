@@ -86,7 +86,7 @@ def _history_cmd(p: argparse.ArgumentParser) -> None:
     p.epilog = ("examples:\n  harness history                             ingest reports/*/ and list steps\n"
                 "  harness history --db nightly.sqlite --no-ingest --metric latency.speedup_decode\n"
                 "method: PELT change points over each series, kept when the level moved by more than the "
-                "metric's tolerance (docs/gating.md)\n")
+                "metric's tolerance (docs/results/gating.md)\n")
     _db_options(p)
     p.add_argument("--metric", default=None, help="only this metric (default: every metric)")
 

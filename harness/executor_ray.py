@@ -48,7 +48,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise RuntimeError("--executor ray needs the 'ray' package: pip install "
+        raise ValueError("--executor ray needs the 'ray' package: pip install "
                            "'llm-compression-harness[cluster]' (or pip install ray)") from None
     return ray
 

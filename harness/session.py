@@ -75,7 +75,7 @@ class Session:
         ev = self.opts.eval.eval_config(**({"max_tokens": 8192} if self.opts.quick else {}))
         # The budget, not a cap of 50, bounds the fast prefill rounds; decode rounds are slow, so
         # min_repeats sets their count: 6 left the decode speed-up's interval too wide to see a
-        # 15% slower forward (docs/gating.md), 12 costs about one second more per test.
+        # 15% slower forward (docs/results/gating.md), 12 costs about one second more per test.
         lat = (LatencyConfig(prompt_len=64, decode_tokens=16, budget_s=1.0, min_repeats=12, max_repeats=200)
                if self.opts.quick else None)
         return EvalContext(lat or LatencyConfig(), ev, reference=reference, cache_factory=cache_factory,

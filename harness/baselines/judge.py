@@ -33,7 +33,7 @@ from harness.records import Record
 # spells them: OMP_NUM_THREADS unset on a 2-core host and OMP_NUM_THREADS=2 run the same.
 # ``cpu_capability`` (torch's SIMD dispatch level) and ``cpu_id`` (family/model/stepping) are
 # there because hosts of one class name differ: the int8 speed-ups of the quick suite moved
-# 19-28% between an AVX512 and an AVX2 host both reporting "AMD EPYC" (docs/gating.md).
+# 19-28% between an AVX512 and an AVX2 host both reporting "AMD EPYC" (docs/results/gating.md).
 COMPARABLE_FIELDS = ("cpu", "cpu_id", "cpu_capability", "cpu_affinity", "torch_threads", "torch", "transformers",
                      "gpu", "gpu_torch_name", "driver", "cuda_runtime", "cuda_driver", "sm_clock_max_mhz",
                      "mem_clock_max_mhz", "power_limit_w", "cuda_device")
@@ -109,7 +109,7 @@ def hold_if_host_moved(v: Verdict, run_raw: Record | None, base_raw: MetricBasel
     tolerance (the whole interval outside), because kernels scale differently when the host
     runs much faster or slower (measured: speed-ups moved 15-23% while their interleaved
     reference moved 22-33%). Holding it whenever the move merely cannot be excluded hid a
-    planted 15% slow-down in two of three runs (docs/gating.md)."""
+    planted 15% slow-down in two of three runs (docs/results/gating.md)."""
     if v.status not in ("regressed", "improved") or v.spec == "none" or v.tolerance is None or not v.baseline:
         return
     allowed = v.tolerance.allowed(v.baseline) / abs(v.baseline)
@@ -180,7 +180,7 @@ def run_noise(bf: Any, metric: str, base: MetricBaseline, runs: list[float] | No
 
     One run's samples show the noise within a run, not between runs: on a shared 2-core
     host the int8/int4 kernels' speed-ups moved up to 17% from one process to the next while
-    each run's interval was a few percent wide (docs/gating.md). An entry's own 3-5 runs
+    each run's interval was a few percent wide (docs/results/gating.md). An entry's own 3-5 runs
     estimate that badly, so its log variance is shrunk towards the file's pooled variance for
     the metric (a moderated variance, as in limma): ``(d0 s0² + d s²) / (d0 + d)``; the
     repeated run's own runs add their degrees of freedom."""
