@@ -78,19 +78,23 @@ def test_interleaved_reference_rounds_pair_into_per_round_speedups(llama):
     assert plain.value == pytest.approx(1.5) and plain.extra["pairing"] == "separate runs"
 
 
-def _spin(seconds: float):
-    """Busy-wait ``seconds`` of wall time (sleep's granularity would blur a 2x factor)."""
-    import time
+class _FakeClock:
+    """A clock only the timed callables move: each adds its cost, so ratios are exact."""
 
-    def f() -> None:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            pass
-    return f
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def side(self, cost_s: float):
+        def f() -> None:
+            self.now += cost_s
+        return f
 
 
 def _work(n: int):
-    """``n`` units of pure-Python CPU work: twice the n, twice the thread time."""
+    """``n`` units of pure-Python CPU work: twice the n, about twice the thread time."""
     def f() -> int:
         return sum(i * i for i in range(n))
     return f
@@ -101,14 +105,19 @@ def test_ab_timing_median_ratio_lands_on_the_known_cost_factor():
 
     from harness.measure.latency import ab_timing
 
-    t = ab_timing([_spin(0.004), _spin(0.002)], rounds=7)
-    assert len(t.samples) == 2 and all(len(s) == 7 for s in t.samples)
-    assert t.medians[0] == pytest.approx(4.0, rel=0.25) and t.medians[1] == pytest.approx(2.0, rel=0.25)
-    assert t.ratio() == pytest.approx(2.0, rel=0.1)
-    lo, hi = t.interval()
-    assert lo <= t.ratio() <= hi and len(t.ratios()) == 7
-    cpu = ab_timing([_work(40_000), _work(80_000)], rounds=7, clock=time.thread_time)
-    assert cpu.ratio() == pytest.approx(0.5, rel=0.25)  # base over side: the 2x side is half as fast
+    clock = _FakeClock()
+    t = ab_timing([clock.side(0.004), clock.side(0.002), clock.side(0.001)], rounds=5, clock=clock)
+    assert len(t.samples) == 3 and all(len(s) == 5 for s in t.samples)
+    assert t.medians == pytest.approx((4.0, 2.0, 1.0))
+    assert t.ratios() == pytest.approx([2.0] * 5) and t.ratio(2) == pytest.approx(4.0)
+    assert t.ratio(side=0, base=1) == pytest.approx(0.5) and t.interval(2) == pytest.approx((4.0, 4.0))
+    # Real work on the real thread clock (a neighbour's time slices do not count there).
+    cpu = ab_timing([_work(200_000), _work(100_000)], rounds=9, clock=time.thread_time)
+    assert cpu.ratio() == pytest.approx(2.0, rel=0.25)
+    lo, hi = cpu.interval()
+    assert lo <= cpu.ratio() <= hi
+    wall = ab_timing([lambda: time.sleep(0.01), lambda: None], rounds=2)  # default clock: perf_counter
+    assert min(wall.samples[0]) >= 10.0 - 1e-6
 
 
 def test_interleaved_rounds_run_abba_after_warmup_and_return_per_side_results():
