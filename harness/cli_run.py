@@ -21,6 +21,7 @@ RUN_EXAMPLES = textwrap.dedent("""\
       harness run --gate                          fail on regressions against baselines/
       harness run suites/test_mine.py -- -n 2     your own suite file, 2 xdist workers
       harness run --quick --shard 1/2 --out s1    one job of a 2-way CI matrix (then harness merge)
+      harness run --quick --against origin/main --repeat 2 --gate   A/B against the base commit on this host
     """)
 
 
@@ -45,6 +46,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                    help="--executor ray: an existing Ray cluster (default: start a local one)")
     p.add_argument("--ray-cpus", type=int, default=None, metavar="N",
                    help="--executor ray without --address: CPUs of the local Ray (default: all)")
+    p.add_argument("--against", default=None, metavar="REF",
+                   help="also run the suite at git REF (origin/main, or $(git merge-base origin/main HEAD)) on this "
+                        "host, interleaved ABBA with the working tree (--repeat N runs each side N times), and judge "
+                        "the working tree against it: speed verdicts on any runner")
     p.add_argument("--repeat", type=int, default=None, metavar="N",
                    help="run the suite N times, each in its own process (OUT.repeats/1..N), merged into OUT: "
                         "verdicts judge each metric's median run, with the run-to-run noise divided by N (asv's "
@@ -79,7 +84,8 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
                              f"e.g. harness run -- {unknown[0]}")
         for k in ("quick", "gate", "no_report"):
             setattr(a, k, getattr(a, k) or getattr(b, k))
-        for k in ("out", "device", "baselines", "shard", "durations", "executor", "address", "ray_cpus", "repeat"):
+        for k in ("out", "device", "baselines", "shard", "durations", "executor", "address", "ray_cpus", "repeat",
+                  "against"):
             setattr(a, k, getattr(b, k) if getattr(b, k) is not None else getattr(a, k))
         a.model = a.model + b.model
         a.technique = a.technique + b.technique
@@ -107,6 +113,11 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
             extra.append(f"--harness-durations={a.durations}")
         if a.repeat is not None and a.repeat < 1:
             raise UsageError(f"--repeat {a.repeat} must be >= 1")
+        if a.against:
+            if a.executor == "ray" or a.shard:
+                raise UsageError("--against runs both trees here, interleaved; it does not combine with --shard "
+                                 "or --executor ray")
+            return _run_against(a, suites, extra, pytest_args, run_dir)
         if (a.repeat or 1) > 1:
             if a.executor == "ray" or a.shard:
                 raise UsageError("--repeat runs the whole suite N times in this process tree; it does not combine "
@@ -127,12 +138,14 @@ def _run_cmd(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=run)
 
 
-def _pytest(cmd: list[str], run_dir: Path, a: argparse.Namespace, run_id: str | None = None) -> tuple[int, bool]:
-    """One pytest child: (exit code, whether ``harness run`` ends with it now: after a signal,
-    or when pytest selected no tests, which must never pass silently)."""
-    from harness import runner
+def _pytest(cmd: list[str], run_dir: Path, a: argparse.Namespace, run_id: str | None = None,
+            tree: Path | None = None) -> tuple[int, bool]:
+    """One pytest child (in ``tree``, importing its code first, when given): (exit code,
+    whether ``harness run`` ends with it now: after a signal, or when pytest selected no
+    tests, which must never pass silently)."""
+    from harness import ab, runner
 
-    code, signum = runner.run_pytest(cmd, run_id=run_id)
+    code, signum = runner.run_pytest(cmd, run_id=run_id, cwd=tree, env=ab.child_env(tree) if tree else None)
     if signum is not None:
         return _after_signal(run_dir, signum, a), True
     if code == 5:
@@ -186,6 +199,48 @@ def _run_repeats(a: argparse.Namespace, suites: list[str], extra: list[str], pyt
             print(f"harness gate: {line}", file=sys.stderr)
         worst = max(worst, 1 if bad else 0)
     return _finish(run_dir, worst, a, vs)
+
+
+def _run_against(a: argparse.Namespace, suites: list[str], extra: list[str], pytest_args: list[str],
+                 run_dir: Path) -> int:
+    """``--against REF``: REF's worktree and this checkout run in ABBA order (``harness.ab``),
+    each run in ``OUT/base/K`` or ``OUT/head/K``; the head's runs merge into OUT and are
+    judged against the base's; ``--gate`` gates on that."""
+    from harness import ab, runner
+    from harness.baselines.verdicts import GatePolicy, gate
+    from harness.merge import merge_runs
+    from harness.report.summary import summary_lines
+
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"{run_dir} already exists; --against needs a new run directory")
+    base = ab.checkout(ab.toplevel(Path.cwd()), a.against)  # bad ref or dirty cache: before anything is written
+    if note := ab.lock_note(base):
+        print(f"harness run: warning: {note}", file=sys.stderr)
+    inner, dirs, worst = [x for x in extra if x != "--harness-gate"], {ab.BASE: [], ab.HEAD: []}, 0
+    for side, k in ab.order(a.repeat or 1):
+        tree, d = base.tree if side == ab.BASE else base.top, run_dir / side / str(k)
+        cmd = runner.pytest_command([ab.in_tree(s, base.top, tree) for s in suites], d, quick=a.quick,
+                                    extra=inner + ["-p", "no:cacheprovider"] + pytest_args)
+        print(f"harness run: {side} {k} ({base.sha[:12] if side == ab.BASE else 'working tree'}): "
+              f"{' '.join(cmd[1:])}", flush=True)
+        code, stop = _pytest(cmd, d, a, tree=tree)
+        if stop:
+            return code
+        worst = max(worst, code)
+        dirs[side].append(d)
+    tmp = run_dir.parent / f".{run_dir.name}.head-merge"
+    merge_runs(tmp, dirs[ab.HEAD])
+    for item in tmp.iterdir():
+        item.rename(run_dir / item.name)
+    tmp.rmdir()
+    vs = ab.judge_against(run_dir, dirs[ab.BASE], base)
+    print(f"harness run: head judged against {base.label}")
+    for line in summary_lines(run_dir, vs):
+        print(line)
+    bad, _ = gate(vs, GatePolicy(gate=True)) if a.gate else ([], [])
+    for line in bad:
+        print(f"harness gate: {line}", file=sys.stderr)
+    return _finish(run_dir, max(worst, 1 if bad else 0), a, vs)
 
 
 def _finish(run_dir: Path, code: int, a: argparse.Namespace, verdicts: list | None = None) -> int:

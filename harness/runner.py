@@ -39,14 +39,16 @@ def pytest_command(suites: list[str], run_dir: Path, *, quick: bool, extra: list
     return cmd + list(extra)
 
 
-def run_pytest(cmd: list[str], run_id: str | None = None) -> tuple[int, int | None]:
+def run_pytest(cmd: list[str], run_id: str | None = None, *, cwd: Path | None = None,
+               env: dict[str, str] | None = None) -> tuple[int, int | None]:
     """Run pytest as a child and return ``(exit code, signal received or None)``.
 
     The child runs in its own process group, so a terminal's Ctrl-C reaches only this
     process; SIGINT and SIGTERM (what CI timeouts and supervisors send to the process
     they started) are forwarded once to the child's whole group, and we wait for its
-    clean shutdown (the plugin marks run.json partial). Nothing of the group outlives us."""
-    env = {**os.environ, **({"HARNESS_RUN_ID": run_id} if run_id else {})}
+    clean shutdown (the plugin marks run.json partial). Nothing of the group outlives us.
+    ``cwd`` / ``env``: where and with what environment the child runs (``--against``'s base tree)."""
+    env = {**(env if env is not None else os.environ), **({"HARNESS_RUN_ID": run_id} if run_id else {})}
     received: list[int] = []
     child: list[subprocess.Popen] = []
 
@@ -60,7 +62,7 @@ def run_pytest(cmd: list[str], run_id: str | None = None) -> tuple[int, int | No
     # child too, while a handler is reset to the default at exec.
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        child.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+        child.append(subprocess.Popen(cmd, env=env, cwd=cwd, start_new_session=True))
         if received:  # a signal that arrived while the child was starting
             _signal_group(child[0].pid, received[0])
         code = child[0].wait()
