@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,8 @@ def test_cli_entry_rejects_bad_input(capsys):
 
 def _bench_script():
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kernels.py"
+    if str(path.parent) not in sys.path:  # the script imports its sibling benchmarks/_common.py, as when run
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location("bench_kernels_script", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
