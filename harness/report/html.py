@@ -16,7 +16,7 @@ from markupsafe import Markup
 
 from harness.baselines.judge import Verdict
 from harness.report.charts import Point, pareto_svg
-from harness.report.summary import LEGEND, Row, RunSummary, summarize
+from harness.report.summary import LEGEND, Row, RunSummary, attention, summarize
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -95,6 +95,7 @@ def context(s: RunSummary) -> dict[str, Any]:
         "columns": s.columns, "fingerprint": fp,
         "device_classes": sorted({r.device_class for r in s.records if r.device_class}),
         "problems": [v for v in s.verdicts if v.status in ("regressed", "missing", "not-comparable")],
+        "attention": attention(s.verdicts), "speed_hint": s.speed_hint(),
         "new": [v for v in s.verdicts if v.status == "new"],
         "compared": sum(v.status in ("pass", "regressed", "improved") for v in s.verdicts),
         "improved": [v for v in s.verdicts if v.status == "improved"],

@@ -30,6 +30,11 @@ def markdown_from(s: RunSummary) -> str:
                   f"_{_esc(LEGEND)}_"]
     if s.host_note():
         lines += ["", f"> {_esc(s.host_note())}"]
+    if s.info.get("baseline_source"):
+        lines += ["", f"Baseline: {_esc(s.info['baseline_source'])}"
+                  + (f" ({_esc(s.info['lock_note'])})" if s.info.get("lock_note") else "")]
+    if s.speed_hint():
+        lines += ["", _esc(s.speed_hint())]
     reg = [v for v in s.verdicts if v.status == "regressed"]
     if reg:
         lines += ["", "**Regressions**", ""] + [f"- {_esc(v.line())}" for v in reg]

@@ -3,6 +3,7 @@ Markdown summary and the HTML report (so all three show the same numbers).
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -67,7 +68,25 @@ class Row:
 
     @property
     def verdict(self) -> str:
-        return worst(v.status for v in self.verdicts.values())
+        """The worst verdict among the metrics actually compared (not-comparable only when
+        nothing was)."""
+        compared = [v.status for v in self.verdicts.values() if v.status != "not-comparable"]
+        return worst(compared) or worst(v.status for v in self.verdicts.values())
+
+    @property
+    def not_compared(self) -> str:
+        """The families left out of ``verdict``, in one short phrase: ``speed, memory not
+        compared (AVX2 baseline, this host AVX512)``; "" when every metric was compared."""
+        skipped = [v for v in self.verdicts.values() if v.status == "not-comparable"]
+        if not skipped or self.verdict == "not-comparable":
+            return ""
+        fams = ", ".join(dict.fromkeys(family(v.metric) for v in skipped))
+        why = "; ".join(dict.fromkeys(why_not_compared(v) for v in skipped))
+        return f"{fams} not compared ({why})"
+
+    @property
+    def verdict_text(self) -> str:
+        return " · ".join(x for x in (self.verdict, self.not_compared) if x)
 
     def value(self, metric: str) -> float | None:
         r = self.records.get(metric)
@@ -92,6 +111,55 @@ class Row:
         if col.metric.startswith(("size.", "latency.speedup")) and self.simulated:
             tip = f"{self.storage}: simulated, no real saving" + (f"; {tip}" if tip else "")
         return Cell(text, r.value, tip, vtext, dp)
+
+
+# What a metric is, in a row's "not compared" phrase.
+FAMILIES = (("latency.", "speed"), ("memory.", "memory"), ("energy.", "energy"), ("compress.", "compress time"),
+            ("train.", "train time"))
+
+
+def family(metric: str) -> str:
+    return next((name for prefix, name in FAMILIES if metric.startswith(prefix)), metric)
+
+
+def why_not_compared(v: Verdict) -> str:
+    """A not-comparable verdict's reason, short: ``AVX2 baseline, this host AVX512`` for a
+    fingerprint field that differs (the first one), ``baseline only for cpu-x`` for a device
+    class without a baseline file."""
+    m = re.search(r"fingerprints differ: (\w+): (.*?) -> (.*?)(?:;|$)", v.note)
+    if m:
+        field_, base, here = m.groups()
+        if field_ == "cpu_capability":
+            return f"{base.strip()} baseline, this host {here.strip()}"
+        return f"{field_} differs: baseline {base.strip()}, this host {here.strip()}"
+    m = re.search(r"baselines exist only for (.*?); this device is (\S+)", v.note)
+    if m:
+        return f"baseline only for {m.group(1)}, this host {m.group(2)}"
+    return v.note.split(":")[0] or "not comparable"
+
+
+def attention(verdicts: Iterable[Verdict]) -> list[dict[str, Any]]:
+    """The verdicts needing attention: each regressed or missing one, and the not-comparable
+    ones grouped into one line per reason (with how many metrics, which families, which rows)."""
+    out: list[dict[str, Any]] = []
+    groups: dict[str, list[Verdict]] = {}
+    for v in verdicts:
+        if v.status in ("regressed", "missing"):
+            out.append({"status": v.status, "model": v.model, "spec": v.spec, "metric": v.metric,
+                        "baseline": v.baseline, "measured": v.measured, "tolerance": v.tolerance, "note": v.note})
+        elif v.status == "not-comparable":
+            groups.setdefault(why_not_compared(v), []).append(v)
+    for why, vs in groups.items():
+        fams = ", ".join(dict.fromkeys(family(v.metric) for v in vs))
+        out.append({"status": "not-comparable", "model": ", ".join(dict.fromkeys(v.model for v in vs)),
+                    "spec": f"{len({v.spec for v in vs})} technique(s)", "metric": f"{len(vs)} {fams} metric(s)",
+                    "baseline": None, "measured": None, "tolerance": "", "note": why})
+    return out
+
+
+SPEED_HINT = ("Speed verdicts on this host: `harness run --against origin/main` measures the base commit here, "
+              "interleaved; or start a baseline for this runner class: `harness run --repeat 3`, then "
+              "`harness baseline update OUT.repeats/*`.")
 
 
 @dataclass
@@ -134,6 +202,11 @@ class RunSummary:
                        f"these samples; each note says what would decide it (more samples: a longer "
                        f"latency budget or more windows; or, where run-to-run noise dominates, repeated runs).")
         return " ".join(out)
+
+    def speed_hint(self) -> str:
+        """How to get speed verdicts here, when speed figures went uncompared."""
+        return SPEED_HINT if any(v.status == "not-comparable" and family(v.metric) == "speed"
+                                 for v in self.verdicts) else ""
 
     def outcome_counts(self) -> Counter:
         return Counter(o["outcome"] for o in self.outcomes)
@@ -195,7 +268,7 @@ def table(rows: list[Row], columns: list[Column]) -> tuple[list[str], list[list[
     body = []
     for r in rows:
         body.append([r.model, r.spec, r.storage + (" (simulated)" if r.simulated else ""),
-                     *[r.cell(c).text for c in cols], r.verdict or "-", r.outcome or "-"])
+                     *[r.cell(c).text for c in cols], r.verdict_text or "-", r.outcome or "-"])
     return header, body
 
 
@@ -215,6 +288,11 @@ def summary_lines(run_dir: str | Path, verdicts: list[Verdict] | None = None) ->
             lines.append(f"  REGRESSED {v.line()}")
     if s.host_note():
         lines.append(s.host_note())
+    if s.info.get("baseline_source"):
+        lines.append(f"baseline: {s.info['baseline_source']}" + (f" ({s.info['lock_note']})"
+                                                                  if s.info.get("lock_note") else ""))
+    if s.speed_hint():
+        lines.append(s.speed_hint())
     if s.status != "complete":
         lines.append(f"PARTIAL RUN: {s.partial_reason}")
     if s.skipped:
