@@ -117,7 +117,11 @@ def _compare_cmd(p: argparse.ArgumentParser) -> None:
         metrics = [m.strip() for m in a.metrics.split(",")] if a.metrics else None
         for m in metrics or []:
             METRICS.get(m)
-        deltas, warnings = compare_runs(_dirs(a.run_a), _dirs(a.run_b), metrics, skip_bad_lines=a.skip_bad_lines)
+        from harness.baselines.verdicts import judge_runs
+
+        vs = judge_runs(_dirs(a.run_a), _dirs(a.run_b), skip_bad_lines=a.skip_bad_lines)
+        deltas, warnings = compare_runs(_dirs(a.run_a), _dirs(a.run_b), metrics, verdicts=vs,
+                                        skip_bad_lines=a.skip_bad_lines)
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
         print("\n".join(delta_lines(deltas)))

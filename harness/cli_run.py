@@ -145,7 +145,8 @@ def _pytest(cmd: list[str], run_dir: Path, a: argparse.Namespace, run_id: str | 
     tests, which must never pass silently)."""
     from harness import ab, runner
 
-    code, signum = runner.run_pytest(cmd, run_id=run_id, cwd=tree, env=ab.child_env(tree) if tree else None)
+    where = {"cwd": tree, "env": ab.child_env(tree)} if tree else {}
+    code, signum = runner.run_pytest(cmd, run_id=run_id, **where)
     if signum is not None:
         return _after_signal(run_dir, signum, a), True
     if code == 5:

@@ -46,7 +46,7 @@ FORBIDDEN = [
 CONTRACTS = {"harness.techniques.base": "harness.techniques", "harness.layers.base": "harness.layers",
              "harness.models.hf": "harness.models"}
 # Names that judge: a report may read verdicts (read_verdicts, Verdict) but never call these.
-JUDGES = {"judge_run", "run_verdicts"}
+JUDGES = {"judge_run", "judge_runs", "run_verdicts"}
 
 
 def layer_of(module: str) -> int:

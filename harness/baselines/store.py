@@ -82,15 +82,29 @@ class BaselineStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self._cache: dict[tuple[str, str], BaselineFile | None] = {}
+        self._memory = False
+
+    @classmethod
+    def of(cls, records: Iterable[Record], *, fingerprint: dict[str, Any] | None = None) -> BaselineStore:
+        """A store held in memory, made from records (another run standing in for the
+        baseline: ``harness compare A B``), with that run's fingerprint."""
+        store = cls("<records>")
+        store._memory = True
+        for (suite, dc), ents in baseline_entries(records).items():
+            source = {"fingerprint": fingerprint} if fingerprint else {}
+            store._cache[(suite, dc)] = BaselineFile(suite, dc, ents, source)
+        return store
 
     def get(self, suite: str, device_class: str) -> BaselineFile | None:
         key = (suite, device_class)
-        if key not in self._cache:
+        if key not in self._cache and not self._memory:
             p = baseline_path(self.root, suite, device_class)
             self._cache[key] = load_baseline(p) if p.is_file() else None
-        return self._cache[key]
+        return self._cache.get(key)
 
     def other_classes(self, suite: str, device_class: str) -> list[str]:
+        if self._memory:
+            return sorted(dc for s, dc in self._cache if s == suite and dc != device_class)
         d = inside(self.root, safe_component(suite, "suite"))
         return sorted(p.stem for p in d.glob("*.json") if p.stem != device_class) if d.is_dir() else []
 
@@ -130,15 +144,9 @@ def combine_runs(records: Iterable[Record]) -> list[Record]:
     return out
 
 
-def update(records: Iterable[Record], root: str | Path, *, prune: bool = False,
-           run_id: str = "", fingerprint: dict[str, Any] | None = None) -> list[tuple[Path, int, int]]:
-    """Write/merge baseline files from a run's ok records; keeps hand-set tolerances.
-
-    Records of several runs (several ``run_id``) make one baseline: each metric takes the
-    value and samples of its median run and keeps every run's value (``runs``), from which
-    verdicts learn the run-to-run noise (``harness.baselines.judge.run_noise``).
-
-    Returns (path, entries written from the run, entries kept from before) per file."""
+def baseline_entries(records: Iterable[Record]) -> dict[tuple[str, str], dict[tuple[str, str, str], Entry]]:
+    """(suite, device class) -> baseline entries made from these ok records (several runs: the
+    median run's value and samples, with every run's value), with the registered tolerances."""
     groups: dict[tuple[str, str], dict[tuple[str, str, str], Entry]] = {}
     for r in combine_runs(records):  # several runs: the median run, with every run's value
         if r.status != "ok" or r.value is None or not r.suite or not r.device_class:
@@ -150,6 +158,19 @@ def update(records: Iterable[Record], root: str | Path, *, prune: bool = False,
             r.value, bool(r.higher_is_better), default_tolerance(r.metric),
             {k: float(v) for k, v in (r.spread or {}).items() if k in ("p10", "p90")}, r.unit, r.n,
             baseline_samples(r.samples), list(r.extra.get("runs", [])))
+    return groups
+
+
+def update(records: Iterable[Record], root: str | Path, *, prune: bool = False,
+           run_id: str = "", fingerprint: dict[str, Any] | None = None) -> list[tuple[Path, int, int]]:
+    """Write/merge baseline files from a run's ok records; keeps hand-set tolerances.
+
+    Records of several runs (several ``run_id``) make one baseline: each metric takes the
+    value and samples of its median run and keeps every run's value (``runs``), from which
+    verdicts learn the run-to-run noise (``harness.baselines.judge.run_noise``).
+
+    Returns (path, entries written from the run, entries kept from before) per file."""
+    groups = baseline_entries(records)
     paths = {key: baseline_path(root, *key) for key in groups}  # every name checked before any write
     olds = {key: load_baseline(p) if p.is_file() else BaselineFile(*key) for key, p in paths.items()}
     written = []

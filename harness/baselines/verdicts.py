@@ -296,5 +296,19 @@ def run_verdicts(run_dir: str | Path, baselines: str | Path | None = None, *,
     return vs
 
 
-__all__ = ["BaselineError", "GatePolicy", "VERDICTS", "Verdict", "gate", "judge_run", "read_verdicts", "run_verdicts",
-           "worst", "write_verdicts"]
+def judge_runs(run_a: list[str | Path], run_b: list[str | Path], *, skip_bad_lines: bool = False) -> list[Verdict]:
+    """Run B's verdicts with run A standing in for the baseline (``harness compare A B``): the
+    same ``judge_run``, with both sides' samples (and repeats' run-to-run noise), and speed
+    judged only where the two runs' fingerprints agree: the same-host mode."""
+    from harness.merge import load_many
+    from harness.rundir import read_reference, read_run_info
+
+    a, _ = load_many(list(run_a), skip_bad_lines=skip_bad_lines)
+    b, _ = load_many(list(run_b), skip_bad_lines=skip_bad_lines)
+    store = BaselineStore.of(a, fingerprint=read_run_info(run_a[0]).get("fingerprint"))
+    return judge_run(b, store, fingerprint=read_run_info(run_b[0]).get("fingerprint"),
+                     reference=[r for d in run_b for r in read_reference(d)])
+
+
+__all__ = ["BaselineError", "GatePolicy", "VERDICTS", "Verdict", "gate", "judge_run", "judge_runs", "read_verdicts",
+           "run_verdicts", "worst", "write_verdicts"]

@@ -2,19 +2,19 @@
 runs from several device classes side by side (``harness report --by device_class``).
 
 Each (model, spec, profile, metric) measured in both runs on one device class gets A, B,
-the change and a noise-aware verdict with the default tolerance of the metric
-(``harness.baselines``). Figures of different device classes are shown next to each other
-and never judged against each other (``not comparable``). A and B may each be several run
+the change and a noise-aware verdict with the default tolerance of the metric (B judged with
+A as its baseline, by the caller). Figures of different device classes are shown next to
+each other and never judged against each other (``not comparable``). A and B may each be several run
 directories (shards, machines), read as one run through ``harness.merge``.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.baselines.file import MetricBaseline, baseline_samples
-from harness.baselines.judge import Verdict, compare
-from harness.baselines.store import default_tolerance, entry_key
+from harness.baselines.judge import Verdict
+from harness.baselines.store import entry_key
 from harness.baselines.verdicts import worst
 from harness.merge import load_many
 from harness.records import Record
@@ -66,24 +66,21 @@ def _as_list(run: RunDirs) -> list:
     return list(run) if isinstance(run, list) else [run]
 
 
-def _delta(key: tuple, ra: Record | None, rb: Record | None) -> Delta:
+def _delta(key: tuple, ra: Record | None, rb: Record | None, judged: dict[tuple, Verdict]) -> Delta:
     va = ra.value if ra is not None and ra.status == "ok" else None
     vb = rb.value if rb is not None and rb.status == "ok" else None
     da, db = (ra.device_class if ra else ""), (rb.device_class if rb else "")
-    v = None
-    if va is not None and vb is not None and da == db:  # never a verdict across device classes
-        base = MetricBaseline(va, bool(ra.higher_is_better), default_tolerance(ra.metric),
-                              {k: x for k, x in (ra.spread or {}).items() if k in ("p10", "p90")},
-                              samples=baseline_samples(ra.samples))
-        v = compare(rb, base)
-    return Delta(*key, va, vb, (ra or rb).unit, v, da, db)
+    v = judged.get((*key, db)) if va is not None and vb is not None and da == db else None  # never across classes
+    return Delta(*key, va, vb, (ra or rb).unit, v if v is None or v.status != "new" else None, da, db)
 
 
 def compare_runs(run_a: RunDirs, run_b: RunDirs, metrics: list[str] | None = None, *,
-                 skip_bad_lines: bool = False) -> tuple[list[Delta], list[str]]:
+                 verdicts: Iterable[Verdict] = (), skip_bad_lines: bool = False) -> tuple[list[Delta], list[str]]:
     """Deltas of every metric in either run, and warnings (device classes differ, damaged
-    record lines skipped, ...). Each cell is compared within its device class; a cell
-    that A measured on one class only and B on another is shown side by side, unjudged."""
+    record lines skipped, ...). ``verdicts``: B judged with A as its baseline (``judge_run``
+    over ``BaselineStore.of(A)``: samples of both sides, and speed only where the two
+    fingerprints agree: the same-host mode). Each cell is compared within its device class;
+    a cell that A measured on one class only and B on another is shown side by side, unjudged."""
     a, wa = load_many(_as_list(run_a), skip_bad_lines=skip_bad_lines)
     b, wb = load_many(_as_list(run_b), skip_bad_lines=skip_bad_lines)
     warnings = [f"A: {w}" for w in wa] + [f"B: {w}" for w in wb]
@@ -94,6 +91,9 @@ def compare_runs(run_a: RunDirs, run_b: RunDirs, metrics: list[str] | None = Non
         warnings.append(f"device classes differ ({', '.join(dca) or '?'} vs {', '.join(dcb) or '?'}): "
                         f"latency/memory deltas are not comparable; no verdicts across device classes")
     la, lb = _latest(a), _latest(b)
+    dcs = {(*entry_key(r), r.metric): r.device_class for r in b}
+    judged = {(v.model, v.spec, v.profile, v.metric, dcs.get((v.model, v.spec, v.profile, v.metric), "")): v
+              for v in verdicts}
     cells: dict[tuple, tuple[dict, dict]] = {}
     for side, latest in ((0, la), (1, lb)):
         for (*key, dc), r in latest.items():
@@ -104,9 +104,9 @@ def compare_runs(run_a: RunDirs, run_b: RunDirs, metrics: list[str] | None = Non
             continue
         ina, inb = cells[key]
         if len(ina) == 1 and len(inb) == 1 and set(ina) != set(inb):  # one class each: side by side
-            out.append(_delta(key, next(iter(ina.values())), next(iter(inb.values()))))
+            out.append(_delta(key, next(iter(ina.values())), next(iter(inb.values())), judged))
             continue
-        out += [_delta(key, ina.get(dc), inb.get(dc)) for dc in sorted(set(ina) | set(inb))]
+        out += [_delta(key, ina.get(dc), inb.get(dc), judged) for dc in sorted(set(ina) | set(inb))]
     return out, warnings
 
 
