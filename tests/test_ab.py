@@ -102,3 +102,26 @@ def test_a_dirty_worktree_cache_is_refused(repo, capsys):
     with pytest.raises(ab.AgainstError, match="is dirty or not at"):
         ab.checkout(repo, "HEAD")
     assert ab.order(3) == [("base", 1), ("head", 1), ("head", 2), ("base", 2), ("base", 3), ("head", 3)]
+
+
+def test_first_run_on_a_new_runner_class_starts_its_baseline(repo, tmp_path, capsys):
+    """A runner class no baseline knows: `harness run --repeat N`, then `harness baseline update
+    OUT.repeats/*`; the file appears beside the others and the next run there is judged."""
+    from harness.measure.environment import device_class
+
+    bl = tmp_path / "bl"
+    (bl / "ab").mkdir(parents=True)
+    (bl / "ab" / "cpu-some-other-host.json").write_text(json.dumps(
+        {"schema": "harness-baseline/2", "suite": "ab", "device_class": "cpu-some-other-host", "entries": []}))
+    first = repo / "first"
+    assert main(["run", "suites/test_ab.py", "--repeat", "2", "--out", str(first), "--no-report",
+                 "--baselines", str(bl)]) == 0
+    assert {v.status for v in read_verdicts(first)} == {"not-comparable"}  # only another class has a baseline
+    assert "harness baseline update OUT.repeats/*" in capsys.readouterr().out
+    repeats = sorted(str(p) for p in (repo / "first.repeats").iterdir())
+    assert main(["baseline", "update", *repeats, "--baselines", str(bl)]) == 0
+    assert sorted(p.name for p in (bl / "ab").iterdir()) == sorted(
+        ["cpu-some-other-host.json", f"{device_class('cpu')}.json"])
+    nxt = repo / "next"
+    assert main(["run", "suites/test_ab.py", "--out", str(nxt), "--no-report", "--baselines", str(bl)]) == 0
+    assert {v.status for v in read_verdicts(nxt)} <= {"pass", "inconclusive"}
