@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 from _common import table, write_doc
 
+from harness.baselines.verdicts import run_verdicts
 from harness.changepoints import change_points
 from harness.measure.environment import device_class, fingerprint
 from harness.records import load_records
-from harness.report.summary import summarize
 from harness.techniques.base import TECHNIQUES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def run(out: Path, baselines: str, technique: str | None = None, env: dict[str, 
 
 
 def verdicts(out: Path, baselines: str):
-    return summarize(out, baselines).verdicts
+    return run_verdicts(out, baselines)
 
 
 def sample_cost(out: Path) -> tuple[int, int]:
@@ -150,7 +150,7 @@ def main() -> int:
         f"Measured by `.venv/bin/python benchmarks/bench_gating.py` on `{device_class()}` ({fp['cpu']}, {fp['cpu_cores']} cores, "
         f"torch {fp['torch']}) against the committed baseline `{a.baselines}/default/{device_class()}.json`, "
         f"quick profile. Planted changes come from `benchmarks/gating_plants.py` (a test-only plugin) on "
-        f"`{spec}`. How the verdicts are decided: `harness/judge.py`, `harness/stats.py` and "
+        f"`{spec}`. How the verdicts are decided: `harness/baselines/judge.py`, `harness/stats.py` and "
         "[docs/guide/gating.md](../guide/gating.md).", "",
         "## Rates", "",
         table(["check", "target", "measured"], [
@@ -171,7 +171,7 @@ def main() -> int:
             ["(d) a +15% step at run 20 of the same series found at run 20", "high", f"**{100 * det:.1f}%**"],
         ]), "",
         "## Method", "",
-        "Verdicts (`harness/judge.py`, `harness/stats.py`): each metric becomes a 95% interval of its change in the "
+        "Verdicts (`harness/baselines/judge.py`, `harness/stats.py`): each metric becomes a 95% interval of its change in the "
         "worse direction, from both runs' raw samples; `regressed` needs the estimate beyond the tolerance and the "
         "interval to exclude no change (asv's rule: beyond the factor and significant), `pass` needs the whole "
         "interval below the tolerance, `inconclusive` is the rest (the note says how many samples would decide). "
@@ -192,7 +192,7 @@ def main() -> int:
         "22-33% faster). An earlier rule also held speed-ups whenever the move could not be excluded; it hid the "
         "planted slow-down in 2 of 3 runs (reference -11% [-18%, -4%] and -16% [-22%, -12%]). "
         "`ppl.window`: paired bootstrap over the same windows' NLL. `fidelity.top1`: paired difference of per-token "
-        "agreement and McNemar's exact test. Sizes: exact. Tolerances: `harness metrics` (perplexity 1%, speed-ups "
+        "agreement and McNemar's exact test. Sizes: exact. Tolerances: `harness/metrics.py` (perplexity 1%, speed-ups "
         "10%, raw latency 25%).", "",
         "Change points (`harness/changepoints.py`, `harness history`): the noise scale of a series is "
         "1.4826 x MAD of its first differences / sqrt(2) (a step moves one difference only); PELT from `ruptures` "

@@ -12,6 +12,9 @@ Loaded with ``-p gating_plants`` (this folder on PYTHONPATH) and driven by envir
   exactly the factor (1 + f). (Mixing with the uniform distribution is not a reliable
   plant: on a weak model it *lowers* perplexity, as smoothing does.)
 
+- ``HARNESS_PLANTS``: several at once, ``rtn:slow=0.15;magnitude:ppl=0.002`` (technique:kind=fraction,
+  ``;``-separated), for ``bench_ab.py``'s jobs that plant on two techniques of one run.
+
 The uncompressed reference is never altered.
 """
 from __future__ import annotations
@@ -64,15 +67,29 @@ def _penalize(model: torch.nn.Module, frac: float) -> None:
     model.register_forward_hook(post, with_kwargs=True)
 
 
+def plants() -> dict[str, dict[str, float]]:
+    """technique -> {"slow": f, "ppl": f} from HARNESS_PLANTS and the single-technique variables."""
+    out: dict[str, dict[str, float]] = {}
+    for item in filter(None, os.environ.get("HARNESS_PLANTS", "").split(";")):
+        tech, _, what = item.partition(":")
+        kind, _, frac = what.partition("=")
+        out.setdefault(tech.strip(), {})[kind.strip()] = float(frac)
+    target = os.environ.get("HARNESS_PLANT_TECHNIQUE", "")
+    for kind, var in (("slow", "HARNESS_PLANT_SLOW"), ("ppl", "HARNESS_PLANT_PPL")):
+        if target and os.environ.get(var):
+            out.setdefault(target, {})[kind] = float(os.environ[var])
+    return out
+
+
 def _planted(lm, spec, *args, **kwargs):
     result = _original(lm, spec, *args, **kwargs)
-    target = os.environ.get("HARNESS_PLANT_TECHNIQUE", "")
     model = getattr(result, "model", None)
-    if target and getattr(result, "technique", "") == target and model is not None and model is not lm.model:
-        if os.environ.get("HARNESS_PLANT_SLOW"):
-            _slow(model, float(os.environ["HARNESS_PLANT_SLOW"]))
-        if os.environ.get("HARNESS_PLANT_PPL"):
-            _penalize(model, float(os.environ["HARNESS_PLANT_PPL"]))
+    plan = plants().get(getattr(result, "technique", ""), {})
+    if plan and model is not None and model is not lm.model:
+        if plan.get("slow"):
+            _slow(model, plan["slow"])
+        if plan.get("ppl"):
+            _penalize(model, plan["ppl"])
     return result
 
 
