@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("history", ["harness.leaderboard", "harness.changepoints"]),                   # runs -> SQLite history and ranking
     ("report", ["harness.report"]),                         # Records + verdicts -> HTML/Markdown
     ("runs", ["harness.options", "harness.caches", "harness.runwriter", "harness.session", "harness.controller",
-              "harness.bench", "harness.suite", "harness.runner",  # one pytest session: options .. controller
+              "harness.bench", "harness.suite", "harness.runner", "harness.ab",  # a pytest session; --against
               "harness.executor_ray"]),                     # (model x technique) cells as Ray tasks
     ("entry", ["harness.plugin", "harness.cli", "harness.cli_run", "harness.cli_baseline", "harness.cli_reports",
                "harness.cli_history", "harness.cli_search", "harness"]),  # user-facing entry points
