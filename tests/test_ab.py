@@ -125,3 +125,15 @@ def test_first_run_on_a_new_runner_class_starts_its_baseline(repo, tmp_path, cap
     nxt = repo / "next"
     assert main(["run", "suites/test_ab.py", "--out", str(nxt), "--no-report", "--baselines", str(bl)]) == 0
     assert {v.status for v in read_verdicts(nxt)} <= {"pass", "inconclusive"}
+
+
+def test_a_test_only_one_side_has_is_new_or_missing(repo):
+    text = SUITE.format(speedup=2.0).replace("def test_rtn(bench):", "def test_rtn_renamed(bench):").replace(
+        'spec="rtn:bits=8"', 'spec="rtn:bits=4"')
+    (repo / "suites" / "test_ab.py").write_text(text + "# head: rtn:bits=8 gone, rtn:bits=4 new\n")
+    assert main(["run", "suites/test_ab.py", "--against", "HEAD", "--out", str(repo / "o"), "--no-report",
+                 "--baselines", str(repo / "none")]) == 0
+    by = {(v.spec, v.metric): v.status for v in read_verdicts(repo / "o")}
+    assert by[("rtn:bits=4", "latency.speedup_prefill")] == "new"
+    assert by[("rtn:bits=8", "latency.speedup_prefill")] == "missing"
+    assert by[("none", "ppl.window")] == "pass"
