@@ -99,6 +99,9 @@ class CompressionResult:
     cache_factory: Callable[[], Any] | None = None
     figures: dict[str, float] = field(default_factory=dict)  # Applied.figures (train.*)
     extra: dict[str, Any] = field(default_factory=dict)  # Applied.extra (compress.* records' extra)
+    # Technique.batch_dependence: why the model's accuracy figures depend on the eval batch
+    # (None: they do not); the evaluation labels those records with it.
+    batch_dependence: str | None = None
 
     @property
     def config_dict(self) -> dict[str, Any]:
@@ -125,6 +128,12 @@ class Technique:
     # Specs the default suite runs for this technique (quick mode uses the first one).
     suite_specs: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    # Why this technique's accuracy figures (ppl, fidelity, task scores) depend on which
+    # windows the eval batches together, or None when they do not (every technique the
+    # default suite runs gives the same figures at eval batch 1 and 8 within 1e-4:
+    # tests/test_batch_invariance.py). A reason labels the records (extra.batch_invariant)
+    # and the verdict's note.
+    batch_dependence: ClassVar[str | None] = None
     # Bumped when a default or the meaning of an option changes: it joins the resolved key
     # baselines are matched by (``harness.config.resolved_key``), so old numbers never match.
     config_version: ClassVar[int] = 1

@@ -68,7 +68,8 @@ def run_technique(model: torch.nn.Module, tech: Technique, calibration: Callable
                              config=tech.config, storage=tech.storage, wall_s=wall, peak_rss_mb=mem.added_mb,
                              peak_rss_reason=mem.reason,
                              notes=list(applied.notes), cache_factory=applied.cache_factory,
-                             figures=dict(applied.figures), extra=dict(applied.extra))
+                             figures=dict(applied.figures), extra=dict(applied.extra),
+                             batch_dependence=tech.batch_dependence)
 
 
 __all__ = ["model_device", "run_technique"]
