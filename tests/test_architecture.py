@@ -22,7 +22,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("kernels", ["harness.kernels"]),                       # Triton kernels + torch references
     ("layers", ["harness.layers"]),                         # packed modules, save/load args
     ("checkpoint", ["harness.checkpoint"]),                 # safetensors + manifest
-    ("models", ["harness.models", "harness.tasks", "harness.calibration"]),
+    ("models", ["harness.models", "harness.tasks", "harness.calibration",
+                "harness.formats"]),                        # GGUF / compressed-tensors <-> packed layers
     ("techniques", ["harness.techniques"]),                 # model -> compressed model
     ("measure", ["harness.measure"]),                       # compressed model -> figures
     ("evaluation", ["harness.evaluation"]),                 # figures -> Records, one path for all

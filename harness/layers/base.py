@@ -44,6 +44,7 @@ LAYER_MODULES = {
     "fp8_linear": "harness.layers.fp8", "dynamic_int8_linear": "harness.layers.dynamic",
     "sparse_quant_linear": "harness.layers.stacked", "lowrank_quant_linear": "harness.layers.stacked",
     "quant_embedding": "harness.layers.embedding",
+    "gguf_linear": "harness.layers.ggml", "gguf_embedding": "harness.layers.ggml",  # GGUF blocks as stored
 }
 
 

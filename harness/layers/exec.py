@@ -158,15 +158,32 @@ def _quant(m) -> Plan:
                  "scales": q.scales[:, 0].to(torch.bfloat16).contiguous()}
             if q.zeros is not None:
                 c["offset"] = ((128 - q.zeros[:, 0].float()) * q.scales[:, 0].float()).contiguous()
+            elif q.mins is not None:  # w = q*s + m = (q - 128)*s + (128*s + m)
+                c["offset"] = (128 * q.scales[:, 0].float() + q.mins[:, 0].float()).contiguous()
             return c
 
         def run(q, x, c) -> torch.Tensor:
             return _bias(q, cpu.int8_mm(x, c["q8"], c["scales"], c.get("offset")))
         return Plan("int8pack-bf16", {}, build, run)
     p = _int4_plan(out_f, in_f, m.bits, m.group, lambda q: (q.codes(), q.scales, q.zeros))
+    if isinstance(p, Plan) and m.mins is not None:
+        return _with_mins(p)
     if isinstance(p, Plan):
         return p
     return _dense_bf16(lambda q: q.dequantize(torch.float32), {"int4pack-bf16": p})
+
+
+def _with_mins(p: Plan) -> Plan:
+    """The int4pack plan of a ``mins`` layer (GGUF Q4_1): built as symmetric (float zero 0),
+    then each group's float zero set to ``8*s + m``, since ``q*s + m = (q - 8)*s + (8*s + m)``."""
+    def build(q) -> Cache:
+        c = p.build(q)
+        s, mins = q.scales.float(), q.mins.float()
+        if q.group is None:  # one scale per row, repeated over the kernel's groups like pack_int4 does
+            s, mins = (t.expand(-1, c["scale_zeros"].shape[0]) for t in (s, mins))
+        c["scale_zeros"][..., 1] = (8 * s + mins).t().to(torch.bfloat16)
+        return c
+    return Plan(p.kernel, p.why_not, build, p.run)
 
 
 @planner("codebook_linear", "clustered_linear")

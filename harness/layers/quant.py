@@ -9,6 +9,8 @@ Stored tensors (all registered buffers, so ``state_dict`` is exactly what is shi
   ``group=None``): input ``k`` uses group ``k // group``; when ``group`` does not divide
   ``in`` the last group is ragged and covers only the remaining ``in % group`` inputs.
 - ``zeros``    uint8 ``[out, n_groups]`` (asymmetric only; symmetric uses z = 2**(bits-1)).
+- ``mins``     float16 ``[out, n_groups]`` in place of ``zeros`` when ``mins=True`` (asymmetric):
+  ``w = q * s + m``, GGUF Q4_1's block minimum, which no integer zero code holds exactly.
 - ``bias``     optional, in the original dtype.
 - ``input_scale`` optional float16 ``[in]`` (AWQ): the layer computes ``W_q (x / input_scale)``.
 
@@ -54,18 +56,21 @@ class QuantLinear(CompressedModule):
 
     def __init__(self, in_features: int, out_features: int, bits: int = 4, group: int | None = 128,
                  sym: bool = True, bias: bool = False, bias_dtype: str = "float32",
-                 input_scale: bool = False) -> None:
+                 input_scale: bool = False, mins: bool = False) -> None:
         super().__init__()
         check_quant_args(bits, group, in_features)
+        if mins and sym:
+            raise ValueError("mins=True (w = q*s + m) is an asymmetric format; it needs sym=False")
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.bits, self.group, self.sym = int(bits), (None if group is None else int(group)), bool(sym)
         ng = n_groups(in_features, group)
         self.register_buffer("qweight", torch.zeros(out_features, packed_width(in_features, bits), dtype=torch.uint8))
         self.register_buffer("scales", torch.ones(out_features, ng, dtype=torch.float16))
-        if sym:
-            self.zeros = None
-        else:
-            self.register_buffer("zeros", torch.zeros(out_features, ng, dtype=torch.uint8))
+        for name, kept in (("zeros", not (sym or mins)), ("mins", mins)):
+            if kept:
+                self.register_buffer(name, torch.zeros(out_features, ng, dtype=torch.float16 if mins else torch.uint8))
+            else:
+                setattr(self, name, None)
         if bias:
             self.register_buffer("bias", torch.zeros(out_features, dtype=DTYPES[bias_dtype]))
         else:
@@ -112,7 +117,7 @@ class QuantLinear(CompressedModule):
         return {"in_features": self.in_features, "out_features": self.out_features, "bits": self.bits,
                 "group": self.group, "sym": self.sym, "bias": self.bias is not None,
                 "bias_dtype": dtype_name(self.bias.dtype) if self.bias is not None else "float32",
-                "input_scale": self.input_scale is not None}
+                "input_scale": self.input_scale is not None, **({"mins": True} if self.mins is not None else {})}
 
     def logical_params(self) -> int:
         return self.in_features * self.out_features
@@ -123,6 +128,9 @@ class QuantLinear(CompressedModule):
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The dense ``[out, in]`` weight this layer applies (before ``input_scale``)."""
+        if self.mins is not None:  # q * s + m in float32, two roundings as in gguf's reference
+            s, m = (expand_groups(t.float(), self.group, self.in_features) for t in (self.scales, self.mins))
+            return (self.codes().float() * s + m).to(dtype)
         return dequantize_groupwise(self.codes(), self.scales, self.zeros, self.bits, self.group, dtype)
 
     def effective_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -137,7 +145,7 @@ class QuantLinear(CompressedModule):
             x = x / self.input_scale.to(x.dtype)
         if (y := cpu_forward(self, x)) is not None:  # int4pack/int8pack/dense-bf16 cache (layers.exec)
             return y
-        if self.use_kernel and x.is_cuda and self.bits in (4, 8):
+        if self.use_kernel and x.is_cuda and self.bits in (4, 8) and self.mins is None:
             k = _kernel()
             if k is not None:
                 y = k(x, self.qweight, self.scales, self.zeros, self.bits, self.group, self.in_features)
@@ -147,7 +155,8 @@ class QuantLinear(CompressedModule):
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group}, "
-                f"sym={self.sym}, bias={self.bias is not None}, input_scale={self.input_scale is not None}")
+                f"sym={self.sym}, bias={self.bias is not None}, input_scale={self.input_scale is not None}"
+                + (", mins=True" if self.mins is not None else ""))
 
 
 class W8A8Linear(CompressedModule):

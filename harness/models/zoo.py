@@ -134,8 +134,11 @@ def check_model_name(name_or_path: str) -> None:
     path = Path(name_or_path).expanduser()
     if path.is_dir() and ((path / "config.json").is_file() or (path / "harness.json").is_file()):
         return
+    if path.suffix == ".gguf" and path.is_file() or path.is_dir() and any(path.glob("*.gguf")):
+        return
     if path.exists() or os.sep in name_or_path:
-        raise ModelLoadError(f"model {name_or_path!r}: not a Hugging Face model directory (no config.json)")
+        raise ModelLoadError(f"model {name_or_path!r}: not a Hugging Face model directory (no config.json) "
+                             "or a .gguf file")
     raise ModelLoadError(MODELS.unknown_message(name_or_path) + "; or give a local model directory")
 
 
@@ -146,7 +149,11 @@ def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, device:
         lm = MODELS.get(name_or_path).loader(name_or_path, dtype)
     elif os.sep in name_or_path or Path(name_or_path).exists():
         path = Path(name_or_path).expanduser()
-        if (path / "harness.json").is_file():
+        from harness.formats.gguf_read import gguf_file, load_gguf
+
+        if (gguf := gguf_file(path)) is not None:  # packed layers holding the file's codes (formats/)
+            lm = load_gguf(gguf)
+        elif (path / "harness.json").is_file():
             lm = _load_checkpoint_dir(path, dtype)
         else:
             lm = load_hf_dir(path, path.name, dtype, trust_remote_code=trust_remote_code)
