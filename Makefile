@@ -83,3 +83,17 @@ test-latest:
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lock reports/*/
+
+# The GPU path in one call (docs/guide/gpu-check.md). Here, with network: make gpu-wheels, then
+# make gpu-check-dry. On the GPU machine (its own python3, no network, no .venv): make gpu-check.
+GPU_PYTHON ?= python3
+.PHONY: gpu-wheels gpu-check gpu-check-dry
+
+gpu-wheels: $(STAMP)
+	$(BIN)/python scripts/gpu_wheels.py
+
+gpu-check:
+	$(GPU_PYTHON) scripts/gpu_check.py
+
+gpu-check-dry: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py --dry
