@@ -18,7 +18,7 @@ else
 TORCH ?= torch==$(TORCH_VERSION)+cpu
 endif
 TORCH_INDEX ?=
-EXTRAS ?= dev,encoder,search
+EXTRAS ?= dev,encoder,search,formats
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP = $(1)/bin/python -m pip install -q $(TORCH_INDEX)

@@ -27,6 +27,7 @@ _EXPORTS = {
     "Record": "harness.records", "RecordWriter": "harness.records", "load_records": "harness.records",
     "get_calibration": "harness.calibration", "Calibration": "harness.calibration",
     "save_compressed": "harness.checkpoint", "load_compressed": "harness.checkpoint",
+    "export": "harness.formats.export",
     "LatencyConfig": "harness.config", "EvalConfig": "harness.config", "parse_spec": "harness.config",
 }
 

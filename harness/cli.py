@@ -63,6 +63,9 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
                    help="save the compressed model to this new or empty directory (or a harness checkpoint "
                         "with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="--save may replace an existing harness checkpoint")
+    p.add_argument("--export", default=None, metavar="FMT:PATH",
+                   help="also write the compressed model as gguf:FILE.gguf (llama.cpp) or compressed-tensors:DIR "
+                        "(vLLM); options as gguf,asym=q8_0:FILE (docs/guide/formats.md)")
     p.add_argument("--json", action="store_true", help="one JSON record per line")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--threads", default=None, metavar="N",
@@ -98,6 +101,10 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
             check_save_target(a.save, overwrite=a.overwrite)
         elif a.overwrite:
             raise UsageError("--overwrite only applies together with --save DIR")
+        if a.export:  # a bad target fails before the model loads
+            from harness.formats.export import parse_target
+
+            export_to = parse_target(a.export)
         if a.lm_eval_tasks is not None and not EvalOptions.tasks_of(a.lm_eval_tasks):
             raise UsageError("--lm-eval-tasks is empty; give e.g. --lm-eval-tasks harness_cloze")
         # bad budget, split, files or tasks: one line, before the model loads (the same checks as --harness-*)
@@ -117,10 +124,21 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
         if a.save:
             harness.save_compressed(res.model, a.save, tokenizer=lm.tokenizer, technique=res.spec,
                                     overwrite=a.overwrite)
+        if a.export:
+            fmt, path, options = export_to
+            out = harness.export(res.model, fmt, path, tokenizer=lm.tokenizer, **{**_export_defaults(lm, fmt), **options})
+            print(f"harness: exported {fmt} to {out['path']} ({out['bytes']} bytes)"
+                  + "".join(f"; {n}" for n in out["notes"]), file=sys.stderr)
         _print_records(records, a.json)
         return 0
 
     p.set_defaults(handler=run)
+
+
+def _export_defaults(lm, fmt: str) -> dict:
+    """What an imported GGUF model hands back to its GGUF export (llama.cpp's pre-tokenizer name)."""
+    pre = lm.info.get("gguf_tokenizer_pre")
+    return {"tokenizer_pre": pre} if pre and fmt == "gguf" else {}
 
 
 @command("env", "print the device fingerprint and device class")

