@@ -38,6 +38,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,7 @@ GPU_SCRIPTS = [SCRIPTS / "gpu_probe.py", SCRIPTS / "gpu_report.py", ROOT / "benc
 OUT_FILES = ("gpu.md", "gpu-results.md", "gpu-check.log", "summary.json", "pytest-gpu.xml",
              "run.tar.gz", "report.html")
 MAX_OUT_BYTES = 16 * 2**20
+MAX_TRAVEL_BYTES = 64 * 2**20  # what one device call sends
 REPORT_RESERVE_S = 40  # kept back from the deadline: a stopped step's grace + the report step
 KILL_GRACE_S = 15
 MIN_STEP_S = 2  # a step with less time than this left is skipped
@@ -134,8 +136,12 @@ class Check:
         self.log(f"$ {' '.join(argv)}   (budget {budget:.0f} s)")
         t = time.monotonic()
         with open(self.log_path, "a") as logf:
-            proc = subprocess.Popen(argv, cwd=cwd, env=self.env, stdout=logf, stderr=subprocess.STDOUT,
-                                    process_group=0)
+            try:
+                proc = subprocess.Popen(argv, cwd=cwd, env=self.env, stdout=logf, stderr=subprocess.STDOUT,
+                                        process_group=0)
+            except OSError as e:  # no such program (nvidia-smi on a host without the driver)
+                step.status, step.note = "failed", f"could not start {argv[0]}: {e}"
+                return 127
             timed_out = False
             try:
                 rc = proc.wait(timeout=budget)
@@ -169,8 +175,21 @@ class Check:
         except ProcessLookupError:
             pass
 
-    def capture(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(argv, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+    def capture(self, argv: list[str], timeout: float = 60, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout)
+
+
+def travel_bytes(wheels: Path) -> int | None:
+    """What a device call sends: git's tracked and untracked-not-ignored files, plus the wheels."""
+    try:
+        r = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
+                           timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0:
+        return None
+    files = [ROOT / f for f in r.stdout.decode().split("\0") if f]
+    return sum(f.stat().st_size for f in files if f.is_file()) + sum(w.stat().st_size for w in wheels.glob("*.whl"))
 
 
 def descendants(pid: int) -> set[int]:
@@ -205,6 +224,14 @@ def do_wheels(c: Check) -> None:
         lacking.insert(0, "the harness wheel (llm_compression_harness-*.whl)")
     c.facts["wheels"] = {"dir": str(c.wheels), "count": len(have),
                          "mib": round(sum(w.stat().st_size for w in have.values()) / 2**20, 2), "lacking": lacking}
+    if c.dry:  # the device tool sends the tree (tracked + untracked-not-ignored) and the carried .whl/
+        travel = travel_bytes(c.wheels)
+        if travel is not None:
+            c.facts["travel_mib"] = round(travel / 2**20, 1)
+            c.log(f"gpu-check: the call would send {travel / 2**20:.1f} MiB (tree + {c.wheels.name}/; limit 64 MiB)")
+            if travel > MAX_TRAVEL_BYTES:
+                s.status, s.note = "failed", f"tree + wheels are {travel / 2**20:.1f} MiB, over the 64 MiB a call sends"
+                return
     if lacking:
         s.status = "not ready"
         s.note = (f"{len(lacking)} wheel(s) missing from {c.wheels}: {', '.join(lacking[:6])}"
@@ -264,7 +291,9 @@ def do_imports(c: Check) -> None:
             "print('GPUCHECK-IMPORTS ' + json.dumps(res))\n")
     t = time.monotonic()
     try:
-        r = c.capture([sys.executable, "-c", code], timeout=min(s.cap_s, max(c.left() - REPORT_RESERVE_S, 1)))
+        # from WORK, not the tree: the harness then comes from the installed wheel (PYTHONPATH)
+        r = c.capture([sys.executable, "-c", code], timeout=min(s.cap_s, max(c.left() - REPORT_RESERVE_S, 1)),
+                      cwd=c.work)
     except subprocess.TimeoutExpired:
         s.status, s.note = "timed-out", "imports did not finish"
         return
@@ -352,9 +381,8 @@ def do_device(c: Check) -> None:
     c.log(f"  device: {c.facts['device']}")
     if not c.facts["device"].get("cuda_ok"):
         s.status, s.note = "failed", "torch sees no CUDA GPU: every later step would measure nothing"
-    elif rc != 0:
-        s.note = "nvidia-smi failed; NVML figures come from pynvml"
-        s.status = "ok"
+    else:
+        s.status, s.note = "ok", ("" if rc == 0 else "nvidia-smi failed; NVML figures come from pynvml")
 
 
 def do_gpu_tests(c: Check) -> None:
@@ -404,7 +432,8 @@ def do_report(c: Check) -> None:
         pack_run(run_dir, c.out / "run.tar.gz")
     c.write_summary()
     # the page; a rehearsal renders it too (every section says 'not measured') but leaves docs/ alone
-    docs = [] if c.dry else ["--docs", str(ROOT / "docs" / "results" / "gpu.md")]
+    measured = not c.dry and c.step("device").status == "ok"  # docs/ only from a run on a GPU
+    docs = ["--docs", str(ROOT / "docs" / "results" / "gpu.md")] if measured else []
     try:
         rc = c.capture([sys.executable, str(SCRIPTS / "gpu_report.py"), "--summary", str(c.out / "summary.json"),
                         "--run", str(run_dir), "--kernels", str(c.out / "gpu-results.md"),
@@ -482,10 +511,18 @@ def main(argv: list[str] | None = None) -> int:
             s.status, s.note = "skipped", "no CUDA GPU (device step)"
             continue
         c.log(f"== {s.name}: {s.what} ({c.elapsed():.0f} s elapsed, {c.left():.0f} s left)")
-        fn(c)
+        try:
+            fn(c)
+        except Exception as e:  # a broken step is a failed step; the others and the report still run
+            s.status, s.note = "failed", f"{type(e).__name__}: {e}"[:500]
+            c.log(traceback.format_exc())
         c.log(f"== {s.name}: {s.status} in {s.wall_s} s{' -- ' + s.note if s.note else ''}")
         c.write_summary()
-    do_report(c)
+    try:
+        do_report(c)
+    except Exception as e:
+        c.step("report").status, c.step("report").note = "failed", f"{type(e).__name__}: {e}"[:500]
+        c.log(traceback.format_exc())
     if args.dry:
         print_plan(c)
     c.write_summary()

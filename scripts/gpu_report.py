@@ -44,6 +44,10 @@ def header(summary: dict) -> list[str]:
                 (f"**Rehearsal only** (`make gpu-check-dry`, Python {summary.get('python')}, "
                  f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC): the steps up to the first CUDA call. "
                  "Nothing below was measured on a GPU."), ""]
+    if not d.get("cuda_ok", True) or "error" in d:
+        return ["# GPU check: the harness on a CUDA GPU", "",
+                (f"**No CUDA GPU was usable** in this run ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+                 f"torch {d.get('torch')}, Python {summary.get('python')}): nothing below was measured."), ""]
     return ["# GPU check: the harness on a CUDA GPU", "",
             (f"Measured by `make gpu-check` (scripts/gpu_check.py) on **{name}**, "
              f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, in {summary.get('elapsed_s')} s of a "
