@@ -111,7 +111,7 @@ def fidelity(lm, model: nn.Module, ctx: Ctx, want: list[str]) -> list[Record]:
         return [Record.na(m, lm.accuracy_na) for m in want]
     src, extra = _source(lm, ctx)
     f, samples = accuracy.fidelity_samples(ctx.reference, model, lm.tokenizer, src, window=ctx.eval.window,
-                                           max_tokens=min(ctx.eval.max_tokens or 4096, 4096))
+                                           max_tokens=min(ctx.eval.max_tokens or 4096, 4096), batch=ctx.eval.batch)
     return [Record(f"fidelity.{k}", v, samples=samples[k], extra={"window": ctx.eval.window, **extra})
             for k, v in f.items() if f"fidelity.{k}" in want]
 
