@@ -146,7 +146,26 @@ def _with_derived(lm: LoadedModel, model: nn.Module, want: list[str], ctx: EvalC
     if lost:  # a bug, never a silent gap in a report
         raise RuntimeError(f"internal error: metric {lost[0]!r} was accepted but not produced")
     order = {m: i for i, m in enumerate(want)}
+    label_batching(recs, getattr(ctx.compression, "batch_dependence", None), ctx.eval.batch)
     return [r.with_context(model=lm.name) for r in sorted(recs, key=lambda r: order[r.metric])]
+
+
+# Producers that run batched forwards over eval windows (``EvalConfig.batch``).
+BATCHED_PRODUCERS = ("ppl_window", "ppl_lm_eval", "fidelity", "lm_eval_tasks")
+
+
+def label_batching(recs: list[Record], reason: str | None, batch: int) -> None:
+    """Label the measured accuracy records (and the ratios derived from them) of a model
+    whose technique says its figures depend on the eval batching (``batch_dependence``):
+    ``extra.batch_invariant = False``, the reason and the eval batch they were measured at,
+    so the verdict can say the figure depends on the batching."""
+    if not reason:
+        return
+    for r in recs:
+        m = METRICS.get(r.metric)
+        src = METRICS.get(m.derive[0]) if m.derive else m
+        if r.value is not None and src.producer in BATCHED_PRODUCERS:
+            r.extra = {**r.extra, "batch_invariant": False, "batch_dependence": reason, "eval_batch": batch}
 
 
 def _measure(lm: LoadedModel, model: nn.Module, want: list[str], ctx: EvalContext) -> list[Record]:

@@ -199,7 +199,18 @@ def compare(rec: Record, base: MetricBaseline, tolerance: Tolerance | None = Non
     """Verdict of one measured record against its baseline value. ``noise``: the run-to-run
     (sd, baseline runs, measured runs) of ``run_noise``, added to relative intervals: the
     measured value is a median of its runs (variance about sd²/runs; one run: sd²) and the
-    baseline a median of its own."""
+    baseline a median of its own. A record whose technique makes it depend on the eval
+    batching (``extra.batch_invariant`` false) is judged all the same, and the note says so."""
+    v = _compare(rec, base, tolerance, noise)
+    if rec.extra.get("batch_invariant") is False and v.status != "missing":
+        v.note = "; ".join(x for x in (v.note, (
+            f"depends on the eval batching (measured at batch {rec.extra.get('eval_batch', '?')}): "
+            f"{rec.extra.get('batch_dependence') or 'not batch-invariant'}")) if x)
+    return v
+
+
+def _compare(rec: Record, base: MetricBaseline, tolerance: Tolerance | None,
+             noise: tuple[float, int, int] | None) -> Verdict:
     tol = tolerance or base.tolerance
     v = Verdict("pass", rec.metric, rec.model, rec.spec, str(rec.extra.get("profile", "full")), rec.test_id,
                 base.value, rec.value, tol)

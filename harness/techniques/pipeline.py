@@ -198,7 +198,7 @@ class Pipeline(Technique):
     uses_calibration = from_config(lambda cfg: any(t.uses_calibration for t in _techniques(cfg.stages)))
     needs_grad = from_config(lambda cfg: any(t.needs_grad for t in _techniques(cfg.stages)))
     requires_cuda = from_config(lambda cfg: any(t.requires_cuda for t in _techniques(cfg.stages)))
-    batch_dependence = from_config(lambda cfg: next((f"stage {t.name}: {t.batch_dependence}" for t in
+    batch_dependence = from_config(lambda cfg: next((f"stage {t.canonical()}: {t.batch_dependence}" for t in
                                                      _techniques(cfg.stages) if t.batch_dependence), None))
     model_kinds = from_config(_kinds)
     suite_specs = ("magnitude:sparsity=0.5 + rtn:bits=4,group=64",)

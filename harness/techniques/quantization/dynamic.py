@@ -33,8 +33,8 @@ from harness.layers.quant import W8A8Linear
 from harness.techniques.base import Applied, Technique, from_config, register
 
 ACTS = ("per-token", "per-tensor")
-PER_TENSOR_BATCHING = ("one activation scale per call, shared by every token of every window in the eval batch "
-                       "(dynamic-int8:act=per-tensor): a window's figures depend on the windows batched with it")
+PER_TENSOR_BATCHING = ("one activation scale per call, shared by every token of every window in the eval batch: "
+                       "a window's figures depend on the windows batched with it")
 
 
 @dataclass(frozen=True)
