@@ -129,17 +129,6 @@ def _tied_head(emb: nn.Module) -> nn.Module:
     return head
 
 
-def _empty(cfg: Any) -> nn.Module:
-    import transformers
-
-    try:
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4.x
-        from transformers.modeling_utils import no_init_weights
-    with no_init_weights():
-        return getattr(transformers, cfg.architectures[0])(cfg)
-
-
 def _tokenizer(path: Path, fields: dict[str, Any], tokenizer: Any) -> Any:
     if tokenizer is not None:
         return tokenizer
@@ -174,7 +163,7 @@ def load_gguf(path: str | Path, *, tokenizer: Any = None, name: str | None = Non
                       ("padding_token_id", "pad_token_id")):
         if f"tokenizer.ggml.{key}" in fields:
             setattr(cfg, attr, int(_value(fields[f"tokenizer.ggml.{key}"])))
-    model = _empty(cfg).eval()
+    model = llama.empty_model(cfg)
     wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     by_hf = {llama.hf_name(n): v for n, v in tensors.items()}
     for hf, (_, _, shape) in by_hf.items():

@@ -149,5 +149,20 @@ def hf_config(arch: str, kv: dict[str, Any], *, vocab: int, tied: bool, q_bias: 
     return cfg
 
 
-__all__ = ["ARCHS", "HF_CLASSES", "PERMUTED", "TAKES", "check_model", "gguf_name", "head_dim", "hf_config",
+def empty_model(cfg: Any) -> Any:
+    """The ``cfg.architectures[0]`` model with uninitialised weights (every one is loaded next)."""
+    import transformers
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    cls = getattr(transformers, (getattr(cfg, "architectures", None) or [""])[0], None)
+    with no_init_weights():
+        if cls is None:  # a config without architectures: the causal LM of its model_type
+            return transformers.AutoModelForCausalLM.from_config(cfg).eval()
+        return cls(cfg).eval()
+
+
+__all__ = ["ARCHS", "empty_model", "HF_CLASSES", "PERMUTED", "TAKES", "check_model", "gguf_name", "head_dim", "hf_config",
            "hf_name", "metadata", "qk_heads", "qk_order", "rope_theta"]

@@ -149,10 +149,13 @@ def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, device:
         lm = MODELS.get(name_or_path).loader(name_or_path, dtype)
     elif os.sep in name_or_path or Path(name_or_path).exists():
         path = Path(name_or_path).expanduser()
+        from harness.formats.ctensors_read import load_ctensors, quant_config
         from harness.formats.gguf_read import gguf_file, load_gguf
 
         if (gguf := gguf_file(path)) is not None:  # packed layers holding the file's codes (formats/)
             lm = load_gguf(gguf)
+        elif quant_config(path) is not None:  # a compressed-tensors checkpoint: its codes, packed
+            lm = load_ctensors(path)
         elif (path / "harness.json").is_file():
             lm = _load_checkpoint_dir(path, dtype)
         else:
