@@ -21,9 +21,10 @@ Deadline: GPU_CHECK_DEADLINE_S (default 480) from the start. A step still runnin
 share runs out gets SIGTERM (``harness run`` then marks the run partial and renders what it
 measured), SIGKILL 15 s later; later steps are skipped; ``report`` always runs and keeps all
 that was measured. OUT: GPU_CHECK_OUT, else $OUT (the device tool's folder), else
-reports/gpu-check[-dry]/; at most 8 files there, under 16 MiB in all. WORK: GPU_CHECK_WORK,
-else a temporary directory. Exit 0: every step passed; 1: a step failed or timed out;
-2: bad setup. --dry also exits 0 when .whl/ is missing, saying so (--strict: 1).
+reports/gpu-check[-dry]/; at most 7 files there (OUT_FILES), under 16 MiB in all. WORK:
+GPU_CHECK_WORK, else a temporary directory. The Hugging Face libraries run offline (HF_*_OFFLINE=1).
+Exit 0: every step passed; 1: a step failed, timed out or was skipped; 2: bad setup. --dry
+also exits 0 when .whl/ is missing, saying so (--strict: 1).
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ OUT_FILES = ("gpu.md", "gpu-results.md", "gpu-check.log", "summary.json", "pytes
              "run.tar.gz", "report.html")
 MAX_OUT_BYTES = 16 * 2**20
 MAX_TRAVEL_BYTES = 64 * 2**20  # what one device call sends
+OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
 REPORT_RESERVE_S = 40  # kept back from the deadline: a stopped step's grace + the report step
 KILL_GRACE_S = 15
 MIN_STEP_S = 2  # a step with less time than this left is skipped
@@ -498,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     c = Check(dry=args.dry, out=out, work=work, wheels=args.wheels, deadline_s=deadline)
     c.log_path = out / "gpu-check.log"
     c.env["PYTHONUNBUFFERED"] = "1"
+    for var in OFFLINE:  # the GPU machine has no network: fail at once rather than wait on a connection
+        c.env.setdefault(var, "1")
     c.log(f"gpu-check{' --dry' if args.dry else ''}: python {sys.version.split()[0]} ({sys.executable}), "
           f"deadline {deadline:.0f} s, OUT {out}, WORK {work}")
     cpu_steps = [do_wheels, do_versions, do_imports, do_select]

@@ -23,6 +23,16 @@ SUITE_METRICS = [("latency.decode_tok_s", "decode tok/s"), ("latency.prefill_ms"
 W4A16 = "rtn:bits=4,group=128"
 
 
+def canonical(spec: str) -> str:
+    """The spec as records store it (defaults dropped: ``rtn:bits=4,group=128`` -> ``rtn:group=128``)."""
+    try:
+        from harness.techniques.spec import canonical_spec
+
+        return canonical_spec(spec)
+    except Exception:
+        return spec
+
+
 def _fmt(r, nd: str = ".4g") -> str:
     if r is None:
         return "-"
@@ -142,7 +152,7 @@ def targets(summary: dict, cells: dict, kernels: str) -> list[str]:
         out.append(f"- not measured ({mem.get('nvml_reason') or 'the probe step did not run or failed'})")
     out += ["", "Decode energy per token, harness-speed fp16 against W4A16 (windows >= 1 s):", ""]
     for spec in ("none", W4A16):
-        e = cells.get(("harness-speed", spec), {}).get("energy.j_per_token")
+        e = cells.get(("harness-speed", canonical(spec)), {}).get("energy.j_per_token")
         ex = (e.extra if e else None) or {}
         if e is None:
             out.append(f"- `{spec}`: not measured (no harness-speed `{spec}` energy record)")

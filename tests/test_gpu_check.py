@@ -245,7 +245,7 @@ def test_gpu_page_from_a_fake_run(tmp_path):
 
     run = tmp_path / "run"
     w = RecordWriter(run)
-    for spec, jpt in (("none", 0.08), (gpu_report.W4A16, 0.05)):
+    for spec, jpt in (("none", 0.08), (gpu_report.canonical(gpu_report.W4A16), 0.05)):
         w.write([Record("latency.decode_tok_s", 500.0, model="harness-speed", spec=spec,
                         extra={"timer": "cuda-events", "kernel": "triton w4a16" if spec != "none" else "dense"}),
                  Record("energy.j_per_token", jpt, model="harness-speed", spec=spec,
@@ -272,7 +272,9 @@ def test_gpu_page_from_a_fake_run(tmp_path):
                                               "unexplained_mb": 20.0}}}}
     text = gpu_report.render(summary, run, kernels, tmp_path / "pytest-gpu.xml")
     assert "**NVIDIA H100 80GB HBM3**" in text and "Driver 580.159.04" in text
-    assert "| harness-speed | `rtn:bits=4,group=128` | 500 |" in text
+    assert gpu_report.canonical(gpu_report.W4A16) == "rtn:group=128"  # records hold the canonical spec
+    assert "| harness-speed | `rtn:group=128` | 500 |" in text
+    assert "- `rtn:bits=4,group=128`: 0.05 J/token over 1.02 s" in text
     assert "| 1.02 | cuda-events | triton w4a16 |" in text
     assert "- `none`: 0.08 J/token over 1.02 s (12 repeats, 250.0 W)" in text
     assert "under the 1 s minimum" in text  # an N/A says why
