@@ -113,8 +113,10 @@ def stored_params(model: nn.Module) -> int:
     inside: set[int] = set()
     for mod in model.modules():
         if isinstance(mod, CompressedModule):
-            total += mod.stored_params()
-            inside.update(id(t) for t in mod.state_dict(keep_vars=True).values())
+            stored = list(mod.state_dict(keep_vars=True).values())
+            if not (stored and all(id(t) in inside for t in stored)):  # a head sharing the embedding's codes: once
+                total += mod.stored_params()
+            inside.update(id(t) for t in stored)
             inside.update(id(t) for t in mod.buffers(recurse=False))  # kernel layouts (not stored)
     for t in _unique_tensors(list(model.parameters()) + [
             b for b in model.buffers() if b.is_floating_point()]):

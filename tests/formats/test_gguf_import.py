@@ -96,6 +96,9 @@ def test_tied_head_reads_the_embedding_blocks_and_survives_a_checkpoint(tmp_path
     head, emb = lm.model.lm_head, lm.model.model.embed_tokens
     assert isinstance(head, QuantLinear) and head.qweight.data_ptr() == emb.qweight.data_ptr()
     assert _stored_bytes(lm.model) == lm.info["gguf_tensor_bytes"]
+    from harness.measure.size import stored_params
+
+    assert stored_params(lm.model) == stored_params(model)  # the shared codes count once in size.params
     ref = _logits(dense_reference(f))
     assert (_logits(lm.model) - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
     save_compressed(lm.model, tmp_path / "ckpt")
