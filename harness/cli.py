@@ -126,7 +126,8 @@ def _eval_cmd(p: argparse.ArgumentParser) -> None:
                                     overwrite=a.overwrite)
         if a.export:
             fmt, path, options = export_to
-            out = harness.export(res.model, fmt, path, tokenizer=lm.tokenizer, **{**_export_defaults(lm, fmt), **options})
+            out = harness.export(res.model, fmt, path, tokenizer=lm.tokenizer,
+                                 **{**_export_defaults(lm, fmt), **options})
             print(f"harness: exported {fmt} to {out['path']} ({out['bytes']} bytes)"
                   + "".join(f"; {n}" for n in out["notes"]), file=sys.stderr)
         _print_records(records, a.json)

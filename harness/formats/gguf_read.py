@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.formats import FormatError
+from harness.formats import FormatError, llama
 from harness.formats import gguf_codec as codec
-from harness.formats import llama
 from harness.layers.base import set_module
 from harness.layers.embedding import QuantEmbedding
 from harness.layers.ggml import INSTALL, GGUFEmbedding, GGUFLinear

@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.formats import FormatError
+from harness.formats import FormatError, llama
 from harness.formats import gguf_codec as codec
-from harness.formats import llama
 from harness.formats.gguf_vocab import write_vocab
 from harness.layers.base import CompressedModule
 from harness.layers.embedding import QuantEmbedding

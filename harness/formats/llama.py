@@ -164,5 +164,5 @@ def empty_model(cfg: Any) -> Any:
         return cls(cfg).eval()
 
 
-__all__ = ["ARCHS", "empty_model", "HF_CLASSES", "PERMUTED", "TAKES", "check_model", "gguf_name", "head_dim", "hf_config",
-           "hf_name", "metadata", "qk_heads", "qk_order", "rope_theta"]
+__all__ = ["ARCHS", "HF_CLASSES", "PERMUTED", "TAKES", "check_model", "empty_model", "gguf_name", "head_dim",
+           "hf_config", "hf_name", "metadata", "qk_heads", "qk_order", "rope_theta"]

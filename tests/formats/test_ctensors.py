@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import random_llama
 
 CT = "pip install compressed-tensors  (or the extra: pip install 'llm-compression-harness[formats]')"

