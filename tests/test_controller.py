@@ -101,7 +101,7 @@ def test_a_shard_without_the_reference_is_judged_once_and_every_reader_agrees(py
     g = pytester.runpytest("--harness-out", "gated", "--harness-baselines", "bl", f"--harness-shard={shard}/2",
                            "--harness-gate", "-p", "no:randomly")
     fails = [x for x in g.outlines if "harness gate:" in x]  # the failure, and its line in the short summary
-    assert fails and all("ppl.window regressed" in x and "latency.prefill_ms" not in x for x in fails)
+    assert any("ppl.window regressed" in x for x in fails) and not any("latency.prefill_ms" in x for x in fails)
     gated = read_verdicts(pytester.path / "gated")
     assert [(v.status, v.metric, v.spec) for v in gated] == [(v.status, v.metric, v.spec) for v in stored]
 
