@@ -48,9 +48,9 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def clone(work: Path) -> Path:
+def clone(work: Path, name: str = "clone") -> Path:
     """A clean clone of this checkout's HEAD (uncommitted changes are not part of it)."""
-    repo = work / "clone"
+    repo = work / name
     shutil.rmtree(repo, ignore_errors=True)
     subprocess.run(["git", "clone", "-q", "--local", str(ROOT), str(repo)], check=True)
     git(repo, "config", "user.email", "bench@example.invalid")
@@ -72,7 +72,8 @@ def job(repo: Path, out: Path, ref: str, repeat: int, full: bool) -> float:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [HARNESS, "run", "--quick", "--no-report", "--against", ref, "--repeat", str(repeat), "--out", str(out)]
     cmd += [] if full else [x for s in SPECS for x in ("--technique", s)]
-    env = {**os.environ, "PYTHONPATH": str(repo / "benchmarks")}  # the plant plugin, for the head that loads it
+    env = {**os.environ, "PYTHONPATH": str(repo / "benchmarks"),  # the plant plugin, for the head that loads it
+           "HARNESS_CACHE": str(repo.parent / "cache")}  # the base worktrees, apart from the user's cache
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     return time.perf_counter() - t0
@@ -117,7 +118,7 @@ def main() -> int:
         print(rows[-1], flush=True)
 
     def planted(label: str, plants: str, metrics: tuple[str, ...]) -> dict[str, int]:
-        r = clone(work)
+        r = clone(work, f"clone-{label}")
         plant(r, plants)
         hits: Counter = Counter()
         for i in range(a.jobs):

@@ -76,12 +76,14 @@ def checkout(top: Path, ref: str) -> Base:
     if tree.exists():
         try:
             at, dirty = _git(["rev-parse", "HEAD"], tree), _git(["status", "--porcelain"], tree)
-        except AgainstError:
-            at, dirty = "", "not a worktree"
-        if at != sha or dirty:
-            raise AgainstError(f"worktree cache {tree} is dirty or not at {sha[:12]}; remove it with: "
-                               f"git worktree remove --force {tree}")
-        return Base(ref, sha, tree, top)
+        except AgainstError:  # a stale cache entry (its repository was removed or cloned anew): remade
+            shutil.rmtree(tree, ignore_errors=True)
+            _git(["worktree", "prune"], top)
+        else:
+            if at != sha or dirty:
+                raise AgainstError(f"worktree cache {tree} is dirty or not at {sha[:12]}; remove it with: "
+                                   f"git worktree remove --force {tree}")
+            return Base(ref, sha, tree, top)
     tree.parent.mkdir(parents=True, exist_ok=True)
     try:
         _git(["worktree", "add", "--detach", str(tree), sha], top)

@@ -137,3 +137,14 @@ def test_a_test_only_one_side_has_is_new_or_missing(repo):
     assert by[("rtn:bits=4", "latency.speedup_prefill")] == "new"
     assert by[("rtn:bits=8", "latency.speedup_prefill")] == "missing"
     assert by[("none", "ppl.window")] == "pass"
+
+
+def test_a_stale_worktree_cache_entry_is_made_again(repo, tmp_path):
+    """A cached worktree whose repository was removed or cloned anew (its git link is dead) is
+    not someone's work: it is made again; a worktree with edits is refused (above)."""
+    import shutil
+
+    base = ab.checkout(repo, "HEAD")
+    shutil.rmtree(repo / ".git" / "worktrees")  # as after the repository was cloned anew at this path
+    again = ab.checkout(repo, "HEAD")
+    assert again.tree == base.tree and _git(again.tree, "rev-parse", "HEAD") == base.sha
