@@ -93,6 +93,24 @@ def describe(vs, spec: str, metrics: tuple[str, ...]) -> str:
                      for v in vs if v.spec == spec and v.metric in metrics and v.baseline and v.measured is not None)
 
 
+def slow_only(work: Path, jobs: int, repeat: int, full: bool) -> int:
+    """(b) alone: the 15% slow-down planted in both techniques, ``jobs`` A/B jobs, printed."""
+    r = clone(work, "clone-slow-only")
+    plant(r, ";".join(f"{s.split(':')[0]}:slow=0.15" for s in SPECS))
+    found: Counter = Counter()
+    for i in range(jobs):
+        out = work / f"slow-only-{i}"
+        wall = job(r, out, "HEAD~1", repeat, full)
+        vs = read_verdicts(out) or []
+        for spec in SPECS:
+            hit = any(v.status == "regressed" for v in vs if v.spec == spec and v.metric in SPEEDUPS)
+            found[spec] += hit
+            print([f"slow15 --repeat {repeat} {i + 1}", spec, f"{wall:.0f} s", describe(vs, spec, SPEEDUPS),
+                   "regressed" if hit else "not flagged"], flush=True)
+    print({s: f"{found[s]} of {jobs}" for s in SPECS})
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=3)
@@ -100,8 +118,12 @@ def main() -> int:
     ap.add_argument("--full", action="store_true", help="the whole quick default suite, not the three specs")
     ap.add_argument("--sweep", action="store_true", help="also plant 5%% and 10%% slow-downs")
     ap.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
+    ap.add_argument("--slow-only", action="store_true",
+                    help="only (b), printed, the page left alone (e.g. to try another --repeat)")
     a = ap.parse_args()
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    if a.slow_only:
+        return slow_only(work, a.jobs, a.repeat, a.full)
     repo = clone(work)
     rows, counts, false_alarms, walls = [], Counter(), 0, []
     plain_wall = plain(repo, work / "plain", a.full)
