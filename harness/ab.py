@@ -141,8 +141,7 @@ def judge_against(out: Path, base_dirs: list[Path], base: Base) -> list[Verdict]
 
     base_records = [r for d in base_dirs for r in load_records(d, skip_bad_lines=True)]
     root = out / "baseline"
-    update(base_records, root, run_id=base.label, fingerprint=read_run_info(base_dirs[0]).get("fingerprint"),
-           source={"interleaved": True, "ref": base.ref, "sha": base.sha})
+    update(base_records, root, run_id=base.label, fingerprint=read_run_info(base_dirs[0]).get("fingerprint"))
     head = list(load_records(out))
     store = BaselineStore(root)
     vs = judge_run(head, store, fingerprint=read_run_info(out).get("fingerprint"),

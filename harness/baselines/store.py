@@ -161,16 +161,14 @@ def baseline_entries(records: Iterable[Record]) -> dict[tuple[str, str], dict[tu
     return groups
 
 
-def update(records: Iterable[Record], root: str | Path, *, prune: bool = False, run_id: str = "",
-           fingerprint: dict[str, Any] | None = None,
-           source: dict[str, Any] | None = None) -> list[tuple[Path, int, int]]:
+def update(records: Iterable[Record], root: str | Path, *, prune: bool = False,
+           run_id: str = "", fingerprint: dict[str, Any] | None = None) -> list[tuple[Path, int, int]]:
     """Write/merge baseline files from a run's ok records; keeps hand-set tolerances.
 
     Records of several runs (several ``run_id``) make one baseline: each metric takes the
     value and samples of its median run and keeps every run's value (``runs``), from which
     verdicts learn the run-to-run noise (``harness.baselines.judge.run_noise``).
 
-    ``source``: more facts for the file's source (``interleaved``: see ``verdicts.interleaved``).
     Returns (path, entries written from the run, entries kept from before) per file."""
     groups = baseline_entries(records)
     paths = {key: baseline_path(root, *key) for key in groups}  # every name checked before any write
@@ -187,8 +185,8 @@ def update(records: Iterable[Record], root: str | Path, *, prune: bool = False, 
         merged = {} if prune else {k: e for k, e in old.entries.items() if k not in ents}
         kept = len(merged)
         merged.update(ents)
-        src = {**old.source, **({"fingerprint": fingerprint} if fingerprint else {}), **(source or {})}
-        atomic_write(path, dump(BaselineFile(suite, dc, merged, src), run_id))
+        source = {**old.source, **({"fingerprint": fingerprint} if fingerprint else {})}
+        atomic_write(path, dump(BaselineFile(suite, dc, merged, source), run_id))
         written.append((path, len(ents), kept))
     return written
 

@@ -114,14 +114,6 @@ def judge_run(records: Iterable[Record], store: BaselineStore | None, *, fingerp
     return out
 
 
-def interleaved(bf: Any) -> bool:
-    """Whether a baseline was measured interleaved with the runs it judges, on the same host
-    (``harness run --against``: ABBA order). Host drift then hits both sides alike, and the
-    holds for a moved host do not apply: a reference that moved between the two sides moved
-    with the head's code (e.g. a slower model leaving the CPU threads cold), not the host."""
-    return bool(bf is not None and bf.source.get("interleaved"))
-
-
 def _tag_reference(refs: list[Record], records: list[Record], dc: str) -> list[Record]:
     """Reference records as the ``none`` test of each (suite, model, profile) these records
     judge that has no ``none`` record of its own for the metric."""
@@ -137,8 +129,6 @@ def _judge_class(records: list[Record], store: BaselineStore | None, device_clas
                  fingerprint: dict[str, Any] | None) -> list[Verdict]:
     records, reference = combine_runs(records), combine_runs(reference)
     out = _verdicts(records, store, device_class, overrides, True, fingerprint)
-    if store is not None and all(interleaved(store.get(s, device_class)) for s in {r.suite for r in records}):
-        return out  # the baseline ran interleaved with these runs on this host: no drift to hold for
     extra = _verdicts(reference, store, device_class, overrides, False, fingerprint)
     moved: dict[tuple[str, str, str], str] = {}
     for v in out + extra:
@@ -195,7 +185,7 @@ def _verdicts(records: Iterable[Record], store: BaselineStore | None, device_cla
                     pooled[(id(bf), r.metric)] = pooled_log_var(bf, r.metric)
                 noise = run_noise(bf, r.metric, base, r.extra.get("runs"), pooled[(id(bf), r.metric)])
                 v = compare(r, base, overrides.get(r.metric), noise)
-                if (r.metric in RAW_LATENCY or r.metric in RAW_OF) and not interleaved(bf):
+                if r.metric in RAW_LATENCY or r.metric in RAW_OF:
                     raw = RAW_OF.get(r.metric, r.metric)
                     hold_if_host_moved(v, by_metric.get((r.suite, key, raw)), ent.metrics.get(raw))
         out.append(v)

@@ -224,12 +224,6 @@ def test_a_speedup_is_held_when_the_reference_timed_beside_it_moved(tmp_path):
     vs = {v.metric: v for v in judge(pair(7.0, 0.5, 10), base, tmp_path)}
     raw = vs["latency.prefill_ms"]
     assert raw.status == "inconclusive" and "would have been regressed" in raw.note
-    # a baseline measured interleaved with the judged runs on this host (--against): no hold, the
-    # reference moved with the head's code, not the host
-    update(base, tmp_path / "ab", source={"interleaved": True})
-    vs = {v.metric: v for v in verdicts(pair(7.0, 0.85, 10), BaselineStore(tmp_path / "ab"), missing=False)}
-    sp = vs["latency.speedup_prefill"]
-    assert sp.status == "regressed" and "host moved" not in sp.note
 
 
 
