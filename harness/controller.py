@@ -62,28 +62,16 @@ class Controller:
     def judge(self) -> None:
         """The run's verdicts, once: every record of the run directory against the baselines,
         with the run's fingerprint and the reference it measured; written to verdicts.jsonl."""
-        from harness.baselines.store import BaselineStore
-        from harness.baselines.verdicts import judge_run, write_verdicts
-        from harness.records import NoRecordsError, load_records
-        from harness.rundir import read_reference, read_run_info
+        from harness.baselines.verdicts import run_verdicts
+        from harness.records import NoRecordsError
 
         o = self.session.opts
         try:
-            records = list(load_records(o.out))
+            self.verdicts = run_verdicts(o.out, o.baselines, tolerances=o.fail_on, write=True)
         except NoRecordsError:  # the summary says so
             self.verdicts = []
-            return
-        except ValueError as e:  # damaged records: said, not raised
+        except ValueError as e:  # damaged records, a corrupt baseline: said, not raised
             self.verdict_error = str(e).splitlines()[0]
-            return
-        try:
-            vs = judge_run(records, BaselineStore(o.baselines), fingerprint=read_run_info(o.out).get("fingerprint"),
-                           reference=read_reference(o.out), tolerances=o.fail_on)
-            write_verdicts(o.out, vs, o.baselines, {r.suite for r in records if r.suite}, o.fail_on)
-        except ValueError as e:  # a corrupt baseline: said, not raised
-            self.verdict_error = str(e).splitlines()[0]
-            return
-        self.verdicts = vs
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         self.flush()

@@ -213,16 +213,23 @@ def _verdict_of(d: dict[str, Any]) -> Verdict:
     return Verdict(**{**d, "tolerance": Tolerance(**tol) if tol else None})
 
 
+def _load(run_dir: Path) -> tuple[dict[str, Any], list[Verdict]] | None:
+    """(header, verdicts) of ``run_dir``'s verdicts.jsonl, read once; None without a readable file."""
+    try:
+        lines = (run_dir / VERDICTS_FILE).read_text(encoding="utf-8").splitlines()
+        head = json.loads(lines[0])
+        if not isinstance(head, dict) or head.get("schema") != VERDICTS_SCHEMA:
+            return None
+        return head, [_verdict_of(json.loads(x)) for x in lines[1:]]
+    except (OSError, ValueError, TypeError, IndexError, AttributeError):
+        return None
+
+
 def read_verdicts(run_dir: str | Path) -> list[Verdict] | None:
     """The verdicts stored in ``run_dir`` as they were written, fresh or not (None without a
     readable file): for readers that must not judge (``harness.report``)."""
-    try:
-        lines = (Path(run_dir) / VERDICTS_FILE).read_text(encoding="utf-8").splitlines()
-        if json.loads(lines[0]).get("schema") != VERDICTS_SCHEMA:
-            return None
-        return [_verdict_of(json.loads(x)) for x in lines[1:]]
-    except (OSError, ValueError, TypeError, IndexError, AttributeError):
-        return None
+    loaded = _load(Path(run_dir))
+    return loaded[1] if loaded else None
 
 
 def _inputs(run_dir: Path, root: str | Path | None, suites: Iterable[str],
@@ -250,25 +257,6 @@ def write_verdicts(run_dir: str | Path, verdicts: list[Verdict], root: str | Pat
     return path
 
 
-def _head(run_dir: Path) -> dict[str, Any]:
-    try:
-        with open(run_dir / VERDICTS_FILE, encoding="utf-8") as fh:
-            head = json.loads(fh.readline())
-        return head if isinstance(head, dict) and head.get("schema") == VERDICTS_SCHEMA else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _stored(run_dir: Path, root: str | Path | None, tolerances: Mapping[str, Tolerance]) -> list[Verdict] | None:
-    """The stored verdicts while they are fresh (same root, baseline contents, tolerances and
-    records as when written), else None."""
-    head = _head(run_dir)
-    if not head or head != {"schema": VERDICTS_SCHEMA, **_inputs(run_dir, root, head.get("suites") or [],
-                                                                   tolerances)}:
-        return None
-    return read_verdicts(run_dir)
-
-
 def run_verdicts(run_dir: str | Path, baselines: str | Path | None = None, *,
                  tolerances: Mapping[str, Tolerance] | None = None, write: bool = False,
                  skip_bad_lines: bool = False) -> list[Verdict]:
@@ -283,10 +271,12 @@ def run_verdicts(run_dir: str | Path, baselines: str | Path | None = None, *,
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
     root = baselines if baselines is not None else info.get("baselines")
+    head, stored = _load(run_dir) or ({}, None)
     if tolerances is None:  # the overrides the run was judged with (--harness-fail-on)
-        tolerances = {m: Tolerance(**t) for m, t in (_head(run_dir).get("tolerances") or {}).items()}
-    stored = _stored(run_dir, root, tolerances)
-    if stored is not None:
+        tolerances = {m: Tolerance(**t) for m, t in (head.get("tolerances") or {}).items()}
+    # fresh: the same root, baseline contents, tolerances and records as when it was written
+    if stored is not None and head == {"schema": VERDICTS_SCHEMA,
+                                       **_inputs(run_dir, root, head.get("suites") or [], tolerances)}:
         return stored
     records = list(load_records(run_dir, skip_bad_lines=skip_bad_lines))
     vs = judge_run(records, BaselineStore(root) if root is not None else None, fingerprint=info.get("fingerprint"),
